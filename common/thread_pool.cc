@@ -6,6 +6,18 @@
 
 namespace deepshard {
 
+namespace {
+// Set while a thread runs a parallel_for chunk: a nested parallel_for then runs inline instead of
+// deadlocking on the pool (kernels may be called from inside another parallel loop).
+thread_local bool t_in_parallel_region = false;
+
+struct RegionGuard {
+    bool saved;
+    RegionGuard() : saved(t_in_parallel_region) { t_in_parallel_region = true; }
+    ~RegionGuard() { t_in_parallel_region = saved; }
+};
+}  // namespace
+
 ThreadPool::ThreadPool(int num_threads) {
     if (num_threads <= 0) {
         num_threads = static_cast<int>(env_int("DS_NUM_THREADS", 0));
@@ -45,6 +57,7 @@ void ThreadPool::worker_loop(int index) {
             fn = fn_;
         }
         if (range.first < range.second) {
+            RegionGuard guard;
             (*fn)(range.first, range.second);
         }
         {
@@ -63,7 +76,8 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     grain = std::max<int64_t>(1, grain);
     const int64_t units = (n + grain - 1) / grain;
     const int nt = size();
-    if (nt == 1 || units == 1) {
+    if (nt == 1 || units == 1 || t_in_parallel_region) {
+        RegionGuard guard;
         fn(0, n);
         return;
     }
@@ -86,6 +100,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     }
     cv_start_.notify_all();
     if (ranges[0].first < ranges[0].second) {
+        RegionGuard guard;
         fn(ranges[0].first, ranges[0].second);
     }
     std::unique_lock<std::mutex> lock(mu_);

@@ -1,6 +1,6 @@
 // A fixed pool of worker threads for data-parallel loops (kernels split rows across cores).
 // parallel_for blocks the caller until every chunk has run; the caller's thread runs chunk 0.
-// Not re-entrant: a task must not call parallel_for on the same pool.
+// A parallel_for called from inside a chunk runs inline on the calling thread.
 #pragma once
 
 #include <atomic>
