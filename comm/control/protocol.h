@@ -1,0 +1,142 @@
+// The control protocol between the coordinator and the shard job's leader (rank 0), DESIGN §2-3.
+// Framing: every message is [u32 magic 'DSCP'][u16 version][u16 type][u32 payload length][payload],
+// little-endian; payloads are the structs below, serialized field by field (no pointers, no
+// padding). Every field is validated on receipt (lengths, counts, ranges) before use; a malformed
+// frame is a kProtocol error that names the field, and the connection is dropped.
+//
+// Sequence of a session:
+//   leader -> Hello{version, fingerprint, plan, capacity}
+//   coordinator -> HelloAck | Refuse{reason}          (fingerprint or plan mismatch is refused)
+//   coordinator -> StepBatch ...      leader -> StepResult (same step_id; up to P batches in flight)
+//   both ways   -> Heartbeat every DS_HEARTBEAT_MS; silence for several periods = peer lost
+//   either      -> Shutdown{reason}
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace deepshard::comm::control {
+
+inline constexpr uint32_t kMagic = 0x50435344;  // "DSCP"
+inline constexpr uint16_t kVersion = 1;
+inline constexpr uint32_t kMaxPayload = 256u << 20;
+
+enum class MessageType : uint16_t {
+    kHello = 1,
+    kHelloAck = 2,
+    kRefuse = 3,
+    kStepBatch = 4,
+    kStepResult = 5,
+    kHeartbeat = 6,
+    kShutdown = 7,
+};
+
+struct Hello {
+    uint16_t version = kVersion;
+    uint64_t model_fingerprint = 0;   // Checkpoint::fingerprint()
+    std::string plan_json;            // the plan the job runs (compared by content)
+    uint32_t world_size = 1;
+    uint32_t pipeline_stages = 1;     // P: batches the coordinator may keep in flight
+    uint32_t kv_block_size = 16;
+    uint64_t kv_blocks = 0;           // capacity of the smallest KV pool in the job
+    uint32_t max_batch_tokens = 0;
+    uint32_t max_sequences = 0;
+    uint32_t vocab_size = 0;
+    std::string job_id;               // e.g. hostname:pid of the leader
+};
+
+struct HelloAck {
+    uint64_t session_id = 0;
+};
+
+struct Refuse {
+    std::string reason;
+};
+
+struct SamplingSpec {
+    float temperature = 0;
+    int32_t top_k = 0;
+    float top_p = 1;
+    float min_p = 0;
+    float repetition_penalty = 1;
+    float frequency_penalty = 0;
+    float presence_penalty = 0;
+    uint64_t seed = 0;
+    uint8_t has_seed = 0;
+    uint8_t logprobs = 0;             // top-n logprobs to return (0..20)
+};
+
+// One sequence's part of a step.
+struct SeqWork {
+    uint64_t seq_id = 0;
+    uint32_t start_pos = 0;           // absolute position of tokens[0]
+    std::vector<int32_t> tokens;      // prefill chunk or the one decode token
+    uint8_t sample = 0;               // 1: this chunk ends the known tokens; sample the next one
+    uint8_t is_new = 0;               // 1: first chunk of a sequence: (re)create its sampler state
+    SamplingSpec sampling;            // used when is_new
+    std::vector<int32_t> prompt;      // when is_new: the full prompt (penalties need it); may be empty
+};
+
+struct StepBatch {
+    uint64_t step_id = 0;
+    std::vector<SeqWork> seqs;
+    std::vector<uint64_t> release;    // sequences whose KV blocks and sampler state to drop first
+};
+
+struct SeqOutput {
+    uint64_t seq_id = 0;
+    int32_t token = -1;               // sampled token (-1 when sample == 0)
+    float logprob = 0;
+    std::vector<int32_t> top_ids;     // top-n logprobs when asked
+    std::vector<float> top_logprobs;
+};
+
+struct StepResult {
+    uint64_t step_id = 0;
+    uint8_t ok = 1;
+    std::string error;                // when !ok: why the step failed (the job stays up)
+    std::vector<SeqOutput> outputs;   // one per SeqWork with sample == 1, in batch order
+    double step_seconds = 0;          // time the shard job spent on the step
+};
+
+struct Heartbeat {
+    uint64_t sequence = 0;
+    uint64_t unix_millis = 0;
+};
+
+struct Shutdown {
+    std::string reason;
+};
+
+// A decoded frame header.
+struct FrameHeader {
+    uint16_t version = 0;
+    MessageType type = MessageType::kHeartbeat;
+    uint32_t length = 0;
+};
+inline constexpr size_t kFrameHeaderSize = 12;
+
+// Encoders append a complete frame (header + payload) to `out`.
+void encode(const Hello& m, std::string* out);
+void encode(const HelloAck& m, std::string* out);
+void encode(const Refuse& m, std::string* out);
+void encode(const StepBatch& m, std::string* out);
+void encode(const StepResult& m, std::string* out);
+void encode(const Heartbeat& m, std::string* out);
+void encode(const Shutdown& m, std::string* out);
+
+// Parses and validates a 12-byte header (magic, version, known type, length <= kMaxPayload).
+StatusOr<FrameHeader> decode_header(const uint8_t* data, size_t size);
+// Decoders validate every field of the payload; trailing bytes are an error.
+StatusOr<Hello> decode_hello(const std::string& payload);
+StatusOr<HelloAck> decode_hello_ack(const std::string& payload);
+StatusOr<Refuse> decode_refuse(const std::string& payload);
+StatusOr<StepBatch> decode_step_batch(const std::string& payload);
+StatusOr<StepResult> decode_step_result(const std::string& payload);
+StatusOr<Heartbeat> decode_heartbeat(const std::string& payload);
+StatusOr<Shutdown> decode_shutdown(const std::string& payload);
+
+}  // namespace deepshard::comm::control
