@@ -1,20 +1,12 @@
-// `deepshard generate`: single-process inference (DESIGN §7). Loads the checkpoint (mapped, then
-// faulted in with a progress report), tokenizes (optionally through the chat template), runs the
-// generation loop and prints text (streamed) or one JSON object; --dump-logits writes the teacher-
-// forced logits of every prompt position as a [positions, vocab] float32 .npy.
+// `deepshard generate`: single-process inference (DESIGN §7). Maps the checkpoint, faults the
+// weights in (progress + GB/s), builds the whole model in this process and runs the shared
+// generate session (model/generate_cli.h) over it.
 #include <cstdio>
-#include <iostream>
-#include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "common/logging.h"
-#include "common/npy.h"
 #include "model/checkpoint.h"
-#include "model/generate.h"
-#include "model/tokenizer/chat_template.h"
-#include "model/tokenizer/tokenizer.h"
+#include "model/generate_cli.h"
 
 namespace deepshard::cli {
 
@@ -22,75 +14,14 @@ namespace {
 
 struct GenerateArgs {
     std::string model;
-    std::string prompt;
-    std::string tokens;
-    bool chat = false;
-    int64_t max_tokens = 64;
-    float temperature = 0.0f;
-    int top_k = 0;
-    float top_p = 1.0f;
-    float min_p = 0.0f;
-    float repetition_penalty = 1.0f;
-    float frequency_penalty = 0.0f;
-    float presence_penalty = 0.0f;
-    int64_t seed = -1;
-    bool ignore_eos = false;
-    bool json = false;
-    int logprobs = 0;
-    std::vector<std::string> stop;
-    std::string dump_logits;
+    model::GenerateOptions options;
     int64_t kv_budget_mb = 1024;
-    int64_t prefill_chunk = 512;
     bool no_preload = false;
 };
-
-StatusOr<std::vector<int32_t>> parse_token_list(const std::string& s) {
-    std::vector<int32_t> out;
-    std::stringstream ss(s);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
-        if (item.empty()) continue;
-        try {
-            size_t used = 0;
-            long v = std::stol(item, &used);
-            if (used != item.size() || v < 0 || v > INT32_MAX) throw std::invalid_argument(item);
-            out.push_back(static_cast<int32_t>(v));
-        } catch (const std::exception&) {
-            return invalid_argument("--tokens: '" + item + "' is not a token id");
-        }
-    }
-    if (out.empty()) return invalid_argument("--tokens: no token ids given");
-    return out;
-}
 
 Status run_generate(const GenerateArgs& args) {
     DS_ASSIGN_OR_RETURN(auto ckpt_ptr, model::Checkpoint::open(args.model));
     std::shared_ptr<const model::Checkpoint> ckpt(std::move(ckpt_ptr));
-    const model::ModelConfig& cfg = ckpt->config();
-
-    std::optional<model::Tokenizer> tok;
-    if (auto t = model::Tokenizer::load(args.model); t.ok()) {
-        tok = std::move(t).value();
-    } else if (!args.prompt.empty()) {
-        return t.status().with_context("--prompt needs the model's tokenizer");
-    }
-
-    std::vector<int32_t> prompt;
-    if (!args.tokens.empty()) {
-        DS_ASSIGN_OR_RETURN(prompt, parse_token_list(args.tokens));
-    } else if (args.chat) {
-        DS_ASSIGN_OR_RETURN(std::string text, model::apply_chat_template({{"user", args.prompt}}, true));
-        DS_ASSIGN_OR_RETURN(prompt, tok->encode(text, false));  // the template already starts with BOS
-    } else {
-        DS_ASSIGN_OR_RETURN(prompt, tok->encode(args.prompt, tok->add_bos_token()));
-    }
-    for (int32_t id : prompt) {
-        if (id >= cfg.vocab_size) {
-            return invalid_argument("prompt token " + std::to_string(id) + " is outside the model's vocabulary of " +
-                                    std::to_string(cfg.vocab_size));
-        }
-    }
-
     if (!args.no_preload) {
         DS_ASSIGN_OR_RETURN(model::LoadStats ls, ckpt->load());
         spdlog::info("loaded {:.1f} MB in {:.2f} s ({:.2f} GB/s)", ls.bytes / 1e6, ls.seconds, ls.gb_per_s());
@@ -98,105 +29,8 @@ Status run_generate(const GenerateArgs& args) {
     model::TransformerOptions opt;
     opt.kv_budget_bytes = args.kv_budget_mb << 20;
     DS_ASSIGN_OR_RETURN(auto engine, model::Transformer::create(ckpt, model::ShardSpec{}, opt));
-
-    model::GenerateRequest req;
-    req.prompt = prompt;
-    req.eos_id = static_cast<int32_t>(cfg.eos_token_id);
-    req.prefill_chunk = args.prefill_chunk;
-    req.prompt_logits = !args.dump_logits.empty();
-    model::SamplingParams& p = req.params;
-    p.temperature = args.temperature;
-    p.top_k = args.top_k;
-    p.top_p = args.top_p;
-    p.min_p = args.min_p;
-    p.repetition_penalty = args.repetition_penalty;
-    p.frequency_penalty = args.frequency_penalty;
-    p.presence_penalty = args.presence_penalty;
-    if (args.seed >= 0) {
-        p.seed = static_cast<uint64_t>(args.seed);
-        p.has_seed = true;
-    }
-    p.max_tokens = static_cast<int>(args.max_tokens);
-    p.ignore_eos = args.ignore_eos;
-    p.stop = args.stop;
-    p.logprobs = args.logprobs;
-    DS_RETURN_IF_ERROR(p.validate(static_cast<int>(cfg.vocab_size)));
-
-    // Streaming text with stop strings: hold back what could still become a stop string.
-    std::optional<model::IncrementalDecoder> dec;
-    if (tok) dec.emplace(*tok, true);
-    std::string text;
-    size_t emitted = 0;
-    bool stopped_by_string = false;
-    auto on_token = [&](int32_t id) -> bool {
-        if (!dec) return true;
-        if (id == req.eos_id && !args.ignore_eos) return true;
-        text += dec->feed(id);
-        for (const auto& s : args.stop) {
-            auto at = text.find(s);
-            if (at != std::string::npos) {
-                text.resize(at);
-                stopped_by_string = true;
-            }
-        }
-        size_t safe = text.size();
-        if (!stopped_by_string) {
-            for (const auto& s : args.stop) {
-                for (size_t k = std::min(s.size() - 1, text.size()); k > 0; --k) {
-                    if (text.compare(text.size() - k, k, s, 0, k) == 0) {
-                        safe = std::min(safe, text.size() - k);
-                        break;
-                    }
-                }
-            }
-        }
-        if (!args.json && safe > emitted) {
-            std::fwrite(text.data() + emitted, 1, safe - emitted, stdout);
-            std::fflush(stdout);
-            emitted = safe;
-        }
-        return !stopped_by_string;
-    };
     model::StepFn step = [&](std::span<const model::SeqChunk> chunks) { return engine->step(chunks); };
-    DS_ASSIGN_OR_RETURN(model::GenerateResult r, model::generate(step, req, on_token));
-    if (dec && !stopped_by_string) {
-        text += dec->flush();
-    }
-    if (!args.json) {
-        if (text.size() > emitted) std::fwrite(text.data() + emitted, 1, text.size() - emitted, stdout);
-        if (!tok) {
-            for (size_t i = 0; i < r.tokens.size(); ++i) std::printf("%s%d", i ? "," : "", r.tokens[i]);
-        }
-        std::printf("\n");
-    }
-
-    if (!args.dump_logits.empty()) {
-        DS_RETURN_IF_ERROR(write_npy_f32(args.dump_logits, {static_cast<int64_t>(prompt.size()), r.vocab},
-                                         r.prompt_logits.data()));
-    }
-    if (args.json) {
-        nlohmann::json j;
-        j["prompt_tokens"] = prompt;
-        j["generated_tokens"] = r.tokens;
-        j["text"] = model::utf8::to_valid_lossy(text);
-        j["finish_reason"] = r.finish_reason;
-        const double n = static_cast<double>(r.tokens.size());
-        j["timings"] = {{"prefill_seconds", r.prefill_seconds},
-                        {"decode_seconds", r.decode_seconds},
-                        {"prefill_tokens_per_second", r.prefill_seconds > 0 ? prompt.size() / r.prefill_seconds : 0.0},
-                        {"decode_tokens_per_second", r.decode_seconds > 0 && n > 1 ? (n - 1) / r.decode_seconds : 0.0}};
-        if (args.logprobs > 0) {
-            nlohmann::json lp = nlohmann::json::array();
-            for (const auto& s : r.samples) {
-                nlohmann::json top = nlohmann::json::array();
-                for (const auto& [id, v] : s.top_logprobs) top.push_back({{"token", id}, {"logprob", v}});
-                lp.push_back({{"token", s.token}, {"logprob", s.logprob}, {"top", top}});
-            }
-            j["logprobs"] = lp;
-        }
-        std::cout << j.dump() << std::endl;
-    }
-    return ok_status();
+    return model::run_generate_session(args.options, *ckpt, step);
 }
 
 }  // namespace
@@ -205,34 +39,10 @@ void register_generate(CLI::App& app, int* exit_code) {
     auto args = std::make_shared<GenerateArgs>();
     auto* cmd = app.add_subcommand("generate", "Run the model in this process and print the continuation");
     cmd->add_option("--model", args->model, "model directory")->required();
-    auto* prompt = cmd->add_option("--prompt", args->prompt, "prompt text (needs the model's tokenizer)");
-    auto* tokens = cmd->add_option("--tokens", args->tokens, "prompt as comma-separated token ids");
-    prompt->excludes(tokens);
-    cmd->add_flag("--chat", args->chat, "wrap --prompt in the chat template as one user turn");
-    cmd->add_option("--max-tokens", args->max_tokens, "tokens to generate")->check(CLI::Range(1, 1 << 20));
-    cmd->add_option("--temperature", args->temperature, "0 = greedy");
-    cmd->add_option("--top-k", args->top_k, "0 = off");
-    cmd->add_option("--top-p", args->top_p, "nucleus sampling");
-    cmd->add_option("--min-p", args->min_p, "min-p filter");
-    cmd->add_option("--repetition-penalty", args->repetition_penalty, "HF-style repetition penalty");
-    cmd->add_option("--frequency-penalty", args->frequency_penalty, "OpenAI frequency penalty");
-    cmd->add_option("--presence-penalty", args->presence_penalty, "OpenAI presence penalty");
-    cmd->add_option("--seed", args->seed, "sampling seed (same seed, same output)");
-    cmd->add_flag("--ignore-eos", args->ignore_eos, "keep generating after EOS");
-    cmd->add_option("--stop", args->stop, "stop string (repeatable)");
-    cmd->add_option("--logprobs", args->logprobs, "top-n logprobs per token in --json output");
-    cmd->add_flag("--json", args->json, "print one JSON object");
-    cmd->add_option("--dump-logits", args->dump_logits, "write prompt logits [positions, vocab] as .npy");
-    cmd->add_option("--kv-budget-mb", args->kv_budget_mb, "KV cache pool size");
-    cmd->add_option("--prefill-chunk", args->prefill_chunk, "tokens per prefill step");
+    model::add_generate_options(cmd, &args->options);
+    cmd->add_option("--kv-budget-mb", args->kv_budget_mb, "KV cache pool size in MiB");
     cmd->add_flag("--no-preload", args->no_preload, "do not fault the weights in before running");
-    cmd->callback([args, exit_code, cmd, prompt, tokens] {
-        if (prompt->count() == 0 && tokens->count() == 0) {
-            std::fprintf(stderr, "error: generate needs --prompt or --tokens\n");
-            *exit_code = 2;
-            return;
-        }
-        (void)cmd;
+    cmd->callback([args, exit_code] {
         Status s = run_generate(*args);
         if (!s.ok()) {
             std::fprintf(stderr, "error: %s\n", s.to_string().c_str());

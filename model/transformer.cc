@@ -4,6 +4,8 @@
 #include "model/transformer.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <string>
@@ -35,10 +37,6 @@ struct Layer {
     bool has_shared = false;
 };
 
-float silu(float x) {
-    return x / (1.0f + std::exp(-x));
-}
-
 // Grows a scratch buffer without shrinking (steps reuse it).
 float* scratch(std::vector<float>& v, int64_t n) {
     if (static_cast<int64_t>(v.size()) < n) {
@@ -69,7 +67,8 @@ struct Transformer::Impl {
     void mla(const Layer& L, int64_t layer_index, KvCache& kv, const float* x, int64_t T,
              const std::vector<uint64_t>& tok_seq, const std::vector<int64_t>& tok_pos, float* y);
     void mlp(const Mlp& m, const float* x, int64_t T, float* y, bool accumulate);
-    void moe(const Layer& L, int64_t layer_index, const float* x, int64_t T, float* y, ForwardHooks* hooks);
+    Status moe(const Layer& L, int64_t layer_index, const float* x, int64_t T, float* y, ForwardHooks* hooks,
+               MoeExchange* exchange);
 };
 
 Status Transformer::Impl::load_mlp(const Checkpoint& ck, const std::string& prefix, int64_t inter, int64_t tp_rank,
@@ -293,18 +292,23 @@ void Transformer::Impl::mlp(const Mlp& m, const float* x, int64_t T, float* y, b
     kernels::matmul(gb, T, I, m.w2, y, H, accumulate);
 }
 
-void Transformer::Impl::moe(const Layer& L, int64_t li, const float* x, int64_t T, float* y, ForwardHooks* hooks) {
+Status Transformer::Impl::moe(const Layer& L, int64_t li, const float* x, int64_t T, float* y, ForwardHooks* hooks,
+                              MoeExchange* exchange) {
     const ModelConfig& c = *cfg;
     const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
     const int64_t G = c.n_group, per_group = E / G;
-    float* sc = scratch(router, T * E);
-    kernels::matmul(x, T, H, L.gate, sc, E);
+    float* sc = scratch(router, std::max<int64_t>(T, 1) * E);
+    if (T > 0) {
+        kernels::matmul(x, T, H, L.gate, sc, E);
+    }
 
     // Routing per token: scores, bias for selection only, group limit, top-k, normalized weights.
     std::vector<std::vector<std::pair<int64_t, float>>> by_expert(static_cast<size_t>(E));
     std::vector<float> s(E), sb(E), gs(G);
     std::vector<int32_t> idx(E), gidx(G), chosen(K);
     std::vector<float> weights(K);
+    std::vector<int32_t> all_experts(static_cast<size_t>(T * K));
+    std::vector<float> all_weights(static_cast<size_t>(T * K));
     for (int64_t t = 0; t < T; ++t) {
         const float* row = sc + t * E;
         if (c.scoring_func == "softmax") {
@@ -358,14 +362,25 @@ void Transformer::Impl::moe(const Layer& L, int64_t li, const float* x, int64_t 
             if (normalize) weights[k] /= wsum;
             weights[k] *= static_cast<float>(c.routed_scaling_factor);
             by_expert[chosen[k]].push_back({t, weights[k]});
+            all_experts[t * K + k] = chosen[k];
+            all_weights[t * K + k] = weights[k];
         }
         if (hooks != nullptr && hooks->on_routing) {
             hooks->on_routing(li, t, chosen, weights);
         }
     }
 
-    // Routed experts held here, in ascending id order (the official accumulation order).
     std::fill(y, y + T * H, 0.0f);
+    if (exchange != nullptr) {
+        // Expert parallel: the exchange routes tokens to the experts' owners and back.
+        auto local = [&](int32_t e, const float* xs, int64_t n, float* ys) { mlp(L.experts[e], xs, n, ys, false); };
+        DS_RETURN_IF_ERROR(exchange->run(x, T, H, all_experts, all_weights, K, local, y));
+        if (L.has_shared && T > 0) {
+            mlp(L.shared, x, T, y, true);
+        }
+        return ok_status();
+    }
+    // Routed experts held here, in ascending id order (the official accumulation order).
     for (int64_t e = 0; e < E; ++e) {
         const auto& toks = by_expert[e];
         if (toks.empty() || !L.experts[e].w1.valid()) {
@@ -388,6 +403,7 @@ void Transformer::Impl::moe(const Layer& L, int64_t li, const float* x, int64_t 
     if (L.has_shared) {
         mlp(L.shared, x, T, y, true);
     }
+    return ok_status();
 }
 
 Transformer::Transformer(std::shared_ptr<const Checkpoint> checkpoint, const ShardSpec& spec, KvCache kv)
@@ -502,6 +518,13 @@ StatusOr<StepOutput> Transformer::step(std::span<const SeqChunk> chunks, std::sp
     float* out = scratch(m.out, T * H);
     for (int64_t l = m.first; l < m.last; ++l) {
         const Layer& L = m.layers[l - m.first];
+        if (T == 0) {
+            // A data-parallel rank with no tokens this step still joins the expert exchange.
+            if (L.moe && exchange_ != nullptr) {
+                DS_RETURN_IF_ERROR(m.moe(L, l, a, 0, out, hooks_, exchange_));
+            }
+            continue;
+        }
         kernels::rmsnorm(h, T, H, H, L.attn_norm.data(), eps, a, H);
         m.mla(L, l, kv_, a, T, tok_seq, tok_pos, out);
         if (reducer_ != nullptr) {
@@ -510,7 +533,7 @@ StatusOr<StepOutput> Transformer::step(std::span<const SeqChunk> chunks, std::sp
         for (int64_t i = 0; i < T * H; ++i) h[i] += out[i];
         kernels::rmsnorm(h, T, H, H, L.ffn_norm.data(), eps, a, H);
         if (L.moe) {
-            m.moe(L, l, a, T, out, hooks_);
+            DS_RETURN_IF_ERROR(m.moe(L, l, a, T, out, hooks_, exchange_));
         } else {
             m.mlp(L.dense, a, T, out, false);
         }
@@ -564,6 +587,54 @@ StatusOr<StepOutput> Transformer::step(std::span<const SeqChunk> chunks, std::sp
         }
     }
     return result;
+}
+
+namespace {
+// Touches one byte per page of the view's storage span.
+uint64_t touch_view(const WeightView& w) {
+    if (!w.valid()) return 0;
+    const size_t es = dtype_size(w.dtype);
+    const auto* begin = static_cast<const volatile uint8_t*>(w.data);
+    const size_t span = static_cast<size_t>(((w.rows - 1) * w.ld + w.cols) * static_cast<int64_t>(es));
+    uint8_t sink = 0;
+    for (size_t off = 0; off < span; off += 4096) sink ^= begin[off];
+    sink ^= begin[span - 1];
+    if (w.scale != nullptr) {
+        const auto* sc = reinterpret_cast<const volatile uint8_t*>(w.scale);
+        sink ^= sc[0];
+    }
+    (void)sink;
+    return static_cast<uint64_t>(w.rows * w.cols) * es;
+}
+}  // namespace
+
+LoadStats Transformer::prefault() const {
+    const Impl& m = *impl_;
+    std::vector<const WeightView*> views;
+    auto add_mlp = [&](const Mlp& x) {
+        views.push_back(&x.w1);
+        views.push_back(&x.w2);
+        views.push_back(&x.w3);
+    };
+    views.push_back(&m.embed);
+    views.push_back(&m.head);
+    for (const Layer& L : m.layers) {
+        for (const WeightView* w : {&L.wq_a, &L.wq_b, &L.wq, &L.wkv_a, &L.wkv_b, &L.wo, &L.gate}) views.push_back(w);
+        add_mlp(L.dense);
+        add_mlp(L.shared);
+        for (const Mlp& e : L.experts) add_mlp(e);
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    std::atomic<uint64_t> bytes{0};
+    ThreadPool::global().parallel_for(static_cast<int64_t>(views.size()), [&](int64_t b, int64_t e) {
+        uint64_t local = 0;
+        for (int64_t i = b; i < e; ++i) local += touch_view(*views[i]);
+        bytes += local;
+    });
+    LoadStats st;
+    st.bytes = bytes.load();
+    st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return st;
 }
 
 int64_t Transformer::weight_bytes_per_token() const {

@@ -47,6 +47,19 @@ public:
     virtual Status allgather_vocab(float* logits, int64_t rows, int64_t full_vocab) = 0;
 };
 
+// Expert parallelism with data-parallel attention: routed tokens go to the ranks that own their
+// experts and come back weight-summed (comm/ep dispatch + combine). Called once per MoE layer on
+// every rank of the stage, also with T == 0, since it is collective.
+class MoeExchange {
+public:
+    virtual ~MoeExchange() = default;
+    // Runs one of this rank's experts on n rows of x [n, hidden] into y [n, hidden].
+    using LocalExpert = std::function<void(int32_t expert, const float* x, int64_t n, float* y)>;
+    // out[t] = sum_k weights[t*K+k] * Expert_{experts[t*K+k]}(x[t]) for the T local tokens.
+    virtual Status run(const float* x, int64_t T, int64_t hidden, std::span<const int32_t> experts,
+                       std::span<const float> weights, int64_t K, const LocalExpert& local_expert, float* out) = 0;
+};
+
 // Optional observers for tests and debugging (nullptr = off).
 struct ForwardHooks {
     // After the embedding (layer = -1) and after each block: the residual stream [tokens, hidden].
@@ -93,6 +106,7 @@ public:
     KvCache& kv_cache() { return kv_; }
     void set_reducer(TpReducer* reducer) { reducer_ = reducer; }
     void set_hooks(ForwardHooks* hooks) { hooks_ = hooks; }
+    void set_moe_exchange(MoeExchange* exchange) { exchange_ = exchange; }
 
     // Runs one step. KV space for [start_pos, start_pos+num_tokens) is reserved here (fails with
     // ResourceExhausted before any change when the pool cannot supply it). `hidden_in` is the
@@ -101,6 +115,10 @@ public:
 
     // Drops a sequence's cache.
     void release(uint64_t seq_id) { kv_.release(seq_id); }
+
+    // Faults in exactly the byte ranges of the weights this shard holds (one read per page, all
+    // cores), so a rank's resident memory is its share of the checkpoint. Returns bytes and time.
+    LoadStats prefault() const;
 
     // Bytes of weights one decode token reads on this shard (all held dense weights plus the
     // routed experts a token activates), for benchmarks.
@@ -114,6 +132,7 @@ private:
     KvCache kv_;
     TpReducer* reducer_ = nullptr;
     ForwardHooks* hooks_ = nullptr;
+    MoeExchange* exchange_ = nullptr;
     std::unique_ptr<Impl> impl_;
 };
 

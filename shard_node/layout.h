@@ -1,0 +1,58 @@
+// How the ranks of a shard job split the model (DESIGN §2, §4): rank r is in pipeline stage r / S
+// and holds local index r % S. Inside a stage, attention is tensor-parallel (heads split, every rank
+// sees every token) or data-parallel (each rank serves its own sequences with all heads); routed
+// experts are spread over the S ranks. Pure arithmetic, no communication, testable anywhere.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "model/config.h"
+#include "model/transformer.h"
+
+namespace deepshard::shard_node {
+
+enum class AttentionMode { kTensorParallel, kDataParallel };
+
+struct StageRange {
+    int64_t first_layer = 0;
+    int64_t last_layer = 0;  // exclusive
+};
+
+struct Layout {
+    int world_size = 1;
+    int ranks_per_stage = 1;
+    std::vector<StageRange> stages;
+    AttentionMode attention = AttentionMode::kTensorParallel;
+    std::vector<int> expert_owner;  // expert id -> local index inside the stage
+
+    int num_stages() const { return static_cast<int>(stages.size()); }
+    int stage_of(int rank) const { return rank / ranks_per_stage; }
+    int local_of(int rank) const { return rank % ranks_per_stage; }
+    int rank_of(int stage, int local) const { return stage * ranks_per_stage + local; }
+
+    // Checks the layout against the model: layer ranges cover [0, layers) in order, heads and MLP
+    // widths divide by the TP size, vocabulary divides for vocab-parallel embedding/head, experts
+    // all owned. Messages name the offending quantity.
+    Status validate(const model::ModelConfig& config) const;
+
+    // The part of the model `rank` holds.
+    model::ShardSpec shard_spec(const model::ModelConfig& config, int rank) const;
+
+    // Default layout: `stages` stages of `ranks_per_stage` ranks, layers split as evenly as
+    // possible, experts in contiguous blocks.
+    static Layout even(const model::ModelConfig& config, int stages, int ranks_per_stage, AttentionMode attention);
+
+    // Reads the layout fields of a plan file written by `deepshard plan` (stages with layer ranges,
+    // ranks_per_stage, attention, expert placement).
+    static StatusOr<Layout> from_plan_json(const std::string& text, const model::ModelConfig& config);
+};
+
+// Which local rank of a DP-attention stage serves a sequence.
+inline int dp_owner(uint64_t seq_id, int ranks_per_stage) {
+    return static_cast<int>(seq_id % static_cast<uint64_t>(ranks_per_stage));
+}
+
+}  // namespace deepshard::shard_node

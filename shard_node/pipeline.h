@@ -1,0 +1,103 @@
+// The shard job's step pipeline (DESIGN §3 steps 4-5). Rank 0 (the leader, local 0 of stage 0)
+// submits steps; stage 0 gets each step header by a broadcast inside the stage; every stage runs
+// its layers and passes the header plus its hidden states point-to-point to the rank with the same
+// local index in the next stage; the last stage samples (or, in driver mode, returns logits) and
+// sends the results to rank 0. Rank 0 can submit the next step while later stages still work on
+// earlier ones, so with P stages up to P steps are in flight.
+//
+// Every receive has the communicator's deadline; when idle the leader pushes "tick" steps through
+// the pipeline so a dead rank is noticed within a deadline instead of never.
+// Thread-safety: one thread per rank drives everything.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "comm/control/protocol.h"
+#include "model/checkpoint.h"
+#include "model/sampling.h"
+#include "model/transformer.h"
+#include "shard_node/layout.h"
+
+namespace deepshard::shard_node {
+
+enum class StepKind : uint8_t { kStep = 1, kTick = 2, kShutdown = 3 };
+
+struct PipelineStep {
+    StepKind kind = StepKind::kStep;
+    bool return_logits = false;                 // driver mode: logits back to rank 0, no sampling
+    std::vector<model::LogitsMode> logits_mode; // per sequence (driver mode); else from `sample`
+    comm::control::StepBatch batch;
+};
+
+// What rank 0 gets back for one step.
+struct StepReply {
+    uint64_t step_id = 0;
+    comm::control::StepResult result;           // sampled tokens (coordinator mode)
+    std::vector<float> logits;                  // driver mode: rows in batch order
+    int64_t rows = 0;
+    int64_t vocab = 0;
+};
+
+class Pipeline {
+public:
+    // `world` spans the job; a stage communicator is split from it. Loads this rank's shard.
+    static StatusOr<std::unique_ptr<Pipeline>> create(comm::Communicator* world, const Layout& layout,
+                                                      std::shared_ptr<const model::Checkpoint> checkpoint,
+                                                      const model::TransformerOptions& options);
+    ~Pipeline();
+
+    bool is_leader() const { return rank_ == 0; }
+    int rank() const { return rank_; }
+    const Layout& layout() const { return layout_; }
+    model::Transformer& transformer() { return *model_; }
+    int64_t in_flight() const { return static_cast<int64_t>(pending_.size()); }
+
+    // Leader: runs stage-0 work for `step` and forwards it. Results are collected with collect().
+    Status submit(const PipelineStep& step);
+    // Leader: the oldest step's reply. With `block` false, sets *ready = false and returns OK when
+    // it has not arrived yet; with `block` true waits (up to the deadline).
+    Status collect(bool block, bool* ready, StepReply* reply);
+    // Leader: a whole step through the pipeline, synchronously (driver mode).
+    StatusOr<StepReply> run(const PipelineStep& step);
+
+    // Every rank but the leader: serve steps until a shutdown step or an error.
+    Status serve();
+    // Leader: pushes a shutdown through the pipeline (after the last collect).
+    Status shutdown();
+
+private:
+    Pipeline() = default;
+    Status process(const PipelineStep& step, std::span<const float> hidden_in);
+    Status receive_step(PipelineStep* step, std::vector<float>* hidden);
+    Status send_step(const PipelineStep& step, std::span<const float> hidden, int peer);
+    // The chunks this rank runs for `step` (TP: all; DP: the sequences it owns).
+    std::vector<size_t> my_sequences(const PipelineStep& step) const;
+    Status finish_last_stage(const PipelineStep& step, const std::vector<size_t>& mine, const model::StepOutput& out);
+    std::vector<int> result_senders() const;
+
+    comm::Communicator* world_ = nullptr;
+    std::unique_ptr<comm::Communicator> stage_comm_;
+    std::unique_ptr<model::TpReducer> reducer_;
+    std::unique_ptr<model::MoeExchange> exchange_;
+    Layout layout_;
+    int rank_ = 0, stage_ = 0, local_ = 0;
+    std::shared_ptr<const model::Checkpoint> checkpoint_;
+    std::unique_ptr<model::Transformer> model_;
+    std::map<uint64_t, std::unique_ptr<model::Sampler>> samplers_;
+    std::deque<PipelineStep> pending_;  // leader: steps submitted, replies not yet collected
+    std::map<uint64_t, StepReply> local_replies_;  // leader on the last stage: its own parts
+    comm::Request len_req_;             // leader: posted receive of a result length
+    uint64_t len_buf_ = 0;
+    int len_sender_ = -1;
+};
+
+// Step header wire format (bytes): kind, flags, modes, then a control-protocol StepBatch frame.
+std::string encode_step(const PipelineStep& step);
+StatusOr<PipelineStep> decode_step(const std::string& bytes);
+
+}  // namespace deepshard::shard_node
