@@ -12,5 +12,6 @@ void register_tokenize(CLI::App& app, int* exit_code);
 void register_generate(CLI::App& app, int* exit_code);
 void register_plan(CLI::App& app, int* exit_code);
 void register_topo(CLI::App& app, int* exit_code);
+void register_doctor(CLI::App& app, int* exit_code);
 
 }  // namespace deepshard::cli

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
     deepshard::cli::register_generate(app, &exit_code);
     deepshard::cli::register_plan(app, &exit_code);
     deepshard::cli::register_topo(app, &exit_code);
+    deepshard::cli::register_doctor(app, &exit_code);
     CLI11_PARSE(app, argc, argv);
     return exit_code;
 }
