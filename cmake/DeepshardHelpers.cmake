@@ -30,8 +30,10 @@ set(DS_MPIRUN_FLAGS --allow-run-as-root --oversubscribe --bind-to none --mca btl
 
 function(deepshard_add_test name)
   cmake_parse_arguments(A "" "NP;TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
-  add_executable(${name} ${A_SOURCES})
+  add_executable(${name} ${A_SOURCES} ${CMAKE_SOURCE_DIR}/tests/util/test_env.cc)
   target_compile_options(${name} PRIVATE ${DS_WARNINGS})
+  target_compile_definitions(${name} PRIVATE DS_TEST_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
+                                             DS_TEST_BINARY_DIR="${CMAKE_BINARY_DIR}")
   target_link_libraries(${name} PRIVATE ${A_DEPS} GTest::gtest GTest::gtest_main)
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
   if(NOT A_TIMEOUT)

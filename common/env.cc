@@ -13,6 +13,7 @@ const std::vector<EnvKnob>& env_knobs() {
         {"DS_ISA", "auto", "force the CPU kernel ISA: auto, avx512bf16, avx512, avx2, scalar"},
         {"DS_LOG_LEVEL", "info", "log level: trace, debug, info, warn, error, off"},
         {"DS_COMM_TIMEOUT_MS", "30000", "deadline of every communicator operation"},
+        {"DS_COMM_SPIN_US", "1000", "comm: busy-poll this long before yielding/sleeping while waiting"},
         {"DS_HEARTBEAT_MS", "500", "shard job <-> coordinator heartbeat period"},
         {"DS_PROGRESS", "auto", "loading progress bar: auto (on a terminal), on, off"},
     };

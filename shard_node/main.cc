@@ -130,10 +130,10 @@ int main(int argc, char** argv) {
         return 1;
     }
     if (args.timeout_ms > 0) {
-        (*world)->set_timeout(std::chrono::milliseconds(args.timeout_ms));
+        world->set_timeout(std::chrono::milliseconds(args.timeout_ms));
     }
-    const int rank = (*world)->rank();
-    Status s = shard_node::run_rank(args, world->get());
+    const int rank = world->rank();
+    Status s = shard_node::run_rank(args, &world.value());
     if (!s.ok()) {
         char host[256] = {0};
         gethostname(host, sizeof(host) - 1);

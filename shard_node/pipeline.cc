@@ -77,6 +77,8 @@ std::string encode_step(const PipelineStep& step) {
     std::string out;
     out.push_back(static_cast<char>(step.kind));
     out.push_back(static_cast<char>(step.return_logits ? 1 : 0));
+    put_u64(&out, step.error.size());
+    out.append(step.error);
     put_u64(&out, step.logits_mode.size());
     for (auto m : step.logits_mode) out.push_back(static_cast<char>(m));
     ctl::encode(step.batch, &out);
@@ -85,7 +87,7 @@ std::string encode_step(const PipelineStep& step) {
 
 StatusOr<PipelineStep> decode_step(const std::string& bytes) {
     PipelineStep step;
-    if (bytes.size() < 10) {
+    if (bytes.size() < 18) {
         return protocol_error("pipeline step header: " + std::to_string(bytes.size()) + " bytes is too short");
     }
     const uint8_t kind = static_cast<uint8_t>(bytes[0]);
@@ -94,12 +96,19 @@ StatusOr<PipelineStep> decode_step(const std::string& bytes) {
     }
     step.kind = static_cast<StepKind>(kind);
     step.return_logits = bytes[1] != 0;
+    uint64_t elen = 0;
+    std::memcpy(&elen, bytes.data() + 2, 8);
+    if (elen > bytes.size() - 10 || bytes.size() - 10 - elen < 8) {
+        return protocol_error("pipeline step header: error text of " + std::to_string(elen) + " bytes exceeds the message");
+    }
+    step.error = bytes.substr(10, elen);
+    size_t off = 10 + elen;
     uint64_t n = 0;
-    std::memcpy(&n, bytes.data() + 2, 8);
-    if (n > bytes.size() - 10) {
+    std::memcpy(&n, bytes.data() + off, 8);
+    off += 8;
+    if (n > bytes.size() - off) {
         return protocol_error("pipeline step header: " + std::to_string(n) + " logits modes exceed the message");
     }
-    size_t off = 10;
     for (uint64_t i = 0; i < n; ++i, ++off) {
         const uint8_t m = static_cast<uint8_t>(bytes[off]);
         if (m > 2) return protocol_error("pipeline step header: bad logits mode " + std::to_string(m));
@@ -136,6 +145,13 @@ StatusOr<std::unique_ptr<Pipeline>> Pipeline::create(comm::Communicator* world, 
     DS_ASSIGN_OR_RETURN(p->stage_comm_, world->split(p->stage_, p->local_));
     const model::ModelConfig& cfg = p->checkpoint_->config();
     DS_ASSIGN_OR_RETURN(p->model_, model::Transformer::create(p->checkpoint_, layout.shard_spec(cfg, p->rank_), options));
+    {
+        // The coordinator schedules against the smallest pool of the job.
+        const int64_t mine = p->model_->kv_cache().total_blocks();
+        std::vector<int64_t> all(static_cast<size_t>(world->size()));
+        DS_RETURN_IF_ERROR(world->allgather(&mine, all.data(), 8, comm::DataType::kByte));
+        p->min_kv_blocks_ = *std::min_element(all.begin(), all.end());
+    }
     if (layout.ranks_per_stage > 1) {
         if (layout.attention == AttentionMode::kTensorParallel) {
             p->reducer_ = std::make_unique<StageReducer>(p->stage_comm_.get());
@@ -175,7 +191,7 @@ Status Pipeline::send_step(const PipelineStep& step, std::span<const float> hidd
     const uint64_t len = bytes.size();
     DS_RETURN_IF_ERROR(world_->send(&len, 8, comm::DataType::kByte, peer, kTagHeaderLen));
     DS_RETURN_IF_ERROR(world_->send(bytes.data(), bytes.size(), comm::DataType::kByte, peer, kTagHeader));
-    if (step.kind == StepKind::kStep && !hidden.empty()) {
+    if (step.kind == StepKind::kStep && step.error.empty() && !hidden.empty()) {
         DS_RETURN_IF_ERROR(world_->send(hidden, peer, kTagHidden));
     }
     return ok_status();
@@ -200,7 +216,7 @@ Status Pipeline::receive_step(PipelineStep* step, std::vector<float>* hidden) {
     }
     DS_ASSIGN_OR_RETURN(*step, decode_step(bytes));
     hidden->clear();
-    if (stage_ > 0 && step->kind == StepKind::kStep) {
+    if (stage_ > 0 && step->kind == StepKind::kStep && step->error.empty()) {
         int64_t tokens = 0;
         for (size_t i : my_sequences(*step)) tokens += chunk_tokens(step->batch.seqs[i]);
         if (tokens > 0) {
@@ -221,6 +237,9 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
         model_->release(id);
         samplers_.erase(id);
     }
+    if (!step.error.empty()) {
+        return forward_failure(step);
+    }
     const std::vector<size_t> mine = my_sequences(step);
     std::vector<model::SeqChunk> chunks;
     for (size_t i : mine) {
@@ -237,11 +256,31 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
         }
         chunks.push_back(c);
     }
-    DS_ASSIGN_OR_RETURN(model::StepOutput out, model_->step(chunks, hidden_in));
+    auto stepped = model_->step(chunks, hidden_in);
+    if (!stepped.ok()) {
+        // Rejections happen before the step changes any state or communicates, identically on
+        // every rank of the stage (same inputs, same checks): the job stays up, the step fails.
+        const StatusCode code = stepped.status().code();
+        if (code != StatusCode::kInvalidArgument && code != StatusCode::kResourceExhausted) {
+            return stepped.status();
+        }
+        PipelineStep failed = step;
+        failed.error = stepped.status().to_string();
+        return forward_failure(failed);
+    }
+    model::StepOutput out = std::move(stepped).value();
     if (!last) {
         return send_step(step, out.hidden, layout_.rank_of(stage_ + 1, local_));
     }
     return finish_last_stage(step, mine, out);
+}
+
+Status Pipeline::forward_failure(const PipelineStep& step) {
+    if (stage_ != layout_.num_stages() - 1) {
+        return send_step(step, {}, layout_.rank_of(stage_ + 1, local_));
+    }
+    model::StepOutput none;
+    return finish_last_stage(step, {}, none);
 }
 
 Status Pipeline::finish_last_stage(const PipelineStep& step, const std::vector<size_t>& mine,
@@ -252,7 +291,10 @@ Status Pipeline::finish_last_stage(const PipelineStep& step, const std::vector<s
     StepReply reply;
     reply.step_id = step.batch.step_id;
     reply.result.step_id = step.batch.step_id;
-    if (step.return_logits) {
+    if (!step.error.empty()) {
+        reply.result.ok = 0;
+        reply.result.error = step.error;
+    } else if (step.return_logits) {
         reply.logits = out.logits;
         reply.rows = out.rows;
         reply.vocab = out.vocab;
@@ -352,7 +394,7 @@ Status Pipeline::collect(bool block, bool* ready, StepReply* reply) {
                                 ctl::decode_header(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
             if (fh.type != ctl::MessageType::kStepResult) return protocol_error("expected a step result frame");
             DS_ASSIGN_OR_RETURN(part.result, ctl::decode_step_result(bytes.substr(ctl::kFrameHeaderSize)));
-            if (step.return_logits) {
+            if (step.return_logits && part.result.ok) {
                 // Rows this sender computed: its sequences' logits modes.
                 int64_t rows = 0;
                 for (size_t i = 0; i < step.batch.seqs.size(); ++i) {
@@ -373,6 +415,18 @@ Status Pipeline::collect(bool block, bool* ready, StepReply* reply) {
             }
         }
         parts[sender] = std::move(part);
+    }
+    for (auto& [sender, part] : parts) {
+        if (!part.result.ok) {
+            // The step was rejected (same reason on every rank): report it, keep the job up.
+            merged.result.ok = 0;
+            merged.result.error = part.result.error;
+            local_replies_.erase(step.batch.step_id);
+            pending_.pop_front();
+            *reply = std::move(merged);
+            *ready = true;
+            return ok_status();
+        }
     }
     // Merge in batch order.
     std::map<int, size_t> out_pos, row_pos;
@@ -409,6 +463,7 @@ StatusOr<StepReply> Pipeline::run(const PipelineStep& step) {
     StepReply reply;
     DS_RETURN_IF_ERROR(collect(true, &ready, &reply));
     if (!ready) return internal_error("step finished without a reply");
+    if (!reply.result.ok) return invalid_argument(reply.result.error);
     return reply;
 }
 

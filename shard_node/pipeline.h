@@ -32,6 +32,9 @@ struct PipelineStep {
     bool return_logits = false;                 // driver mode: logits back to rank 0, no sampling
     std::vector<model::LogitsMode> logits_mode; // per sequence (driver mode); else from `sample`
     comm::control::StepBatch batch;
+    // Set when an earlier stage rejected the step before changing any state (bad positions, KV
+    // exhausted): later stages skip it and the last stage reports the error in its reply.
+    std::string error;
 };
 
 // What rank 0 gets back for one step.
@@ -56,6 +59,8 @@ public:
     const Layout& layout() const { return layout_; }
     model::Transformer& transformer() { return *model_; }
     int64_t in_flight() const { return static_cast<int64_t>(pending_.size()); }
+    // Smallest KV pool (in blocks) over all ranks: the capacity the coordinator may schedule.
+    int64_t min_kv_blocks() const { return min_kv_blocks_; }
 
     // Leader: runs stage-0 work for `step` and forwards it. Results are collected with collect().
     Status submit(const PipelineStep& step);
@@ -77,6 +82,7 @@ private:
     Status send_step(const PipelineStep& step, std::span<const float> hidden, int peer);
     // The chunks this rank runs for `step` (TP: all; DP: the sequences it owns).
     std::vector<size_t> my_sequences(const PipelineStep& step) const;
+    Status forward_failure(const PipelineStep& step);
     Status finish_last_stage(const PipelineStep& step, const std::vector<size_t>& mine, const model::StepOutput& out);
     std::vector<int> result_senders() const;
 
@@ -94,6 +100,7 @@ private:
     comm::Request len_req_;             // leader: posted receive of a result length
     uint64_t len_buf_ = 0;
     int len_sender_ = -1;
+    int64_t min_kv_blocks_ = 0;
 };
 
 // Step header wire format (bytes): kind, flags, modes, then a control-protocol StepBatch frame.

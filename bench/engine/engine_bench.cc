@@ -1,0 +1,237 @@
+// Single-process engine throughput (issue 3 item 7): prefill and decode tokens/s of one model
+// directory at batch sizes 1 and 8, with the weight bytes a decode token reads, the achieved
+// GB/s and, measured in the same process right before, the STREAM-triad GB/s it is compared with.
+// Also the peak resident memory against mapped weights + KV pool (nothing else should be there).
+//
+// Usage: engine_bench --model DIR [--batches 1,8] [--prefill 256] [--decode 16] [--reps 3] [--kv-mb 256]
+// Prints a table and one JSON line per measurement (prefixed "JSON ").
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bench/util/stream.h"
+#include "common/thread_pool.h"
+#include "kernels/kernels.h"
+#include "model/checkpoint.h"
+#include "model/transformer.h"
+
+namespace {
+
+namespace dm = deepshard::model;
+namespace db = deepshard::bench;
+
+struct Args {
+    std::string model;
+    std::vector<int> batches{1, 8};
+    int prefill = 256;
+    int decode = 16;
+    int reps = 3;
+    int64_t kv_mb = 256;
+    int64_t stream_mb = 256;
+};
+
+[[noreturn]] void die(const std::string& msg) {
+    std::fprintf(stderr, "engine_bench: %s\n", msg.c_str());
+    std::exit(1);
+}
+
+Args parse(int argc, char** argv) {
+    Args a;
+    for (int i = 1; i < argc; ++i) {
+        const std::string k = argv[i];
+        auto next = [&]() -> std::string {
+            if (i + 1 >= argc) {
+                die(k + " needs a value");
+            }
+            return argv[++i];
+        };
+        if (k == "--model") {
+            a.model = next();
+        } else if (k == "--batches") {
+            a.batches.clear();
+            std::stringstream ss(next());
+            for (std::string t; std::getline(ss, t, ',');) {
+                a.batches.push_back(std::atoi(t.c_str()));
+            }
+        } else if (k == "--prefill") {
+            a.prefill = std::atoi(next().c_str());
+        } else if (k == "--decode") {
+            a.decode = std::atoi(next().c_str());
+        } else if (k == "--reps") {
+            a.reps = std::atoi(next().c_str());
+        } else if (k == "--kv-mb") {
+            a.kv_mb = std::atoll(next().c_str());
+        } else if (k == "--stream-mb") {
+            a.stream_mb = std::atoll(next().c_str());
+        } else {
+            die("unknown argument " + k);
+        }
+    }
+    if (a.model.empty()) {
+        die("--model DIR is required");
+    }
+    return a;
+}
+
+std::vector<int32_t> random_tokens(int n, int64_t vocab, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (auto& x : t) {
+        x = static_cast<int32_t>(3 + rng() % static_cast<uint32_t>(vocab - 3));
+    }
+    return t;
+}
+
+std::unique_ptr<dm::Transformer> make_model(const std::shared_ptr<const dm::Checkpoint>& ck, const Args& a) {
+    dm::TransformerOptions opt;
+    opt.kv_budget_bytes = a.kv_mb << 20;
+    auto t = dm::Transformer::create(ck, dm::ShardSpec{}, opt);
+    if (!t.ok()) {
+        die(t.status().to_string());
+    }
+    return std::move(t).value();
+}
+
+void check_logits(const dm::StepOutput& out) {
+    for (float v : out.logits) {
+        if (!std::isfinite(v)) {
+            die("non-finite logits: the run is not valid");
+        }
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const Args a = parse(argc, argv);
+    auto opened = dm::Checkpoint::open(a.model);
+    if (!opened.ok()) {
+        die(opened.status().to_string());
+    }
+    std::shared_ptr<const dm::Checkpoint> ck(std::move(opened).value());
+    const auto& cfg = ck->config();
+    const int threads = deepshard::ThreadPool::global().size();
+
+    const double triad = db::stream_triad_gbs(a.stream_mb, 5);
+    auto model = make_model(ck, a);
+    const dm::LoadStats load = model->prefault();
+    const int64_t bytes_per_token = model->weight_bytes_per_token();
+    std::printf("engine_bench: model=%s isa=%s threads=%d\n", a.model.c_str(),
+                deepshard::kernels::isa_name(deepshard::kernels::active_isa()), threads);
+    std::printf("STREAM triad: %.2f GB/s   weights faulted in: %.2f GB at %.2f GB/s\n", triad, load.bytes / 1e9,
+                load.gb_per_s());
+    std::printf("weight bytes read per decode token (batch 1): %.1f MB\n", bytes_per_token / 1e6);
+
+    uint64_t next_seq = 1;
+    // Prefill: one sequence of `prefill` tokens, logits for the last position only.
+    {
+        std::vector<double> tps;
+        for (int r = 0; r < a.reps; ++r) {
+            const auto toks = random_tokens(a.prefill, cfg.vocab_size, 100 + r);
+            const uint64_t id = next_seq++;
+            dm::SeqChunk c;
+            c.seq_id = id;
+            c.tokens = toks;
+            c.num_tokens = a.prefill;
+            c.start_pos = 0;
+            c.logits = dm::LogitsMode::kLast;
+            const double t0 = db::now_seconds();
+            auto out = model->step(std::span<const dm::SeqChunk>(&c, 1));
+            const double dt = db::now_seconds() - t0;
+            if (!out.ok()) {
+                die(out.status().to_string());
+            }
+            check_logits(*out);
+            model->release(id);
+            tps.push_back(a.prefill / dt);
+        }
+        const double med = db::median(tps);
+        // Each token passes every held dense weight and its routed experts: ~2 FLOPs per weight element.
+        const double elems_per_token = static_cast<double>(bytes_per_token) / (ck->config().quantization.fp8 ? 1.0 : 2.0);
+        const double gflops = 2.0 * elems_per_token * med / 1e9;
+        std::printf("prefill  %4d tokens: %9.1f tokens/s  (~%.1f GFLOP/s of weight math)\n", a.prefill, med, gflops);
+        nlohmann::json j{{"bench", "engine"}, {"phase", "prefill"}, {"model", a.model}, {"tokens", a.prefill},
+                         {"tokens_per_s", med}, {"gflops", gflops}, {"threads", threads}};
+        std::printf("JSON %s\n", j.dump().c_str());
+    }
+
+    // Decode: B sequences with a short prompt, then `decode` steps of one token each for all of them.
+    for (int B : a.batches) {
+        std::vector<double> tps;
+        for (int r = 0; r < a.reps; ++r) {
+            std::vector<uint64_t> ids;
+            std::vector<std::vector<int32_t>> prompts;
+            for (int b = 0; b < B; ++b) {
+                ids.push_back(next_seq++);
+                prompts.push_back(random_tokens(32, cfg.vocab_size, 1000 * r + b));
+            }
+            std::vector<dm::SeqChunk> chunks(static_cast<size_t>(B));
+            for (int b = 0; b < B; ++b) {
+                chunks[b].seq_id = ids[b];
+                chunks[b].tokens = prompts[b];
+                chunks[b].num_tokens = 32;
+                chunks[b].start_pos = 0;
+                chunks[b].logits = dm::LogitsMode::kLast;
+            }
+            auto pre = model->step(chunks);
+            if (!pre.ok()) {
+                die(pre.status().to_string());
+            }
+            std::vector<int32_t> cur(static_cast<size_t>(B));
+            for (int b = 0; b < B; ++b) {
+                cur[b] = static_cast<int32_t>(7 + b);
+            }
+            const double t0 = db::now_seconds();
+            for (int s = 0; s < a.decode; ++s) {
+                for (int b = 0; b < B; ++b) {
+                    chunks[b].tokens = std::span<const int32_t>(&cur[b], 1);
+                    chunks[b].num_tokens = 1;
+                    chunks[b].start_pos = 32 + s;
+                }
+                auto out = model->step(chunks);
+                if (!out.ok()) {
+                    die(out.status().to_string());
+                }
+                check_logits(*out);
+                for (int b = 0; b < B; ++b) {  // greedy, so the step depends on the last one
+                    const float* row = out->logits.data() + static_cast<int64_t>(b) * out->vocab;
+                    cur[b] = static_cast<int32_t>(std::max_element(row, row + out->vocab) - row);
+                }
+            }
+            const double dt = db::now_seconds() - t0;
+            for (uint64_t id : ids) {
+                model->release(id);
+            }
+            tps.push_back(static_cast<double>(B) * a.decode / dt);
+        }
+        const double med = db::median(tps);
+        // Batch 1 reads bytes_per_token per token; a batch reads the dense weights once and more experts.
+        const double gbs = B == 1 ? med * static_cast<double>(bytes_per_token) / 1e9 : 0.0;
+        if (B == 1) {
+            std::printf("decode   batch %2d: %9.2f tokens/s  %.2f GB/s of weights = %.0f%% of STREAM triad\n", B, med,
+                        gbs, 100.0 * gbs / triad);
+        } else {
+            std::printf("decode   batch %2d: %9.2f tokens/s  (%.2fx batch-1 step rate per token)\n", B, med, med / B);
+        }
+        nlohmann::json j{{"bench", "engine"}, {"phase", "decode"}, {"model", a.model}, {"batch", B},
+                         {"tokens_per_s", med}, {"weight_gbs", gbs}, {"triad_gbs", triad},
+                         {"bytes_per_token", bytes_per_token}, {"threads", threads}};
+        std::printf("JSON %s\n", j.dump().c_str());
+    }
+
+    const int64_t kv_bytes = model->kv_cache().total_blocks() * model->kv_cache().config().block_bytes();
+    const int64_t peak = db::peak_rss_bytes();
+    std::printf("peak RSS %.1f MB = mapped weights resident %.1f MB + KV pool %.1f MB + other %.1f MB\n", peak / 1e6,
+                ck->resident_bytes() / 1e6, kv_bytes / 1e6,
+                (peak - static_cast<int64_t>(ck->resident_bytes()) - kv_bytes) / 1e6);
+    nlohmann::json j{{"bench", "engine"}, {"phase", "memory"}, {"model", a.model}, {"peak_rss", peak},
+                     {"weights_resident", ck->resident_bytes()}, {"kv_pool", kv_bytes}};
+    std::printf("JSON %s\n", j.dump().c_str());
+    return 0;
+}

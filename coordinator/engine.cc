@@ -1,0 +1,310 @@
+#include "coordinator/engine.h"
+
+#include <cmath>
+
+#include <spdlog/spdlog.h>
+
+#include "model/tokenizer/tokenizer.h"
+
+namespace deepshard::coordinator {
+
+namespace ctl = comm::control;
+using std::chrono::milliseconds;
+
+Status validate_params(const GenerateParams& p, const ModelInfo& model) {
+    if (p.prompt.empty()) return invalid_argument("prompt: must not be empty");
+    for (int32_t t : p.prompt) {
+        if (t < 0 || (model.vocab_size > 0 && t >= model.vocab_size)) {
+            return invalid_argument("prompt: token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                                    std::to_string(model.vocab_size) + ")");
+        }
+    }
+    const int64_t plen = static_cast<int64_t>(p.prompt.size());
+    if (plen >= model.max_context) {
+        return invalid_argument("prompt: " + std::to_string(plen) + " tokens exceed the model's context length of " +
+                                std::to_string(model.max_context));
+    }
+    if (p.max_tokens < 1) return invalid_argument("max_tokens: must be at least 1, got " + std::to_string(p.max_tokens));
+    if (plen + p.max_tokens > model.max_context) {
+        return invalid_argument("max_tokens: " + std::to_string(p.max_tokens) + " plus the prompt's " +
+                                std::to_string(plen) + " tokens exceed the model's context length of " +
+                                std::to_string(model.max_context));
+    }
+    const auto& s = p.sampling;
+    if (!std::isfinite(s.temperature) || s.temperature < 0 || s.temperature > 2) {
+        return invalid_argument("temperature: must be in [0, 2]");
+    }
+    if (!std::isfinite(s.top_p) || s.top_p <= 0 || s.top_p > 1) return invalid_argument("top_p: must be in (0, 1]");
+    if (s.top_k < 0) return invalid_argument("top_k: must be >= 0 (0 = off)");
+    if (!std::isfinite(s.min_p) || s.min_p < 0 || s.min_p > 1) return invalid_argument("min_p: must be in [0, 1]");
+    if (!std::isfinite(s.frequency_penalty) || std::fabs(s.frequency_penalty) > 2) {
+        return invalid_argument("frequency_penalty: must be in [-2, 2]");
+    }
+    if (!std::isfinite(s.presence_penalty) || std::fabs(s.presence_penalty) > 2) {
+        return invalid_argument("presence_penalty: must be in [-2, 2]");
+    }
+    if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0 || s.repetition_penalty > 10) {
+        return invalid_argument("repetition_penalty: must be in (0, 10]");
+    }
+    if (s.logprobs > 20) return invalid_argument("logprobs: at most 20");
+    if (p.stop.size() > 16) return invalid_argument("stop: at most 16 stop strings");
+    for (const auto& st : p.stop) {
+        if (st.empty() || st.size() > 1024) return invalid_argument("stop: each stop string must have 1..1024 bytes");
+        if (model::utf8::first_invalid_offset(st)) return invalid_argument("stop: not valid UTF-8");
+    }
+    for (int32_t t : p.stop_token_ids) {
+        if (t < 0 || (model.vocab_size > 0 && t >= model.vocab_size)) {
+            return invalid_argument("stop_token_ids: id " + std::to_string(t) + " is outside the vocabulary");
+        }
+    }
+    if (p.timeout && p.timeout->count() <= 0) return invalid_argument("timeout: must be positive");
+    return ok_status();
+}
+
+Engine::Engine(EngineOptions options, ModelInfo model, std::shared_ptr<const model::Tokenizer> tokenizer)
+    : options_(std::move(options)), model_(std::move(model)), tokenizer_(std::move(tokenizer)),
+      scheduler_(options_.scheduler) {}
+
+StatusOr<std::unique_ptr<Engine>> Engine::start(EngineOptions options, ModelInfo model,
+                                                std::shared_ptr<const model::Tokenizer> tokenizer) {
+    options.scheduler.max_context = model.max_context;
+    options.scheduler.eos_id = model.eos_id;
+    options.scheduler.vocab_size = static_cast<int32_t>(model.vocab_size);
+    options.control.model_fingerprint = model.fingerprint;
+    std::unique_ptr<Engine> e(new Engine(std::move(options), std::move(model), std::move(tokenizer)));
+    DS_ASSIGN_OR_RETURN(e->control_, ctl::ControlServer::start(e->options_.control, e.get()));
+    e->thread_ = std::thread([raw = e.get()] { raw->loop(); });
+    return e;
+}
+
+Engine::~Engine() {
+    {
+        std::lock_guard lock(mu_);
+        stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    control_.reset();  // tells the shard job to shut down
+    // Nothing accepted is silently lost: whatever is still pending ends with an error.
+    std::lock_guard lock(mu_);
+    scheduler_.detach(unavailable("the coordinator is shutting down"));
+}
+
+StatusOr<std::shared_ptr<Request>> Engine::submit(GenerateParams params, bool want_logprobs) {
+    metrics_->requests_total++;
+    Status v = validate_params(params, model_);
+    if (!v.ok()) {
+        metrics_->requests_rejected++;
+        return v;
+    }
+    auto req = std::make_shared<Request>(tokenizer_, params.stop, static_cast<int64_t>(params.prompt.size()),
+                                         want_logprobs);
+    req->set_metrics(metrics_);
+    SequenceSpec spec;
+    spec.prompt = std::move(params.prompt);
+    spec.sampling = params.sampling;
+    spec.max_tokens = params.max_tokens;
+    spec.stop_token_ids = params.stop_token_ids;
+    spec.ignore_eos = params.ignore_eos;
+    if (params.timeout) spec.deadline = Clock::now() + *params.timeout;
+    spec.sink = req;
+    {
+        std::lock_guard lock(mu_);
+        if (!scheduler_.attached() && !options_.scheduler.retry) {
+            metrics_->requests_rejected++;
+            return unavailable("no shard job is serving the model (" + unavailable_reason_ + ")");
+        }
+        auto id = scheduler_.submit(std::move(spec), Clock::now());
+        if (!id.ok()) {
+            metrics_->requests_rejected++;
+            return id.status();
+        }
+        req->set_id(*id);
+        work_ = true;
+    }
+    cv_.notify_all();
+    return req;
+}
+
+void Engine::cancel(const std::shared_ptr<Request>& request) {
+    {
+        std::lock_guard lock(mu_);
+        scheduler_.cancel(request->id());
+        work_ = true;
+    }
+    cv_.notify_all();
+}
+
+HealthInfo Engine::health() const {
+    std::lock_guard lock(mu_);
+    HealthInfo h;
+    h.available = scheduler_.attached();
+    if (leader_) {
+        h.shard_job = leader_->hello.job_id;
+        h.session_id = leader_->session_id;
+    }
+    if (!h.available) h.reason = unavailable_reason_;
+    return h;
+}
+
+EngineStats Engine::stats() const {
+    EngineStats s;
+    {
+        std::lock_guard lock(mu_);
+        s.scheduler = scheduler_.stats();
+    }
+    s.requests_total = metrics_->requests_total.load();
+    s.steps_total = metrics_->steps_total.load();
+    s.ttft_p50 = metrics_->ttft.quantile(0.5);
+    s.ttft_p99 = metrics_->ttft.quantile(0.99);
+    s.itl_p50 = metrics_->itl.quantile(0.5);
+    s.itl_p99 = metrics_->itl.quantile(0.99);
+    const auto n = metrics_->step_time.count();
+    s.step_mean = n ? metrics_->step_time.sum() / static_cast<double>(n) : 0;
+    const auto m = metrics_->overhead.count();
+    s.overhead_mean = m ? metrics_->overhead.sum() / static_cast<double>(m) : 0;
+    return s;
+}
+
+std::string Engine::metrics_text() const {
+    SchedulerStats st;
+    bool up = false;
+    {
+        std::lock_guard lock(mu_);
+        st = scheduler_.stats();
+        up = scheduler_.attached();
+    }
+    std::string out;
+    render_gauge(&out, "deepshard_shard_job_up", "1 when a shard job is registered", up ? 1 : 0);
+    render_gauge(&out, "deepshard_queue_depth", "Requests waiting for admission", static_cast<double>(st.queued));
+    render_gauge(&out, "deepshard_running_sequences", "Admitted sequences", static_cast<double>(st.running));
+    render_gauge(&out, "deepshard_batches_in_flight", "Step batches sent and not yet answered",
+                 static_cast<double>(st.in_flight_batches));
+    render_gauge(&out, "deepshard_kv_blocks_total", "KV blocks of the shard job", static_cast<double>(st.kv_blocks_total));
+    render_gauge(&out, "deepshard_kv_blocks_reserved", "KV blocks reserved by admitted sequences",
+                 static_cast<double>(st.kv_blocks_reserved));
+    render_gauge(&out, "deepshard_kv_blocks_used", "KV blocks holding tokens", static_cast<double>(st.kv_blocks_used));
+    render_gauge(&out, "deepshard_kv_usage_ratio", "Reserved / total KV blocks",
+                 st.kv_blocks_total ? static_cast<double>(st.kv_blocks_reserved) / static_cast<double>(st.kv_blocks_total) : 0);
+    render_counter(&out, "deepshard_prompt_tokens_total", "Prompt tokens prefilled (tokens in)",
+                   static_cast<double>(st.prompt_tokens));
+    render_counter(&out, "deepshard_generation_tokens_total", "Tokens generated (tokens out)",
+                   static_cast<double>(st.generated_tokens));
+    render_counter(&out, "deepshard_requests_total", "Requests received", static_cast<double>(metrics_->requests_total));
+    render_counter(&out, "deepshard_requests_rejected_total", "Requests rejected at submission",
+                   static_cast<double>(metrics_->requests_rejected));
+    render_counter(&out, "deepshard_steps_total", "Step batches completed", static_cast<double>(metrics_->steps_total));
+    render_counter(&out, "deepshard_shard_registrations_total", "Shard job registrations",
+                   static_cast<double>(metrics_->shard_registrations));
+    render_counter(&out, "deepshard_shard_losses_total", "Shard jobs lost", static_cast<double>(metrics_->shard_losses));
+    metrics_->ttft.render(&out);
+    metrics_->itl.render(&out);
+    metrics_->step_time.render(&out);
+    metrics_->shard_step.render(&out);
+    metrics_->overhead.render(&out);
+    return out;
+}
+
+void Engine::on_registered(const ctl::LeaderInfo& leader) {
+    {
+        std::lock_guard lock(mu_);
+        pending_leader_ = leader;
+        work_ = true;
+    }
+    cv_.notify_all();
+}
+
+void Engine::on_result(uint64_t session_id, ctl::StepResult result) {
+    {
+        std::lock_guard lock(mu_);
+        pending_results_.emplace_back(session_id, std::move(result));
+        work_ = true;
+    }
+    cv_.notify_all();
+}
+
+void Engine::on_lost(uint64_t session_id, const Status& reason) {
+    {
+        std::lock_guard lock(mu_);
+        pending_lost_.emplace_back(session_id, reason);
+        work_ = true;
+    }
+    cv_.notify_all();
+}
+
+void Engine::loop() {
+    std::unique_lock lock(mu_);
+    while (!stop_) {
+        // The timeout bounds how late a deadline is noticed.
+        cv_.wait_for(lock, milliseconds(20), [&] { return stop_ || work_; });
+        if (stop_) break;
+        work_ = false;
+        const auto t0 = Clock::now();
+        // Order matters: a loss followed by a new registration in the same wake-up must detach
+        // the old session before attaching the new one.
+        for (auto& [session, reason] : pending_lost_) {
+            if (leader_ && leader_->session_id == session) {
+                metrics_->shard_losses++;
+                unavailable_reason_ = "shard job lost: " + reason.message();
+                spdlog::warn("{}; {} in-flight requests {}", unavailable_reason_, scheduler_.stats().running,
+                             options_.scheduler.retry ? "re-queued (--retry)" : "failed");
+                scheduler_.detach(reason);
+                leader_.reset();
+                step_sent_.clear();
+                pending_results_.clear();
+            }
+        }
+        pending_lost_.clear();
+        if (pending_leader_) {
+            const auto& h = pending_leader_->hello;
+            Capacity cap;
+            cap.session_id = pending_leader_->session_id;
+            cap.kv_blocks = h.kv_blocks;
+            cap.kv_block_size = h.kv_block_size;
+            cap.pipeline_stages = h.pipeline_stages;
+            cap.max_batch_tokens = h.max_batch_tokens;
+            cap.max_sequences = h.max_sequences;
+            cap.vocab_size = h.vocab_size;
+            if (leader_) scheduler_.detach(unavailable("replaced by a new shard job"));
+            scheduler_.attach(cap);
+            leader_ = std::move(pending_leader_);
+            pending_leader_.reset();
+            metrics_->shard_registrations++;
+            step_sent_.clear();
+        }
+        std::vector<std::pair<uint64_t, ctl::StepResult>> results = std::move(pending_results_);
+        pending_results_.clear();
+        const auto now = Clock::now();
+        int steps = 0;
+        for (auto& [session, r] : results) {
+            if (!leader_ || leader_->session_id != session) continue;  // from a lost job
+            auto sent = step_sent_.find(r.step_id);
+            if (sent != step_sent_.end()) {
+                metrics_->step_time.observe(std::chrono::duration<double>(now - sent->second).count());
+                step_sent_.erase(sent);
+            }
+            metrics_->shard_step.observe(r.step_seconds);
+            metrics_->steps_total++;
+            ++steps;
+            Status s = scheduler_.on_result(r, now);
+            if (!s.ok()) {
+                spdlog::error("dropping the shard job: {}", s.message());
+                control_->shutdown_leader("protocol violation: " + s.message());
+            }
+        }
+        scheduler_.expire(now);
+        while (leader_) {
+            auto batch = scheduler_.next_batch(now);
+            if (!batch) break;
+            step_sent_[batch->step_id] = Clock::now();
+            Status s = control_->send_batch(leader_->session_id, *batch);
+            if (!s.ok()) break;  // the loss notification follows and fails/re-queues the work
+        }
+        if (steps > 0) {
+            const double spent = std::chrono::duration<double>(Clock::now() - t0).count();
+            for (int i = 0; i < steps; ++i) metrics_->overhead.observe(spent / steps);
+        }
+    }
+}
+
+}  // namespace deepshard::coordinator

@@ -1,0 +1,156 @@
+// deepshard-coordinator: the long-lived service (DESIGN §2-3). Loads config.json and the tokenizer
+// (never weights), listens on the control port for the shard job's leader, and serves HTTP
+// (OpenAI-compatible) and Thrift. Runs until SIGINT/SIGTERM.
+//
+// With --ports-file the bound ports are written as JSON once every listener is up (tests bind
+// port 0 and read the real ports from there).
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "common/logging.h"
+#include "coordinator/engine.h"
+#include "coordinator/http_server.h"
+#include "coordinator/model_loader.h"
+#include "coordinator/thrift_server.h"
+
+namespace deepshard::coordinator {
+namespace {
+
+struct Args {
+    std::string model;
+    std::string name;
+    std::string plan;
+    std::string http = "127.0.0.1:8000";
+    std::string thrift = "127.0.0.1:9090";
+    std::string control = "127.0.0.1:7000";
+    std::string api_key;
+    std::string ports_file;
+    bool retry = false;
+    size_t max_queue = 256;
+    size_t max_running = 64;
+    int64_t token_budget = 512;
+    int64_t prefill_chunk = 256;
+    size_t max_body = 4u << 20;
+    int64_t header_timeout_ms = 10000;
+    int http_threads = 2;
+};
+
+Status read_file(const std::string& path, std::string* out) {
+    std::ifstream in(path);
+    if (!in) return not_found("cannot read " + path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    *out = ss.str();
+    return ok_status();
+}
+
+Status run(const Args& a) {
+    DS_ASSIGN_OR_RETURN(LoadedModel m, load_model(a.model, a.name));
+    EngineOptions eo;
+    eo.scheduler.max_queue = a.max_queue;
+    eo.scheduler.max_running = a.max_running;
+    eo.scheduler.token_budget = a.token_budget;
+    eo.scheduler.prefill_chunk = a.prefill_chunk;
+    eo.scheduler.retry = a.retry;
+    eo.control.listen = a.control;
+    if (!a.plan.empty()) {
+        std::string plan;
+        DS_RETURN_IF_ERROR(read_file(a.plan, &plan));
+        if (nlohmann::json::parse(plan, nullptr, false).is_discarded()) {
+            return invalid_argument("--plan " + a.plan + ": not valid JSON");
+        }
+        eo.control.plan_json = plan;
+    }
+
+    // Signals are taken by sigwait below; block them before any thread starts.
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    std::signal(SIGPIPE, SIG_IGN);
+
+    DS_ASSIGN_OR_RETURN(auto engine, Engine::start(eo, m.info, m.tokenizer));
+    std::unique_ptr<HttpServer> http;
+    std::unique_ptr<ThriftServer> thrift;
+    if (!a.http.empty()) {
+        HttpOptions ho;
+        ho.listen = a.http;
+        ho.api_key = a.api_key;
+        ho.max_body_bytes = a.max_body;
+        ho.header_timeout = std::chrono::milliseconds(a.header_timeout_ms);
+        ho.threads = a.http_threads;
+        DS_ASSIGN_OR_RETURN(http, HttpServer::start(ho, engine.get()));
+    }
+    if (!a.thrift.empty()) {
+        ThriftOptions to;
+        to.listen = a.thrift;
+        to.api_key = a.api_key;
+        DS_ASSIGN_OR_RETURN(thrift, ThriftServer::start(to, engine.get()));
+    }
+    nlohmann::json ports = {{"control", engine->control_port()},
+                            {"http", http ? http->port() : 0},
+                            {"thrift", thrift ? thrift->port() : 0},
+                            {"pid", static_cast<int64_t>(getpid())}};
+    spdlog::info("deepshard-coordinator serving '{}' (fingerprint {:016x}): control :{} http :{} thrift :{}{}",
+                 m.info.name, m.info.fingerprint, engine->control_port(), http ? http->port() : 0,
+                 thrift ? thrift->port() : 0, a.retry ? " (retry on shard loss)" : "");
+    if (!a.ports_file.empty()) {
+        const std::string tmp = a.ports_file + ".tmp";
+        {
+            std::ofstream out(tmp);
+            out << ports.dump() << "\n";
+            if (!out) return io_error("cannot write " + tmp);
+        }
+        if (std::rename(tmp.c_str(), a.ports_file.c_str()) != 0) return io_error("cannot write " + a.ports_file);
+    }
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    spdlog::info("signal {}: shutting down", sig);
+    thrift.reset();
+    http.reset();
+    engine.reset();
+    return ok_status();
+}
+
+}  // namespace
+}  // namespace deepshard::coordinator
+
+int main(int argc, char** argv) {
+    using deepshard::coordinator::Args;
+    deepshard::init_logging();
+    Args a;
+    CLI::App app{"deepshard-coordinator: schedules requests onto a shard job; serves HTTP (OpenAI API) and Thrift"};
+    app.add_option("--model", a.model, "Model directory (config.json, tokenizer.json; weights are never read)")
+        ->required();
+    app.add_option("--name", a.name, "Model id clients use (default: the directory's name)");
+    app.add_option("--plan", a.plan, "Plan JSON the shard job must run (checked at registration)");
+    app.add_option("--http", a.http, "HTTP listen address HOST:PORT ('' disables)")->capture_default_str();
+    app.add_option("--thrift", a.thrift, "Thrift listen address HOST:PORT ('' disables)")->capture_default_str();
+    app.add_option("--control", a.control, "Control port for the shard job's leader")->capture_default_str();
+    app.add_option("--api-key", a.api_key, "Require this key (HTTP: Authorization: Bearer; Thrift: api_key)");
+    app.add_flag("--retry", a.retry, "On shard-job loss keep requests and rerun them when a job re-registers");
+    app.add_option("--max-queue", a.max_queue, "Waiting requests before new ones get 429 / Overloaded")
+        ->capture_default_str();
+    app.add_option("--max-running", a.max_running, "Sequences admitted at once")->capture_default_str();
+    app.add_option("--token-budget", a.token_budget, "Tokens per step batch")->capture_default_str();
+    app.add_option("--prefill-chunk", a.prefill_chunk, "Longest prefill chunk per sequence per step")
+        ->capture_default_str();
+    app.add_option("--max-body", a.max_body, "Largest HTTP request body in bytes")->capture_default_str();
+    app.add_option("--header-timeout-ms", a.header_timeout_ms, "Deadline for a whole HTTP request header")
+        ->capture_default_str();
+    app.add_option("--http-threads", a.http_threads, "HTTP I/O threads")->capture_default_str();
+    app.add_option("--ports-file", a.ports_file, "Write the bound ports as JSON here once listening");
+    CLI11_PARSE(app, argc, argv);
+    deepshard::Status s = deepshard::coordinator::run(a);
+    if (!s.ok()) {
+        std::fprintf(stderr, "deepshard-coordinator: %s\n", s.to_string().c_str());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,442 @@
+// Thrift handler: adapts the generated types to Engine calls and Status codes to the IDL's typed
+// exceptions (throwing those is how a Thrift handler reports errors; the processor serializes them).
+#include "coordinator/thrift_server.h"
+
+#include <sys/socket.h>
+
+#include <netinet/in.h>
+
+#include <condition_variable>
+#include <future>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+#include <thrift/concurrency/ThreadFactory.h>
+#include <thrift/protocol/TBinaryProtocol.h>
+#include <thrift/server/TThreadedServer.h>
+#include <thrift/transport/TBufferTransports.h>
+#include <thrift/transport/TServerSocket.h>
+
+#include "comm/control/connection.h"
+#include "coordinator/thrift/Deepshard.h"
+#include "model/tokenizer/chat_template.h"
+
+namespace deepshard::coordinator {
+
+namespace th = apache::thrift;
+
+namespace {
+
+constexpr int kMaxLogprobs = 20;
+
+[[noreturn]] void throw_invalid(const std::string& field, const std::string& message) {
+    rpc::InvalidRequest e;
+    e.message = message;
+    e.field = field;
+    throw e;
+}
+
+// Status from submission → the IDL's exception.
+[[noreturn]] void throw_status(const Status& s) {
+    switch (s.code()) {
+        case StatusCode::kInvalidArgument: {
+            const auto colon = s.message().find(':');
+            throw_invalid(colon != std::string::npos && colon < 40 ? s.message().substr(0, colon) : "", s.message());
+        }
+        case StatusCode::kResourceExhausted: {
+            rpc::Overloaded e;
+            e.message = s.message();
+            throw e;
+        }
+        case StatusCode::kUnavailable: {
+            rpc::Unavailable e;
+            e.message = s.message();
+            throw e;
+        }
+        case StatusCode::kNotFound: {
+            rpc::NotFound e;
+            e.message = s.message();
+            throw e;
+        }
+        default: {
+            rpc::GenerationFailed e;
+            e.message = s.message();
+            e.code = s.code() == StatusCode::kDeadlineExceeded ? "deadline_exceeded"
+                     : s.code() == StatusCode::kCancelled     ? "cancelled"
+                                                              : "internal";
+            throw e;
+        }
+    }
+}
+
+std::vector<rpc::TokenLogprob> to_logprobs(const std::vector<TokenLogprob>& tokens) {
+    std::vector<rpc::TokenLogprob> out;
+    for (const auto& t : tokens) {
+        rpc::TokenLogprob l;
+        l.token = t.token;
+        l.logprob = t.logprob;
+        l.top_ids = t.top_ids;
+        l.top_logprobs.assign(t.top_logprobs.begin(), t.top_logprobs.end());
+        out.push_back(std::move(l));
+    }
+    return out;
+}
+
+}  // namespace
+
+class Handler : public rpc::DeepshardIf {
+public:
+    Handler(const ThriftOptions& options, Engine* engine) : options_(options), engine_(engine) {}
+
+    void stop() {
+        std::lock_guard lock(mu_);
+        stopping_ = true;
+    }
+
+    void Generate(rpc::GenerateResponse& out, const rpc::GenerateRequest& request) override {
+        check_key(request.api_key);
+        GenerateParams params = to_params(request);
+        const bool want_lp = request.__isset.logprobs;
+        auto submitted = engine_->submit(std::move(params), want_lp);
+        if (!submitted.ok()) throw_status(submitted.status());
+        std::shared_ptr<Request> r = std::move(submitted).value();
+        // Wait in slices so that a stopping server does not hang on a long generation.
+        while (!r->finished()) {
+            (void)r->wait(SIZE_MAX, Clock::now() + std::chrono::milliseconds(200));
+            if (stopping()) {
+                engine_->cancel(r);
+                rpc::Unavailable e;
+                e.message = "the coordinator is shutting down";
+                throw e;
+            }
+        }
+        const RequestSnapshot snap = r->snapshot(0);
+        if (snap.finish_reason == FinishReason::kError || snap.finish_reason == FinishReason::kCancelled) {
+            throw_status(snap.error);
+        }
+        std::vector<TokenLogprob> tokens;
+        for (const auto& ev : snap.events) {
+            out.text += ev.text;
+            tokens.insert(tokens.end(), ev.tokens.begin(), ev.tokens.end());
+        }
+        for (const auto& t : tokens) out.tokens.push_back(t.token);
+        out.finish_reason = snap.finish_reason == FinishReason::kLength ? "length" : "stop";
+        out.prompt_tokens = static_cast<int32_t>(snap.prompt_tokens);
+        out.completion_tokens = static_cast<int32_t>(snap.completion_tokens);
+        if (want_lp) out.__set_logprobs(to_logprobs(tokens));
+    }
+
+    int64_t Submit(const rpc::GenerateRequest& request) override {
+        check_key(request.api_key);
+        GenerateParams params = to_params(request);
+        {
+            std::lock_guard lock(mu_);
+            gc_locked();
+            if (tracked_.size() >= options_.max_tracked) {
+                rpc::Overloaded e;
+                e.message = "too many submitted requests are waiting to be polled (" +
+                            std::to_string(options_.max_tracked) + ")";
+                throw e;
+            }
+        }
+        auto submitted = engine_->submit(std::move(params), request.__isset.logprobs);
+        if (!submitted.ok()) throw_status(submitted.status());
+        std::shared_ptr<Request> r = std::move(submitted).value();
+        const int64_t id = static_cast<int64_t>(r->id());
+        std::lock_guard lock(mu_);
+        tracked_[id] = Tracked{r, Clock::now(), request.__isset.logprobs};
+        return id;
+    }
+
+    void Poll(rpc::PollResponse& out, int64_t request_id, int64_t offset, int32_t wait_ms,
+              const std::string& api_key) override {
+        check_key(api_key);
+        Tracked t = lookup(request_id);
+        if (offset < 0) {
+            rpc::NotFound e;  // no InvalidRequest on Poll: an impossible offset names nothing
+            e.message = "offset must be >= 0";
+            throw e;
+        }
+        const auto wait = std::chrono::milliseconds(std::clamp(wait_ms, 0, 5000));
+        RequestSnapshot snap = t.request->wait(static_cast<size_t>(offset), Clock::now() + wait);
+        {
+            std::lock_guard lock(mu_);
+            if (auto it = tracked_.find(request_id); it != tracked_.end()) it->second.touched = Clock::now();
+        }
+        const bool failed =
+            snap.finished && (snap.finish_reason == FinishReason::kError || snap.finish_reason == FinishReason::kCancelled);
+        if (failed && snap.events.empty()) throw_status(snap.error);
+        std::vector<TokenLogprob> tokens;
+        for (const auto& ev : snap.events) {
+            out.text += ev.text;
+            tokens.insert(tokens.end(), ev.tokens.begin(), ev.tokens.end());
+        }
+        for (const auto& tk : tokens) out.tokens.push_back(tk.token);
+        out.next_offset = static_cast<int64_t>(snap.next_offset);
+        // A failed request reports its error on the next Poll, after its last output was read.
+        out.finished = snap.finished && !failed;
+        if (out.finished) out.finish_reason = snap.finish_reason == FinishReason::kLength ? "length" : "stop";
+        out.prompt_tokens = static_cast<int32_t>(snap.prompt_tokens);
+        out.completion_tokens = static_cast<int32_t>(snap.completion_tokens);
+        if (t.logprobs) out.__set_logprobs(to_logprobs(tokens));
+    }
+
+    void Cancel(int64_t request_id, const std::string& api_key) override {
+        check_key(api_key);
+        Tracked t = lookup(request_id);
+        engine_->cancel(t.request);
+    }
+
+    void Tokenize(std::vector<int32_t>& out, const std::string& text, bool add_bos, const std::string& api_key) override {
+        check_key(api_key);
+        const auto& tok = engine_->tokenizer();
+        if (!tok) throw_invalid("text", "this model has no tokenizer");
+        auto ids = tok->encode(text, add_bos);
+        if (!ids.ok()) throw_invalid("text", ids.status().message());
+        out = std::move(ids).value();
+    }
+
+    void Detokenize(std::string& out, const std::vector<int32_t>& tokens, const std::string& api_key) override {
+        check_key(api_key);
+        const auto& tok = engine_->tokenizer();
+        if (!tok) throw_invalid("tokens", "this model has no tokenizer");
+        for (int32_t t : tokens) {
+            if (t < 0 || t >= engine_->model().vocab_size) {
+                throw_invalid("tokens", "token id " + std::to_string(t) + " is outside the vocabulary");
+            }
+        }
+        out = tok->decode(tokens);
+    }
+
+    void GetModelInfo(rpc::ModelInfo& out) override {
+        const ModelInfo& m = engine_->model();
+        out.name = m.name;
+        out.max_context = m.max_context;
+        out.vocab_size = m.vocab_size;
+        out.bos_id = m.bos_id;
+        out.eos_id = m.eos_id;
+        char buf[32];
+        std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(m.fingerprint));
+        out.fingerprint = buf;
+        out.has_tokenizer = engine_->tokenizer() != nullptr;
+    }
+
+    void Health(rpc::HealthStatus& out) override {
+        const HealthInfo h = engine_->health();
+        out.available = h.available;
+        out.reason = h.reason;
+        out.shard_job = h.shard_job;
+        out.session_id = static_cast<int64_t>(h.session_id);
+    }
+
+    void GetStats(rpc::Stats& out) override {
+        const EngineStats s = engine_->stats();
+        out.queued = static_cast<int64_t>(s.scheduler.queued);
+        out.running = static_cast<int64_t>(s.scheduler.running);
+        out.in_flight_batches = static_cast<int64_t>(s.scheduler.in_flight_batches);
+        out.kv_blocks_total = static_cast<int64_t>(s.scheduler.kv_blocks_total);
+        out.kv_blocks_used = static_cast<int64_t>(s.scheduler.kv_blocks_used);
+        out.prompt_tokens = static_cast<int64_t>(s.scheduler.prompt_tokens);
+        out.generated_tokens = static_cast<int64_t>(s.scheduler.generated_tokens);
+        out.requests_total = static_cast<int64_t>(s.requests_total);
+        out.steps_total = static_cast<int64_t>(s.steps_total);
+        out.ttft_p50_s = s.ttft_p50;
+        out.ttft_p99_s = s.ttft_p99;
+        out.itl_p50_s = s.itl_p50;
+        out.itl_p99_s = s.itl_p99;
+        out.step_mean_s = s.step_mean;
+        out.overhead_mean_s = s.overhead_mean;
+    }
+
+private:
+    struct Tracked {
+        std::shared_ptr<Request> request;
+        Clock::time_point touched;
+        bool logprobs = false;
+    };
+
+    bool stopping() {
+        std::lock_guard lock(mu_);
+        return stopping_;
+    }
+
+    void check_key(const std::string& key) const {
+        if (options_.api_key.empty()) return;
+        if (key != options_.api_key) {
+            rpc::Unauthorized e;
+            e.message = key.empty() ? "missing api_key" : "invalid api_key";
+            throw e;
+        }
+    }
+
+    Tracked lookup(int64_t id) {
+        std::lock_guard lock(mu_);
+        auto it = tracked_.find(id);
+        if (it == tracked_.end()) {
+            rpc::NotFound e;
+            e.message = "no submitted request with id " + std::to_string(id) + " (unknown or expired)";
+            throw e;
+        }
+        return it->second;
+    }
+
+    void gc_locked() {
+        const auto now = Clock::now();
+        for (auto it = tracked_.begin(); it != tracked_.end();) {
+            if (it->second.request->finished() && now - it->second.touched > options_.keep_finished) {
+                it = tracked_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+    }
+
+    GenerateParams to_params(const rpc::GenerateRequest& r) const {
+        GenerateParams p;
+        const int kinds = (r.__isset.prompt ? 1 : 0) + (r.__isset.prompt_tokens ? 1 : 0) + (r.__isset.messages ? 1 : 0);
+        if (kinds != 1) throw_invalid("prompt", "exactly one of prompt, prompt_tokens, messages must be set");
+        const auto& tok = engine_->tokenizer();
+        if (r.__isset.prompt_tokens) {
+            p.prompt = r.prompt_tokens;
+        } else if (!tok) {
+            throw_invalid(r.__isset.prompt ? "prompt" : "messages",
+                          "this model has no tokenizer; send prompt_tokens");
+        } else if (r.__isset.prompt) {
+            auto ids = tok->encode(r.prompt, tok->add_bos_token());
+            if (!ids.ok()) throw_invalid("prompt", "prompt: " + ids.status().message());
+            p.prompt = std::move(ids).value();
+        } else {
+            std::vector<model::ChatMessage> messages;
+            for (const auto& m : r.messages) messages.push_back({m.role, m.content});
+            auto text = model::apply_chat_template(messages, true);
+            if (!text.ok()) throw_invalid("messages", "messages: " + text.status().message());
+            auto ids = tok->encode(*text, false);
+            if (!ids.ok()) throw_invalid("messages", "messages: " + ids.status().message());
+            p.prompt = std::move(ids).value();
+        }
+        p.max_tokens = r.__isset.max_tokens ? r.max_tokens : 16;
+        auto& s = p.sampling;
+        s.temperature = 1.0f;
+        if (r.__isset.sampling) {
+            const auto& sp = r.sampling;
+            if (sp.__isset.temperature) s.temperature = static_cast<float>(sp.temperature);
+            if (sp.__isset.top_k) s.top_k = sp.top_k;
+            if (sp.__isset.top_p) s.top_p = static_cast<float>(sp.top_p);
+            if (sp.__isset.min_p) s.min_p = static_cast<float>(sp.min_p);
+            if (sp.__isset.repetition_penalty) s.repetition_penalty = static_cast<float>(sp.repetition_penalty);
+            if (sp.__isset.frequency_penalty) s.frequency_penalty = static_cast<float>(sp.frequency_penalty);
+            if (sp.__isset.presence_penalty) s.presence_penalty = static_cast<float>(sp.presence_penalty);
+            if (sp.__isset.seed) {
+                s.has_seed = 1;
+                s.seed = static_cast<uint64_t>(sp.seed);
+            }
+        }
+        if (r.__isset.logprobs) {
+            if (r.logprobs < 0 || r.logprobs > kMaxLogprobs) throw_invalid("logprobs", "logprobs: must be in [0, 20]");
+            s.logprobs = static_cast<uint8_t>(r.logprobs);
+        }
+        if (r.__isset.stop) p.stop = r.stop;
+        if (r.__isset.stop_token_ids) p.stop_token_ids = r.stop_token_ids;
+        p.ignore_eos = r.__isset.ignore_eos && r.ignore_eos;
+        if (r.__isset.timeout_ms) p.timeout = std::chrono::milliseconds(r.timeout_ms);
+        Status v = validate_params(p, engine_->model());
+        if (!v.ok()) throw_status(v);
+        return p;
+    }
+
+    ThriftOptions options_;
+    Engine* engine_;
+    std::mutex mu_;
+    bool stopping_ = false;
+    std::map<int64_t, Tracked> tracked_;
+};
+
+struct ThriftServer::Impl {
+    std::shared_ptr<Handler> handler;
+    std::shared_ptr<th::server::TThreadedServer> server;
+    std::thread thread;
+    uint16_t port = 0;
+};
+
+namespace {
+
+// Signals when serve() is listening (or failed to).
+class ReadyHandler : public th::server::TServerEventHandler {
+public:
+    explicit ReadyHandler(std::shared_ptr<std::promise<Status>> ready) : ready_(std::move(ready)) {}
+    void preServe() override {
+        if (!done_.exchange(true)) ready_->set_value(ok_status());
+    }
+    void fail(const Status& s) {
+        if (!done_.exchange(true)) ready_->set_value(s);
+    }
+
+private:
+    std::shared_ptr<std::promise<Status>> ready_;
+    std::atomic<bool> done_{false};
+};
+
+}  // namespace
+
+ThriftServer::ThriftServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+StatusOr<std::unique_ptr<ThriftServer>> ThriftServer::start(const ThriftOptions& options, Engine* engine) {
+    std::string host, port_text;
+    DS_RETURN_IF_ERROR(comm::control::internal::split_host_port(options.listen, &host, &port_text));
+    int port = 0;
+    try {
+        port = std::stoi(port_text);
+    } catch (const std::exception&) {
+        return invalid_argument("--thrift " + options.listen + ": bad port");
+    }
+    auto impl = std::make_unique<Impl>();
+    impl->handler = std::make_shared<Handler>(options, engine);
+    auto socket = std::make_shared<th::transport::TServerSocket>(host, port);
+    auto bound = std::make_shared<std::atomic<int>>(port);
+    socket->setListenCallback([bound](THRIFT_SOCKET fd) {
+        sockaddr_storage addr{};
+        socklen_t len = sizeof(addr);
+        if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+            if (addr.ss_family == AF_INET) bound->store(ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port));
+            if (addr.ss_family == AF_INET6) bound->store(ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port));
+        }
+    });
+    impl->server = std::make_shared<th::server::TThreadedServer>(
+        std::make_shared<rpc::DeepshardProcessor>(impl->handler), socket,
+        std::make_shared<th::transport::TBufferedTransportFactory>(),
+        std::make_shared<th::protocol::TBinaryProtocolFactory>());
+    auto ready = std::make_shared<std::promise<Status>>();
+    auto ready_handler = std::make_shared<ReadyHandler>(ready);
+    impl->server->setServerEventHandler(ready_handler);
+    auto server = impl->server;
+    impl->thread = std::thread([server, ready_handler] {
+        try {
+            server->serve();
+            ready_handler->fail(unavailable("the Thrift server stopped before serving"));
+        } catch (const std::exception& e) {
+            ready_handler->fail(unavailable(std::string("Thrift server: ") + e.what()));
+            spdlog::error("Thrift server: {}", e.what());
+        }
+    });
+    Status s = ready->get_future().get();
+    if (!s.ok()) {
+        impl->thread.join();
+        return s.with_context("--thrift " + options.listen);
+    }
+    impl->port = static_cast<uint16_t>(bound->load());
+    return std::unique_ptr<ThriftServer>(new ThriftServer(std::move(impl)));
+}
+
+ThriftServer::~ThriftServer() {
+    impl_->handler->stop();
+    impl_->server->stop();
+    if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+uint16_t ThriftServer::port() const {
+    return impl_->port;
+}
+
+}  // namespace deepshard::coordinator

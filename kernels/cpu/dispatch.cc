@@ -1,0 +1,186 @@
+// Runtime ISA selection and the public kernel entry points: argument checks, splitting work over
+// ThreadPool::global(), then calling the table of the active ISA. Compiled for baseline x86-64;
+// the AVX2/AVX-512 tables are only touched after cpuid says the CPU (and OS) supports them.
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "common/env.h"
+#include "common/status.h"
+#include "common/thread_pool.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/kernels.h"
+
+namespace deepshard::kernels {
+namespace {
+
+Isa detect() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    // F16C is implied by every AVX2 CPU shipped; the AVX2 kernels use vcvtph2ps for the FP8 decode.
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx512) {
+        return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
+    }
+    if (avx2) {
+        return Isa::kAvx2;
+    }
+#endif
+    return Isa::kScalar;
+}
+
+Isa parse_isa(const std::string& s, Isa fallback) {
+    if (s == "scalar") return Isa::kScalar;
+    if (s == "avx2") return Isa::kAvx2;
+    if (s == "avx512") return Isa::kAvx512;
+    if (s == "avx512bf16" || s == "amx") return Isa::kAvx512Bf16;
+    return fallback;
+}
+
+Isa initial_isa() {
+    const Isa det = detected_isa();
+    const Isa want = parse_isa(env_str("DS_ISA", "auto"), det);
+    // Never run an ISA the CPU lacks, whatever DS_ISA says.
+    return static_cast<int>(want) <= static_cast<int>(det) ? want : det;
+}
+
+std::atomic<int>& isa_slot() {
+    static std::atomic<int> slot{static_cast<int>(initial_isa())};
+    return slot;
+}
+
+const cpu::KernelTable& table() {
+    switch (static_cast<Isa>(isa_slot().load(std::memory_order_relaxed))) {
+        case Isa::kAvx512Bf16:
+        case Isa::kAvx512:
+            return cpu::avx512_table();
+        case Isa::kAvx2:
+            return cpu::avx2_table();
+        case Isa::kScalar:
+            break;
+    }
+    return cpu::scalar_table();
+}
+
+// Splits rows [0, rows) of W into chunks whose boundaries fall on the global row-block grid
+// (row_offset + r multiple of `grain`), so a chunk never straddles a scale block needlessly.
+template <typename Fn>
+void for_row_chunks(int64_t rows, int64_t row_offset, int64_t grain, Fn&& fn) {
+    const int64_t skew = row_offset % grain;
+    const int64_t units = (rows + skew + grain - 1) / grain;
+    ThreadPool::global().parallel_for(units, [&](int64_t u0, int64_t u1) {
+        const int64_t b = std::max<int64_t>(0, u0 * grain - skew);
+        const int64_t e = std::min<int64_t>(rows, u1 * grain - skew);
+        if (b < e) {
+            fn(b, e);
+        }
+    });
+}
+
+// Largest power-of-two grain (<= 128, >= 8) that still gives every thread work.
+int64_t row_grain(int64_t rows) {
+    const int64_t nt = ThreadPool::global().size();
+    int64_t g = cpu::kRowBlock;
+    while (g > 8 && (rows + g - 1) / g < nt) {
+        g /= 2;
+    }
+    return g;
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+    switch (isa) {
+        case Isa::kScalar:
+            return "scalar";
+        case Isa::kAvx2:
+            return "avx2";
+        case Isa::kAvx512:
+            return "avx512";
+        case Isa::kAvx512Bf16:
+            return "avx512bf16";
+    }
+    return "?";
+}
+
+Isa detected_isa() {
+    static const Isa isa = detect();
+    return isa;
+}
+
+Isa active_isa() { return static_cast<Isa>(isa_slot().load(std::memory_order_relaxed)); }
+
+void set_isa(Isa isa) {
+    DS_CHECK(static_cast<int>(isa) <= static_cast<int>(detected_isa()))
+        << "set_isa(" << isa_name(isa) << ") but the CPU only supports " << isa_name(detected_isa());
+    isa_slot().store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+void matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy, bool accumulate) {
+    DS_CHECK(w.valid()) << "matmul: invalid weight view";
+    DS_CHECK(m >= 0 && ldx >= w.cols && ldy >= w.rows) << "matmul: bad strides";
+    DS_CHECK(w.dtype == DType::kF32 || w.dtype == DType::kBF16 || w.dtype == DType::kF16 ||
+             (w.dtype == DType::kF8E4M3 && w.scale != nullptr && w.block_rows > 0 && w.block_cols > 0))
+        << "matmul: unsupported weight dtype " << dtype_name(w.dtype);
+    if (m == 0) {
+        return;
+    }
+    const cpu::KernelTable& t = table();
+    const cpu::MatmulArgs args{x, m, ldx, &w, y, ldy, accumulate};
+    for_row_chunks(w.rows, w.row_offset, row_grain(w.rows),
+                   [&](int64_t b, int64_t e) { t.matmul_rows(args, b, e); });
+}
+
+void gather_rows(const WeightView& w, const int32_t* rows, int64_t n, float* out, int64_t ldo) {
+    DS_CHECK(w.valid() && ldo >= w.cols) << "gather_rows: bad arguments";
+    const cpu::KernelTable& t = table();
+    ThreadPool::global().parallel_for(n, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+            DS_CHECK(rows[i] >= 0 && rows[i] < w.rows) << "gather_rows: row " << rows[i] << " out of range";
+            t.decode_row(w, rows[i], out + i * ldo);
+        }
+    });
+}
+
+void rmsnorm(const float* x, int64_t m, int64_t n, int64_t ldx, const float* w, float eps, float* y, int64_t ldy) {
+    const cpu::KernelTable& t = table();
+    // Small rows: not worth waking the pool for fewer than ~64K elements.
+    if (m * n < (1 << 16)) {
+        t.rmsnorm_rows(x, n, ldx, w, eps, y, ldy, 0, m);
+        return;
+    }
+    ThreadPool::global().parallel_for(m, [&](int64_t b, int64_t e) { t.rmsnorm_rows(x, n, ldx, w, eps, y, ldy, b, e); });
+}
+
+void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
+    const cpu::KernelTable& t = table();
+    if (n < (1 << 16)) {
+        t.silu_mul(gate, up, out, 0, n);
+        return;
+    }
+    ThreadPool::global().parallel_for(n, [&](int64_t b, int64_t e) { t.silu_mul(gate, up, out, b, e); }, 64);
+}
+
+namespace cpu {
+
+void* thread_scratch(size_t bytes) {
+    struct Scratch {
+        void* p = nullptr;
+        size_t size = 0;
+        ~Scratch() { std::free(p); }
+    };
+    thread_local Scratch s;
+    if (s.size < bytes) {
+        std::free(s.p);
+        s.size = (bytes + 4095) & ~size_t{4095};
+        s.p = std::aligned_alloc(64, s.size);
+        DS_CHECK(s.p != nullptr) << "out of memory for a " << s.size << "-byte kernel scratch buffer";
+    }
+    return s.p;
+}
+
+}  // namespace cpu
+}  // namespace deepshard::kernels

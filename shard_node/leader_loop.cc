@@ -1,0 +1,83 @@
+#include "shard_node/leader_loop.h"
+
+#include <unistd.h>
+
+#include <chrono>
+
+#include "comm/control/leader_client.h"
+#include "common/env.h"
+#include "common/logging.h"
+
+namespace deepshard::shard_node {
+
+namespace ctl = comm::control;
+using std::chrono::milliseconds;
+
+Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoint, Pipeline* pipeline) {
+    const Layout& layout = pipeline->layout();
+    const model::ModelConfig& cfg = checkpoint.config();
+    ctl::Hello hello;
+    hello.model_fingerprint = checkpoint.fingerprint();
+    hello.plan_json = config.plan_json;
+    hello.world_size = static_cast<uint32_t>(layout.world_size);
+    hello.pipeline_stages = static_cast<uint32_t>(layout.num_stages());
+    hello.kv_block_size = static_cast<uint32_t>(pipeline->transformer().kv_cache().config().block_size);
+    hello.kv_blocks = static_cast<uint64_t>(pipeline->min_kv_blocks());
+    hello.max_batch_tokens = 2048;
+    hello.max_sequences = 256;
+    hello.vocab_size = static_cast<uint32_t>(cfg.vocab_size);
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    hello.job_id = std::string(host) + ":" + std::to_string(getpid());
+
+    DS_ASSIGN_OR_RETURN(auto client, ctl::LeaderClient::connect(config.coordinator, hello, config.connect_timeout));
+    spdlog::info("registered with the coordinator at {} ({} stages, {} KV blocks of {} tokens)", config.coordinator,
+                 hello.pipeline_stages, hello.kv_blocks, hello.kv_block_size);
+
+    // Idle ticks keep every rank's receive inside its deadline while no request arrives.
+    const auto tick_every = milliseconds(std::max<int64_t>(50, env_int("DS_COMM_TIMEOUT_MS", 30000) / 4));
+    const size_t max_in_flight = static_cast<size_t>(layout.num_stages());
+    std::map<uint64_t, std::chrono::steady_clock::time_point> started;
+    auto last_activity = std::chrono::steady_clock::now();
+    for (;;) {
+        // Hand finished steps back first.
+        for (;;) {
+            bool ready = false;
+            StepReply reply;
+            DS_RETURN_IF_ERROR(pipeline->collect(pipeline->in_flight() >= static_cast<int64_t>(max_in_flight), &ready,
+                                                 &reply));
+            if (!ready) break;
+            reply.result.step_seconds =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - started[reply.step_id]).count();
+            started.erase(reply.step_id);
+            DS_RETURN_IF_ERROR(client->send_result(reply.result));
+        }
+        const bool idle = pipeline->in_flight() == 0;
+        auto batch = client->next_batch(idle ? tick_every : milliseconds(1));
+        if (batch.ok()) {
+            PipelineStep step;
+            step.batch = std::move(batch).value();
+            started[step.batch.step_id] = std::chrono::steady_clock::now();
+            DS_RETURN_IF_ERROR(pipeline->submit(step));
+            last_activity = std::chrono::steady_clock::now();
+            continue;
+        }
+        const Status& s = batch.status();
+        if (s.code() == StatusCode::kDeadlineExceeded) {
+            if (idle && std::chrono::steady_clock::now() - last_activity >= tick_every) {
+                PipelineStep tick;
+                tick.kind = StepKind::kTick;
+                DS_RETURN_IF_ERROR(pipeline->submit(tick));
+                last_activity = std::chrono::steady_clock::now();
+            }
+            continue;
+        }
+        if (s.code() == StatusCode::kCancelled) {
+            spdlog::info("the coordinator shut the shard job down: {}", s.message());
+            return ok_status();
+        }
+        return s.with_context("coordinator connection");
+    }
+}
+
+}  // namespace deepshard::shard_node

@@ -1,0 +1,255 @@
+#include "tests/coordinator/live_util.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cstring>
+#include <map>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "tests/util/subprocess.h"
+
+namespace deepshard::testing_util {
+
+namespace fs = std::filesystem;
+
+BackgroundProcess::BackgroundProcess(const std::vector<std::string>& argv, const std::string& log_path,
+                                     const std::vector<std::string>& env)
+    : log_path_(log_path) {
+    pid_ = fork();
+    if (pid_ == 0) {
+        setpgid(0, 0);
+        int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0) dup2(devnull, 0);
+        for (const auto& e : env) putenv(strdup(e.c_str()));
+        std::vector<char*> args;
+        for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+        args.push_back(nullptr);
+        execvp(args[0], args.data());
+        std::fprintf(stderr, "exec %s failed: %s\n", args[0], std::strerror(errno));
+        _exit(127);
+    }
+    if (pid_ > 0) setpgid(pid_, pid_);
+}
+
+BackgroundProcess::~BackgroundProcess() {
+    kill_now();
+}
+
+bool BackgroundProcess::running() {
+    if (pid_ <= 0 || reaped_) return false;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        reaped_ = true;
+        return false;
+    }
+    return true;
+}
+
+std::vector<pid_t> BackgroundProcess::descendants(const std::string& name) const {
+    std::map<pid_t, std::pair<pid_t, std::string>> procs;  // pid -> (ppid, comm)
+    for (const auto& e : fs::directory_iterator("/proc", std::error_code())) {
+        const std::string n = e.path().filename().string();
+        if (n.empty() || !std::isdigit(static_cast<unsigned char>(n[0]))) continue;
+        std::ifstream in(e.path() / "stat");
+        std::string stat;
+        std::getline(in, stat);
+        const auto open_paren = stat.find('(');
+        const auto close_paren = stat.rfind(')');
+        if (open_paren == std::string::npos || close_paren == std::string::npos) continue;
+        std::stringstream rest(stat.substr(close_paren + 2));
+        char state = 0;
+        pid_t ppid = 0;
+        rest >> state >> ppid;
+        procs[static_cast<pid_t>(std::stol(n))] = {ppid, stat.substr(open_paren + 1, close_paren - open_paren - 1)};
+    }
+    std::vector<pid_t> out;
+    std::vector<pid_t> frontier = {pid_};
+    while (!frontier.empty()) {
+        const pid_t p = frontier.back();
+        frontier.pop_back();
+        for (const auto& [child, info] : procs) {
+            if (info.first != p) continue;
+            frontier.push_back(child);
+            if (name.empty() || info.second == name) out.push_back(child);
+        }
+    }
+    return out;
+}
+
+void BackgroundProcess::kill_now() {
+    if (pid_ <= 0) return;
+    const std::vector<pid_t> kids = reaped_ ? std::vector<pid_t>{} : descendants();
+    // The whole group (mpirun's ranks usually stay in it), then every descendant by PID.
+    if (!reaped_) ::kill(-pid_, SIGKILL);
+    for (pid_t k : kids) ::kill(k, SIGKILL);
+    if (!reaped_) {
+        int status = 0;
+        waitpid(pid_, &status, 0);
+        reaped_ = true;
+    }
+}
+
+std::string BackgroundProcess::log() const {
+    std::ifstream in(log_path_);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+nlohmann::json HttpResponse::json() const {
+    return nlohmann::json::parse(body, nullptr, false);
+}
+
+void ensure_test_env() {
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (!std::getenv("DS_BINARY_DIR") && !ec) {
+        setenv("DS_BINARY_DIR", exe.parent_path().parent_path().c_str(), 1);
+    }
+    if (!std::getenv("DS_SOURCE_DIR")) {
+        std::ifstream cache(std::string(std::getenv("DS_BINARY_DIR") ? std::getenv("DS_BINARY_DIR") : ".") +
+                            "/CMakeCache.txt");
+        for (std::string line; std::getline(cache, line);) {
+            if (line.rfind("deepshard_SOURCE_DIR:STATIC=", 0) == 0) {
+                setenv("DS_SOURCE_DIR", line.substr(line.find('=') + 1).c_str(), 1);
+            }
+        }
+    }
+}
+
+int connect_local(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+namespace {
+
+std::string decode_chunked(const std::string& raw) {
+    std::string out;
+    size_t pos = 0;
+    while (pos < raw.size()) {
+        const size_t eol = raw.find("\r\n", pos);
+        if (eol == std::string::npos) break;
+        const size_t n = std::stoul(raw.substr(pos, eol - pos), nullptr, 16);
+        if (n == 0) break;
+        out += raw.substr(eol + 2, n);
+        pos = eol + 2 + n + 2;
+    }
+    return out;
+}
+
+}  // namespace
+
+HttpResponse http_request(uint16_t port, const std::string& method, const std::string& path, const std::string& body,
+                          const std::vector<std::string>& headers, std::chrono::milliseconds timeout) {
+    HttpResponse r;
+    int fd = connect_local(port);
+    if (fd < 0) {
+        r.error = "connect failed";
+        return r;
+    }
+    timeval tv{};
+    tv.tv_sec = static_cast<long>(timeout.count() / 1000);
+    tv.tv_usec = static_cast<long>((timeout.count() % 1000) * 1000);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
+    for (const auto& h : headers) req += h + "\r\n";
+    if (!body.empty() || method == "POST") {
+        req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+    }
+    req += "\r\n" + body;
+    size_t sent = 0;
+    while (sent < req.size()) {
+        ssize_t n = send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
+        if (n <= 0) break;  // the server may answer (413) and close before reading everything
+        sent += static_cast<size_t>(n);
+    }
+    std::string raw;
+    char buf[65536];
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) {
+            if (n < 0 && raw.empty()) r.error = std::string("recv: ") + std::strerror(errno);
+            break;
+        }
+        raw.append(buf, static_cast<size_t>(n));
+    }
+    close(fd);
+    const size_t hdr_end = raw.find("\r\n\r\n");
+    if (raw.rfind("HTTP/1.1 ", 0) != 0 || hdr_end == std::string::npos) {
+        if (r.error.empty()) r.error = "no HTTP response";
+        return r;
+    }
+    r.status = std::stoi(raw.substr(9, 3));
+    r.headers = raw.substr(0, hdr_end);
+    r.body = raw.substr(hdr_end + 4);
+    std::string lower = r.headers;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (lower.find("transfer-encoding: chunked") != std::string::npos) r.body = decode_chunked(r.body);
+    return r;
+}
+
+std::vector<std::string> sse_events(const std::string& body) {
+    std::vector<std::string> out;
+    std::stringstream ss(body);
+    for (std::string line; std::getline(ss, line);) {
+        if (line.rfind("data: ", 0) == 0) out.push_back(line.substr(6));
+    }
+    return out;
+}
+
+nlohmann::json wait_for_json_file(const std::string& path, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        std::ifstream in(path);
+        if (in) {
+            auto j = nlohmann::json::parse(in, nullptr, false);
+            if (!j.is_discarded()) return j;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return nlohmann::json();
+}
+
+std::string make_config_only_model(const std::string& base, bool with_tokenizer, int64_t vocab_size) {
+    const std::string dir = make_temp_dir("ds_coord_model_") + "/test-model";
+    fs::create_directories(dir);
+    std::ifstream in(source_path("testdata/golden/" + base + "/config.json"));
+    auto cfg = nlohmann::json::parse(in);
+    if (vocab_size > 0) cfg["vocab_size"] = vocab_size;
+    std::ofstream(dir + "/config.json") << cfg.dump(2);
+    if (with_tokenizer) {
+        for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+            fs::copy_file(source_path(std::string("testdata/tokenizer/") + f), dir + "/" + f);
+        }
+    }
+    return dir;
+}
+
+}  // namespace deepshard::testing_util

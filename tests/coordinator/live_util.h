@@ -1,0 +1,68 @@
+// Helpers for tests against live processes: a background process (own process group, killed by
+// its PID at the end), a minimal blocking HTTP/1.1 client (chunked bodies decoded), SSE parsing,
+// and a throw-away model directory (config + tokenizer, no weights).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace deepshard::testing_util {
+
+class BackgroundProcess {
+public:
+    // Starts argv (stdout+stderr to `log_path`); env entries "K=V" are added.
+    BackgroundProcess(const std::vector<std::string>& argv, const std::string& log_path,
+                      const std::vector<std::string>& env = {});
+    // Kills the process, its process group and every descendant (by PID), then reaps it.
+    ~BackgroundProcess();
+    BackgroundProcess(const BackgroundProcess&) = delete;
+    BackgroundProcess& operator=(const BackgroundProcess&) = delete;
+
+    pid_t pid() const { return pid_; }
+    // Descendants of pid() (from /proc), optionally only those whose comm is `name`.
+    std::vector<pid_t> descendants(const std::string& name = "") const;
+    bool running();
+    void kill_now();
+    std::string log() const;
+
+private:
+    pid_t pid_ = -1;
+    bool reaped_ = false;
+    std::string log_path_;
+};
+
+struct HttpResponse {
+    int status = 0;  // 0: no response (connection failed / closed / timed out)
+    std::string headers;
+    std::string body;
+    std::string error;
+    nlohmann::json json() const;  // body as JSON (discarded value when not JSON)
+};
+
+HttpResponse http_request(uint16_t port, const std::string& method, const std::string& path,
+                          const std::string& body = "", const std::vector<std::string>& headers = {},
+                          std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+// The `data:` payloads of an SSE body, in order ("[DONE]" included).
+std::vector<std::string> sse_events(const std::string& body);
+
+// Waits until `path` exists and parses as JSON (the coordinator's --ports-file).
+nlohmann::json wait_for_json_file(const std::string& path, std::chrono::milliseconds timeout);
+
+// A directory with golden `base`'s config.json (vocab_size overridden when > 0) and, when
+// `with_tokenizer`, testdata/tokenizer's files. No weights.
+std::string make_config_only_model(const std::string& base, bool with_tokenizer, int64_t vocab_size);
+
+// Sets DS_BINARY_DIR (from this test binary's location, BUILD/tests/x) and DS_SOURCE_DIR when
+// the environment lacks them, so binary_path()/source_path() work however the test is started.
+void ensure_test_env();
+
+// A local TCP connection for hand-written bytes (slow clients). -1 on failure.
+int connect_local(uint16_t port);
+
+}  // namespace deepshard::testing_util

@@ -1,0 +1,238 @@
+// Control-protocol codec: round trips, and every kind of malformed frame is a kProtocol error
+// naming the field (truncation at every byte, bad magic/version/type, oversized counts, trailing
+// bytes, out-of-range values).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+
+#include "comm/control/protocol.h"
+
+namespace deepshard::comm::control {
+namespace {
+
+// Splits an encoded frame into a checked header and its payload.
+std::string payload_of(const std::string& frame, MessageType expect) {
+    auto h = decode_header(reinterpret_cast<const uint8_t*>(frame.data()), frame.size());
+    EXPECT_TRUE(h.ok()) << h.status().to_string();
+    EXPECT_EQ(h->type, expect);
+    EXPECT_EQ(h->length, frame.size() - kFrameHeaderSize);
+    return frame.substr(kFrameHeaderSize);
+}
+
+StepBatch sample_batch() {
+    StepBatch b;
+    b.step_id = 42;
+    b.release = {7, 9};
+    SeqWork a;
+    a.seq_id = 11;
+    a.start_pos = 0;
+    a.tokens = {0, 5, 6, 7};
+    a.sample = 1;
+    a.is_new = 1;
+    a.sampling.temperature = 0.7f;
+    a.sampling.top_k = 40;
+    a.sampling.top_p = 0.9f;
+    a.sampling.seed = 1234;
+    a.sampling.has_seed = 1;
+    a.sampling.logprobs = 3;
+    a.prompt = {0, 5, 6, 7};
+    SeqWork d;
+    d.seq_id = 12;
+    d.start_pos = 17;
+    d.tokens = {99};
+    d.sample = 1;
+    b.seqs = {a, d};
+    return b;
+}
+
+StepResult sample_result() {
+    StepResult r;
+    r.step_id = 42;
+    r.step_seconds = 0.25;
+    SeqOutput o;
+    o.seq_id = 11;
+    o.token = 3;
+    o.logprob = -0.5f;
+    o.top_ids = {3, 4};
+    o.top_logprobs = {-0.5f, -1.5f};
+    r.outputs = {o};
+    return r;
+}
+
+TEST(ProtocolTest, RoundTripsEveryMessage) {
+    Hello h;
+    h.model_fingerprint = 0xdeadbeefcafef00dull;
+    h.plan_json = R"({"stages":2})";
+    h.world_size = 4;
+    h.pipeline_stages = 2;
+    h.kv_blocks = 1000;
+    h.vocab_size = 1024;
+    h.job_id = "host:1";
+    std::string f;
+    encode(h, &f);
+    auto h2 = decode_hello(payload_of(f, MessageType::kHello));
+    ASSERT_TRUE(h2.ok()) << h2.status().to_string();
+    EXPECT_EQ(h2->model_fingerprint, h.model_fingerprint);
+    EXPECT_EQ(h2->plan_json, h.plan_json);
+    EXPECT_EQ(h2->pipeline_stages, 2u);
+    EXPECT_EQ(h2->job_id, "host:1");
+
+    f.clear();
+    StepBatch b = sample_batch();
+    encode(b, &f);
+    auto b2 = decode_step_batch(payload_of(f, MessageType::kStepBatch));
+    ASSERT_TRUE(b2.ok()) << b2.status().to_string();
+    EXPECT_EQ(b2->step_id, 42u);
+    EXPECT_EQ(b2->release, b.release);
+    ASSERT_EQ(b2->seqs.size(), 2u);
+    EXPECT_EQ(b2->seqs[0].tokens, b.seqs[0].tokens);
+    EXPECT_EQ(b2->seqs[0].prompt, b.seqs[0].prompt);
+    EXPECT_EQ(b2->seqs[0].sampling.seed, 1234u);
+    EXPECT_FLOAT_EQ(b2->seqs[0].sampling.top_p, 0.9f);
+    EXPECT_EQ(b2->seqs[1].start_pos, 17u);
+    EXPECT_EQ(b2->seqs[1].is_new, 0);
+
+    f.clear();
+    encode(sample_result(), &f);
+    auto r2 = decode_step_result(payload_of(f, MessageType::kStepResult));
+    ASSERT_TRUE(r2.ok()) << r2.status().to_string();
+    ASSERT_EQ(r2->outputs.size(), 1u);
+    EXPECT_EQ(r2->outputs[0].top_ids, (std::vector<int32_t>{3, 4}));
+    EXPECT_DOUBLE_EQ(r2->step_seconds, 0.25);
+
+    f.clear();
+    encode(Refuse{"nope"}, &f);
+    EXPECT_EQ(decode_refuse(payload_of(f, MessageType::kRefuse))->reason, "nope");
+    f.clear();
+    encode(Shutdown{"bye"}, &f);
+    EXPECT_EQ(decode_shutdown(payload_of(f, MessageType::kShutdown))->reason, "bye");
+    f.clear();
+    encode(HelloAck{5}, &f);
+    EXPECT_EQ(decode_hello_ack(payload_of(f, MessageType::kHelloAck))->session_id, 5u);
+    f.clear();
+    encode(Heartbeat{1, 2}, &f);
+    EXPECT_EQ(decode_heartbeat(payload_of(f, MessageType::kHeartbeat))->unix_millis, 2u);
+}
+
+TEST(ProtocolTest, HeaderRejectsBadMagicVersionTypeAndLength) {
+    std::string f;
+    encode(Heartbeat{}, &f);
+    auto bytes = [&](const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); };
+    auto bad = f;
+    bad[0] = 'X';
+    auto s = decode_header(bytes(bad), bad.size());
+    EXPECT_EQ(s.status().code(), StatusCode::kProtocol);
+    EXPECT_NE(s.status().message().find("magic"), std::string::npos);
+    bad = f;
+    bad[4] = 9;
+    s = decode_header(bytes(bad), bad.size());
+    EXPECT_NE(s.status().message().find("version"), std::string::npos);
+    bad = f;
+    bad[6] = 77;
+    s = decode_header(bytes(bad), bad.size());
+    EXPECT_NE(s.status().message().find("type"), std::string::npos);
+    bad = f;
+    uint32_t huge = kMaxPayload + 1;
+    std::memcpy(bad.data() + 8, &huge, 4);
+    s = decode_header(bytes(bad), bad.size());
+    EXPECT_NE(s.status().message().find("length"), std::string::npos);
+    s = decode_header(bytes(f), 11);
+    EXPECT_NE(s.status().message().find("truncated"), std::string::npos);
+}
+
+TEST(ProtocolTest, EveryTruncationAndTrailingByteIsRejected) {
+    std::string f;
+    encode(sample_batch(), &f);
+    const std::string p = f.substr(kFrameHeaderSize);
+    for (size_t n = 0; n < p.size(); ++n) {
+        auto r = decode_step_batch(p.substr(0, n));
+        ASSERT_FALSE(r.ok()) << "prefix " << n;
+        EXPECT_EQ(r.status().code(), StatusCode::kProtocol);
+        EXPECT_NE(r.status().message().find("StepBatch"), std::string::npos) << r.status().message();
+    }
+    auto r = decode_step_batch(p + "x");
+    EXPECT_NE(r.status().message().find("trailing"), std::string::npos);
+
+    f.clear();
+    encode(sample_result(), &f);
+    const std::string q = f.substr(kFrameHeaderSize);
+    for (size_t n = 0; n < q.size(); ++n) {
+        EXPECT_FALSE(decode_step_result(q.substr(0, n)).ok()) << "prefix " << n;
+    }
+    EXPECT_FALSE(decode_step_result(q + std::string(4, '\0')).ok());
+}
+
+TEST(ProtocolTest, OversizedCountsNameTheField) {
+    // step_id, release count = 0xffffffff.
+    std::string p(8, '\0');
+    p += std::string("\xff\xff\xff\xff", 4);
+    auto r = decode_step_batch(p);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("step_batch.release"), std::string::npos) << r.status().message();
+    // A plausible count but larger than the bytes that follow.
+    p = std::string(8, '\0') + std::string(4, '\0');
+    uint32_t n = 1000;
+    p.append(reinterpret_cast<const char*>(&n), 4);
+    r = decode_step_batch(p);
+    EXPECT_NE(r.status().message().find("step_batch.seqs"), std::string::npos) << r.status().message();
+}
+
+TEST(ProtocolTest, OutOfRangeValuesNameTheField) {
+    auto check = [](StepBatch b, const std::string& field) {
+        std::string f;
+        encode(b, &f);
+        auto r = decode_step_batch(f.substr(kFrameHeaderSize));
+        ASSERT_FALSE(r.ok()) << field;
+        EXPECT_NE(r.status().message().find(field), std::string::npos) << r.status().message();
+    };
+    StepBatch b = sample_batch();
+    b.seqs[0].sampling.top_p = 1.5f;
+    check(b, "top_p");
+    b = sample_batch();
+    b.seqs[0].sampling.temperature = -1;
+    check(b, "temperature");
+    b = sample_batch();
+    b.seqs[0].sampling.logprobs = 50;
+    check(b, "logprobs");
+    b = sample_batch();
+    b.seqs[1].sample = 3;
+    check(b, "seq.sample");
+    b = sample_batch();
+    b.seqs[1].tokens = {};
+    check(b, "seq.tokens");
+    b = sample_batch();
+    b.seqs[1].tokens = {-4};
+    check(b, "negative");
+    b = sample_batch();
+    b.seqs[1].seq_id = 11;
+    check(b, "twice");
+
+    Hello h;
+    h.pipeline_stages = 3;
+    h.world_size = 2;
+    h.kv_blocks = 1;
+    h.vocab_size = 1;
+    std::string f;
+    encode(h, &f);
+    auto hr = decode_hello(f.substr(kFrameHeaderSize));
+    EXPECT_NE(hr.status().message().find("hello.pipeline_stages"), std::string::npos);
+}
+
+TEST(ProtocolTest, RandomGarbageNeverCrashes) {
+    std::mt19937 rng(7);
+    std::string f;
+    encode(sample_batch(), &f);
+    const std::string p = f.substr(kFrameHeaderSize);
+    for (int i = 0; i < 5000; ++i) {
+        std::string q = p;
+        const int flips = 1 + static_cast<int>(rng() % 4);
+        for (int k = 0; k < flips; ++k) q[rng() % q.size()] = static_cast<char>(rng());
+        (void)decode_step_batch(q).ok();
+        (void)decode_step_result(q).ok();
+        (void)decode_hello(q).ok();
+    }
+}
+
+}  // namespace
+}  // namespace deepshard::comm::control

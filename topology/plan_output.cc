@@ -1,0 +1,203 @@
+// The plan file and the human summary. Plan JSON fields (version 1):
+//   world_size, ranks_per_stage, num_stages, attention ("tp"|"dp"), stages [{first_layer, last_layer
+//   (exclusive), ranks}], expert_placement [local rank per expert] — the part shard_node reads;
+//   dtype {path, weights, compute, kv_cache, reason}; kv_budget_bytes (per rank) and kv_cache
+//   {bytes_per_token_per_layer, capacity_tokens, max_tokens_per_sequence}; memory [per stage, the
+//   fullest rank: capacity, usable, weights, activations, comm, kv bytes, kv_tokens]; ranks [rank,
+//   stage, local, host, node, gpu, numa, nic, cpus]; transports {traffic class -> backend, link};
+//   predictions {workload, decode, decode_batch1, prefill}; cluster; model; candidates; explanation.
+#include <cstdio>
+#include <sstream>
+
+#include "topology/planner.h"
+
+namespace deepshard::topology {
+
+namespace {
+
+std::string fmt(const char* f, double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), f, v);
+    return buf;
+}
+
+nlohmann::json transports(const Plan& p) {
+    const DeviceSpec& d = p.cluster.device();
+    const int rpn = p.cluster.ranks_per_node();
+    const bool multi_node = p.cluster.nodes.size() > 1;
+    const bool stage_spans = p.ranks_per_stage > rpn;
+    const std::string nic = d.is_gpu() ? d.nic_model + " (RDMA)" : d.nic_model + " (TCP)";
+    const std::string local = d.is_gpu() ? "NVLink" : "shared memory";
+    nlohmann::json t;
+    t["control"] = {{"backend", "mpi"}, {"what", "step headers broadcast from rank 0; coordinator over TCP"}};
+    if (p.stages.size() > 1) {
+        const bool crosses = multi_node && p.ranks_per_stage >= rpn;
+        t["pp_activations"] = {{"backend", "ucx"},
+                               {"transport", crosses ? (d.is_gpu() ? "rc" : "tcp") : (d.is_gpu() ? "cuda_ipc" : "shm")},
+                               {"link", crosses ? nic : local},
+                               {"bytes_per_token", p.config.hidden_size * 2}};
+    }
+    if (p.ranks_per_stage > 1) {
+        const std::string backend = d.is_gpu() ? "nccl" : "mpi";
+        const std::string link = stage_spans ? local + " + " + nic : local;
+        if (p.attention == Attention::kTp) {
+            t["tp_allreduce"] = {{"backend", backend}, {"link", link}, {"bytes_per_token", p.config.hidden_size * 2}};
+            t["moe_combine"] = {{"backend", backend}, {"link", link}, {"what", "allreduce of routed-expert outputs"}};
+        } else {
+            t["ep_dispatch"] = {{"backend", backend},
+                                {"link", link},
+                                {"what", p.dtype == DtypePath::kFp8 ? "all-to-all-v, FP8 hidden states + scales"
+                                                                    : "all-to-all-v, BF16 hidden states"}};
+            t["ep_combine"] = {{"backend", backend}, {"link", link}, {"what", "all-to-all-v, BF16 expert outputs"}};
+        }
+    }
+    return t;
+}
+
+nlohmann::json decode_json(const DecodeEstimate& e, int gpus, size_t nodes) {
+    return {{"batch_per_step", e.batch},
+            {"concurrency", e.concurrency},
+            {"context_tokens", e.context},
+            {"stage_ms", e.stage_ms},
+            {"tpot_ms", e.tpot_ms},
+            {"tokens_per_s", e.tokens_per_s},
+            {"tokens_per_s_per_gpu", e.tokens_per_s / gpus},
+            {"tokens_per_s_per_node", e.tokens_per_s / static_cast<double>(nodes)},
+            {"per_user_tokens_per_s", e.per_user_tokens_per_s},
+            {"slowest_stage_ms",
+             {{"memory", e.memory_ms}, {"compute", e.compute_ms}, {"comm", e.comm_ms}, {"launch_floor", e.floor_ms}}}};
+}
+
+}  // namespace
+
+nlohmann::json Plan::to_json() const {
+    nlohmann::json j;
+    j["version"] = 1;
+    j["world_size"] = world_size;
+    j["ranks_per_stage"] = ranks_per_stage;
+    j["num_stages"] = stages.size();
+    j["attention"] = attention_name(attention);
+    j["stages"] = nlohmann::json::array();
+    for (size_t s = 0; s < stages.size(); ++s) {
+        std::vector<int> r;
+        for (int i = 0; i < ranks_per_stage; ++i) {
+            r.push_back(static_cast<int>(s) * ranks_per_stage + i);
+        }
+        j["stages"].push_back({{"first_layer", stages[s].first}, {"last_layer", stages[s].second}, {"ranks", r}});
+    }
+    j["expert_placement"] = expert_owner;
+    const bool fp8 = dtype != DtypePath::kBf16;
+    j["dtype"] = {{"path", dtype_path_name(dtype)},
+                  {"weights", fp8 ? "fp8-e4m3, fp32 scale per 128x128 block" : "bf16"},
+                  {"compute", dtype == DtypePath::kFp8 ? "fp8 gemm, fp32 accumulate" : "bf16 gemm, fp32 accumulate"},
+                  {"kv_cache", "bf16"},
+                  {"reason", dtype_reason}};
+    j["kv_budget_bytes"] = kv_budget_bytes;
+    j["kv_cache"] = {{"bytes_per_token_per_layer", kv_bytes_per_token_layer},
+                     {"capacity_tokens", kv_capacity_tokens},
+                     {"max_tokens_per_sequence", max_tokens_per_sequence}};
+    j["memory"] = nlohmann::json::array();
+    for (const auto& m : stage_memory) {
+        j["memory"].push_back({{"stage", m.stage},
+                               {"capacity_bytes", m.capacity},
+                               {"usable_bytes", m.usable},
+                               {"weights_bytes", m.weights},
+                               {"activation_bytes", m.activations},
+                               {"comm_buffer_bytes", m.comm},
+                               {"kv_bytes", m.kv},
+                               {"kv_tokens", m.kv_tokens}});
+    }
+    j["mem_fraction"] = options.mem_fraction;
+    j["ranks"] = nlohmann::json::array();
+    for (const auto& r : ranks) {
+        j["ranks"].push_back({{"rank", r.rank},
+                              {"stage", r.stage},
+                              {"local", r.local},
+                              {"host", r.host},
+                              {"node", r.node},
+                              {"gpu", r.gpu},
+                              {"numa", r.numa},
+                              {"nic", r.nic},
+                              {"cpus", r.cpus}});
+    }
+    j["transports"] = transports(*this);
+    const Workload& w = options.workload;
+    const size_t nodes = cluster.nodes.size();
+    j["predictions"] = {
+        {"workload",
+         {{"prompt_tokens", w.prompt_tokens},
+          {"output_tokens", w.output_tokens},
+          {"max_batch_per_rank", w.max_batch_per_rank},
+          {"prefill_tokens_per_rank", w.prefill_tokens_per_rank}}},
+        {"decode", decode_json(decode, world_size, nodes)},
+        {"decode_batch1", decode_json(decode_bs1, world_size, nodes)},
+        {"prefill",
+         {{"tokens_per_step", prefill.tokens_per_step},
+          {"stage_ms", prefill.stage_ms},
+          {"tokens_per_s", prefill.tokens_per_s},
+          {"tokens_per_s_per_gpu", prefill.tokens_per_s / world_size},
+          {"tokens_per_s_per_node", prefill.tokens_per_s / static_cast<double>(nodes)},
+          {"ttft_ms", prefill.ttft_ms}}},
+        {"note", "roofline estimate from topology/hardware.cc; uniform routing, no compute/comm overlap"}};
+    j["cluster"] = topology::to_json(cluster);
+    j["model"] = {{"source", model_source},
+                  {"config_hash", config.hash()},
+                  {"num_hidden_layers", config.num_hidden_layers},
+                  {"n_routed_experts", config.n_routed_experts},
+                  {"total_params", total_params},
+                  {"weight_bytes", total_weight_bytes}};
+    j["candidates"] = nlohmann::json::array();
+    for (const auto& c : candidates) {
+        j["candidates"].push_back({{"layout", c.layout.to_string()},
+                                   {"fits", c.fits},
+                                   {"reason", c.reason},
+                                   {"max_rank_bytes", c.max_rank_bytes},
+                                   {"decode_tokens_per_s", c.decode_tokens_per_s},
+                                   {"tpot_batch1_ms", c.tpot_bs1_ms},
+                                   {"kv_tokens", c.kv_tokens}});
+    }
+    j["explanation"] = explanation;
+    return j;
+}
+
+std::string Plan::summary() const {
+    std::ostringstream o;
+    o << "plan for " << (model_source.empty() ? "model" : model_source) << " on " << cluster.description << " ("
+      << world_size << " ranks, " << cluster.nodes.size() << " node(s))\n";
+    o << "  layout: " << stages.size() << " stage(s) x " << ranks_per_stage << " ranks, " << attention_name(attention)
+      << " attention, " << config.n_routed_experts << " experts spread over each stage's ranks\n";
+    for (size_t s = 0; s < stages.size(); ++s) {
+        const RankMemory& m = stage_memory[s];
+        o << "  stage " << s << ": layers [" << stages[s].first << ", " << stages[s].second << "), ranks "
+          << s * ranks_per_stage << "-" << (s + 1) * ranks_per_stage - 1 << "; per rank " << format_gb(m.weights)
+          << " weights + " << format_gb(m.activations) << " activations + " << format_gb(m.comm) << " comm + "
+          << format_gb(m.kv) << " KV (" << m.kv_tokens << " tokens) of " << format_gb(m.usable) << " usable\n";
+    }
+    o << "  dtype: " << dtype_path_name(dtype) << "\n";
+    for (const auto& line : explanation) {
+        o << "  - " << line << "\n";
+    }
+    const Workload& w = options.workload;
+    o << "  predicted (prompt " << w.prompt_tokens << ", output " << w.output_tokens << " tokens):\n";
+    o << "    decode: " << fmt("%.0f", decode.tokens_per_s) << " tok/s at " << decode.concurrency << " sequences ("
+      << fmt("%.0f", decode.tokens_per_s / world_size) << " per GPU/rank), TPOT " << fmt("%.1f", decode.tpot_ms)
+      << " ms\n";
+    o << "    decode batch 1: " << fmt("%.1f", decode_bs1.per_user_tokens_per_s) << " tok/s, TPOT "
+      << fmt("%.1f", decode_bs1.tpot_ms) << " ms\n";
+    o << "    prefill: " << fmt("%.0f", prefill.tokens_per_s) << " tok/s ("
+      << fmt("%.0f", prefill.tokens_per_s / static_cast<double>(cluster.nodes.size())) << " per node), TTFT "
+      << fmt("%.0f", prefill.ttft_ms) << " ms for one prompt\n";
+    o << "  bindings:\n";
+    const size_t show = ranks.size() <= 16 ? ranks.size() : 8;
+    for (size_t i = 0; i < show; ++i) {
+        const RankBinding& r = ranks[i];
+        o << "    rank " << r.rank << " -> " << r.host << (r.gpu >= 0 ? " gpu " + std::to_string(r.gpu) : " cpu")
+          << ", NUMA " << r.numa << ", NIC " << (r.nic.empty() ? "-" : r.nic) << ", cpus " << r.cpus << "\n";
+    }
+    if (show < ranks.size()) {
+        o << "    ... " << ranks.size() - show << " more (see --json)\n";
+    }
+    return o.str();
+}
+
+}  // namespace deepshard::topology
