@@ -63,7 +63,8 @@ bool BackgroundProcess::running() {
 
 std::vector<pid_t> BackgroundProcess::descendants(const std::string& name) const {
     std::map<pid_t, std::pair<pid_t, std::string>> procs;  // pid -> (ppid, comm)
-    for (const auto& e : fs::directory_iterator("/proc", std::error_code())) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc", ec)) {
         const std::string n = e.path().filename().string();
         if (n.empty() || !std::isdigit(static_cast<unsigned char>(n[0]))) continue;
         std::ifstream in(e.path() / "stat");
