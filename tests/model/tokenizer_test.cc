@@ -5,6 +5,7 @@
 #include "model/tokenizer/tokenizer.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -506,7 +507,9 @@ std::string binary() {
 
 // Runs `deepshard tokenize <args>` with `input` on stdin; returns stdout and sets *rc.
 std::string run_tokenize(const std::string& args, const std::string& input, int* rc) {
-    const std::string in_path = testing::TempDir() + "/tokenize_stdin.txt";
+    // One file per process: ctest runs these tests in parallel processes, and a shared name let one
+    // test read another's input.
+    const std::string in_path = testing::TempDir() + "/tokenize_stdin_" + std::to_string(getpid()) + ".txt";
     { std::ofstream(in_path, std::ios::binary) << input; }
     const std::string cmd = binary() + " tokenize --model " + data_dir() + " " + args + " < " + in_path;
     FILE* pipe = popen(cmd.c_str(), "r");
