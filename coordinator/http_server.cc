@@ -4,7 +4,10 @@
 // change callback only posts to the session's strand.
 #include "coordinator/http_server.h"
 
+#include <sys/socket.h>
+
 #include <atomic>
+#include <cerrno>
 #include <ctime>
 #include <map>
 #include <mutex>
@@ -245,13 +248,26 @@ private:
     }
 
     // A read-readiness wait while the request runs: EOF means the client left, so the request is
-    // cancelled rather than computed for nobody.
+    // cancelled rather than computed for nobody. The pending wait is also what keeps this Session
+    // alive between writes, so every path that leaves the request running re-arms it or holds
+    // `self_` instead. Readiness can be stale: Asio reads speculatively, so the epoll edge of the
+    // request bytes it already consumed may still arrive and wake this wait with nothing to read.
+    // A non-blocking MSG_PEEK tells the cases apart (0 = EOF, EAGAIN = stale edge, >0 = the client
+    // pipelined its next request, which stays in the kernel buffer until this one is answered).
     void watch_disconnect() {
         const uint64_t gen = ++watch_gen_;
         stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), gen](beast::error_code ec) {
             if (ec || gen != self->watch_gen_ || !self->request_) return;
-            beast::error_code e2;
-            if (self->stream_.socket().available(e2) == 0 && !self->request_->finished()) {
+            char byte;
+            const ssize_t n = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                return self->watch_disconnect();  // stale edge: wait again
+            }
+            if (n > 0) {
+                self->self_ = self;  // no more readiness edges to wait for; end_request() drops this
+                return;
+            }
+            if (!self->request_->finished()) {
                 spdlog::debug("http: client left; cancelling request {}", self->request_->id());
                 self->impl_->engine->cancel(self->request_);
             }
@@ -328,6 +344,8 @@ private:
         impl_->forget(request_.get());
         request_.reset();
         ++watch_gen_;
+        // Last: may drop the final reference (callers always hold their own `self`).
+        auto keep = std::move(self_);
     }
 
     // ---- writing -------------------------------------------------------------------------------
@@ -398,6 +416,7 @@ private:
     bool writing_ = false;
     std::string chunk_;
     uint64_t watch_gen_ = 0;
+    std::shared_ptr<Session> self_;  // set only while a request runs with no readiness wait pending
 };
 
 void HttpServer::Impl::accept() {

@@ -5,6 +5,8 @@
 //  - killing a shard rank mid-generation: the coordinator stays up, /health turns 503 within 2 s,
 //    and every request in flight ends with a 503 error (none hangs, none is silently lost).
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <future>
@@ -178,6 +180,53 @@ TEST_F(CoordinatorE2eTest, ConcurrentHttpAndThriftMatchGreedyGolden) {
     // The service accounted for them.
     auto metrics = http_request(http_, "GET", "/metrics");
     EXPECT_NE(metrics.body.find("deepshard_shard_job_up 1"), std::string::npos);
+}
+
+// A keep-alive client that pipelines two completions in one write: the second request's bytes sit
+// in the socket while the first runs, so the server's "did the client leave?" watch sees data, not
+// EOF. Both must be answered, in order, with the golden tokens (the session must stay alive without
+// a pending readiness wait, and must not mistake pipelined bytes for a disconnect).
+TEST_F(CoordinatorE2eTest, PipelinedKeepAliveRequestsAreBothAnswered) {
+    ASSERT_TRUE(wait_healthy(seconds(180))) << coordinator_->log() << shard_->log();
+    const Golden g = read_golden(model_);
+    const int n = static_cast<int>(g.greedy.size());
+    const std::string body = completion_body(g.prompt, n, false);
+    std::string one = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    int fd = connect_local(http_);
+    ASSERT_GE(fd, 0);
+    timeval tv{30, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    const std::string both = one + one;
+    ASSERT_EQ(send(fd, both.data(), both.size(), MSG_NOSIGNAL), static_cast<ssize_t>(both.size()));
+    // Read until two complete responses (Content-Length framed) arrived, or the deadline.
+    std::string raw;
+    std::vector<std::string> bodies;
+    char buf[65536];
+    while (bodies.size() < 2) {
+        const size_t hdr_end = raw.find("\r\n\r\n");
+        if (hdr_end != std::string::npos) {
+            std::string lower = raw.substr(0, hdr_end);
+            for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+            const size_t cl = lower.find("content-length: ");
+            ASSERT_NE(cl, std::string::npos) << raw;
+            const size_t len = std::stoul(lower.substr(cl + 16));
+            ASSERT_EQ(raw.rfind("HTTP/1.1 200", 0), 0u) << raw;
+            if (raw.size() >= hdr_end + 4 + len) {
+                bodies.push_back(raw.substr(hdr_end + 4, len));
+                raw.erase(0, hdr_end + 4 + len);
+                continue;
+            }
+        }
+        const ssize_t got = recv(fd, buf, sizeof(buf), 0);
+        ASSERT_GT(got, 0) << "connection ended after " << bodies.size() << " response(s); pending: " << raw;
+        raw.append(buf, static_cast<size_t>(got));
+    }
+    close(fd);
+    for (const std::string& b : bodies) {
+        json j = json::parse(b);
+        EXPECT_EQ(j["choices"][0]["token_ids"].get<std::vector<int>>(), g.greedy) << b;
+    }
 }
 
 TEST_F(CoordinatorE2eTest, LosingAShardRankFailsInFlightRequestsWith503) {
