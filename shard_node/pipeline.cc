@@ -474,6 +474,7 @@ Status Pipeline::serve() {
         DS_RETURN_IF_ERROR(receive_step(&step, &hidden).with_context("rank " + std::to_string(rank_) + " waiting for a step"));
         DS_RETURN_IF_ERROR(process(step, hidden).with_context("rank " + std::to_string(rank_) + " step " +
                                                                 std::to_string(step.batch.step_id)));
+        if (observer_) observer_(step);
         if (step.kind == StepKind::kShutdown) {
             return ok_status();
         }

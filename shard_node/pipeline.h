@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <vector>
@@ -72,6 +73,8 @@ public:
 
     // Every rank but the leader: serve steps until a shutdown step or an error.
     Status serve();
+    // Called by serve() after each step this rank finished (benchmarks: per-step accounting).
+    void set_step_observer(std::function<void(const PipelineStep&)> observer) { observer_ = std::move(observer); }
     // Leader: pushes a shutdown through the pipeline (after the last collect).
     Status shutdown();
 
@@ -101,6 +104,7 @@ private:
     uint64_t len_buf_ = 0;
     int len_sender_ = -1;
     int64_t min_kv_blocks_ = 0;
+    std::function<void(const PipelineStep&)> observer_;
 };
 
 // Step header wire format (bytes): kind, flags, modes, then a control-protocol StepBatch frame.
