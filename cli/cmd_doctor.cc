@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <map>
 #include <cstdio>
 #include <memory>
 #include <set>
@@ -34,6 +35,7 @@ struct DoctorArgs {
     int mpi_np = 2;
     int timeout_s = 30;
     bool no_mpi = false;
+    bool print_fingerprint = false;  // rank mode: print "<host> <fingerprint|error>" and exit
 };
 
 class Report {
@@ -163,21 +165,76 @@ void check_mpi(Report& r, const DoctorArgs& a) {
     if (!a.hostfile.empty()) {
         cmd += " --hostfile '" + a.hostfile + "' --map-by node";
     }
-    cmd += " hostname";
+    // With a model, every rank also fingerprints the checkpoint on its own host (this same binary,
+    // rank mode), so a node with a stale or partial copy is caught before the job loads it.
+    if (!a.model.empty()) {
+        char self[4096] = {0};
+        const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        if (n <= 0) {
+            r.add("FAIL", "mpi-ranks", "cannot find the deepshard binary (/proc/self/exe)");
+            return;
+        }
+        cmd += " '" + std::string(self, static_cast<size_t>(n)) + "' doctor --print-fingerprint --model '" + a.model + "'";
+    } else {
+        cmd += " hostname";
+    }
     const int rc = run_shell(cmd, a.timeout_s, &out);
     if (rc != 0) {
         r.add("FAIL", "mpi-ranks", "`" + cmd + "` exited " + std::to_string(rc) + ": " + first_line(out));
         return;
     }
     std::set<std::string> hosts;
+    std::map<std::string, std::set<std::string>> by_fingerprint;  // fingerprint -> hosts
     std::istringstream in(out);
     for (std::string line; std::getline(in, line);) {
-        if (!line.empty()) {
+        if (line.empty()) continue;
+        if (a.model.empty()) {
             hosts.insert(line);
+            continue;
         }
+        const size_t sp = line.find(' ');
+        if (line.rfind("fingerprint ", 0) != 0 || sp == std::string::npos) continue;  // MPI chatter
+        std::istringstream fields(line.substr(12));
+        std::string host, fp;
+        fields >> host;
+        std::getline(fields, fp);
+        fp.erase(0, fp.find_first_not_of(' '));
+        hosts.insert(host);
+        by_fingerprint[fp].insert(host);
     }
     r.add("PASS", "mpi-ranks",
           std::to_string(a.mpi_np) + " ranks started on " + std::to_string(hosts.size()) + " host(s)");
+    if (a.model.empty()) return;
+    if (by_fingerprint.size() == 1 && by_fingerprint.begin()->first.rfind("error", 0) != 0) {
+        r.add("PASS", "checkpoint-hosts",
+              "same fingerprint " + by_fingerprint.begin()->first + " on " + std::to_string(hosts.size()) + " host(s)");
+        return;
+    }
+    std::string detail;
+    for (const auto& [fp, hs] : by_fingerprint) {
+        std::string list;
+        for (const auto& h : hs) list += (list.empty() ? "" : ",") + h;
+        detail += (detail.empty() ? "" : "; ") + list + ": " + fp;
+    }
+    r.add("FAIL", "checkpoint-hosts",
+          by_fingerprint.empty() ? "no rank reported a fingerprint: " + first_line(out)
+                                 : "the checkpoint differs between hosts (" + detail + ")");
+}
+
+// Rank mode of the cross-host check: one line, "fingerprint <host> <hex>" or "fingerprint <host> error: ...".
+int print_fingerprint(const std::string& dir) {
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    auto ck = model::Checkpoint::open(dir);
+    Status v = ck.ok() ? (*ck)->validate() : ck.status();
+    if (!v.ok()) {
+        std::string msg = v.to_string();
+        for (char& c : msg) c = c == '\n' ? ' ' : c;
+        std::printf("fingerprint %s error: %s\n", host, msg.c_str());
+        return 0;
+    }
+    std::printf("fingerprint %s %016llx\n", host, static_cast<unsigned long long>((*ck)->fingerprint()));
+    return 0;
 }
 
 void check_ucx(Report& r, int timeout_s) {
@@ -251,7 +308,7 @@ void check_model(Report& r, const std::string& dir) {
     }
     char fp[32];
     std::snprintf(fp, sizeof(fp), "%016llx", static_cast<unsigned long long>((*ck)->fingerprint()));
-    // Every node of a job must print the same fingerprint: compare the lines across hosts.
+    // The ranks of the mpi-ranks check compare it across hosts (checkpoint-hosts).
     r.add("PASS", "checkpoint", dir + " valid, fingerprint " + fp);
 }
 
@@ -291,7 +348,12 @@ void register_doctor(CLI::App& app, int* exit_code) {
     cmd->add_option("--timeout", args->timeout_s, "deadline in seconds for each external command")
         ->check(CLI::Range(1, 3600));
     cmd->add_flag("--no-mpi-ranks", args->no_mpi, "only check that mpirun exists, start no ranks");
-    cmd->callback([args, exit_code] { *exit_code = run_doctor(*args); });
+    cmd->add_flag("--print-fingerprint", args->print_fingerprint,
+                  "rank mode of the cross-host check: print this host's checkpoint fingerprint")
+        ->group("");  // internal
+    cmd->callback([args, exit_code] {
+        *exit_code = args->print_fingerprint ? print_fingerprint(args->model) : run_doctor(*args);
+    });
 }
 
 }  // namespace deepshard::cli

@@ -60,9 +60,32 @@ TEST(DoctorCli, ReadyHostPassesAndPrintsFingerprint) {
     EXPECT_EQ(line_of(r.out, "checkpoint").rfind("PASS", 0), 0u) << r.out;
     EXPECT_NE(line_of(r.out, "checkpoint").find("fingerprint "), std::string::npos) << r.out;
     EXPECT_EQ(line_of(r.out, "mpi-ranks").rfind("PASS", 0), 0u) << r.out;
+    // Every rank fingerprinted the checkpoint on its host and they agree, with the same value.
+    const std::string hosts = line_of(r.out, "checkpoint-hosts");
+    EXPECT_EQ(hosts.rfind("PASS", 0), 0u) << r.out;
+    const std::string ck = line_of(r.out, "checkpoint");
+    const std::string fp = ck.substr(ck.find("fingerprint ") + 12, 16);
+    EXPECT_NE(hosts.find("same fingerprint " + fp), std::string::npos) << r.out;
     EXPECT_EQ(line_of(r.out, "ports").rfind("PASS", 0), 0u) << r.out;
     // No GPU here: reported as skipped, not passed or failed.
     EXPECT_NE(line_of(r.out, "gpu"), "") << r.out;
+}
+
+// The ranks of the cross-host check see a broken checkpoint: the check fails with each host's error
+// instead of passing on the ranks that could not read it.
+TEST(DoctorCli, RanksThatCannotReadTheCheckpointFailTheHostCheck) {
+    const std::string dir = testing_util::make_temp_dir("ds_doctor_ranks_");
+    std::filesystem::copy(source_path("testdata/golden/tiny-bf16"), dir, std::filesystem::copy_options::recursive);
+    std::filesystem::resize_file(dir + "/model.safetensors", 1000);
+    const auto r = run_command({binary_path("deepshard"), "doctor", "--model", dir, "--ports",
+                                std::to_string(free_port()), "--np", "2"},
+                               std::chrono::seconds(120));
+    ASSERT_FALSE(r.timed_out) << r.out << r.err;
+    EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+    const std::string hosts = line_of(r.out, "checkpoint-hosts");
+    EXPECT_EQ(hosts.rfind("FAIL", 0), 0u) << r.out;
+    EXPECT_NE(hosts.find("model.safetensors"), std::string::npos) << r.out;
+    std::filesystem::remove_all(dir);
 }
 
 TEST(DoctorCli, TakenPortAndCorruptCheckpointFail) {
