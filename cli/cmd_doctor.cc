@@ -41,7 +41,7 @@ struct DoctorArgs {
 class Report {
 public:
     void add(const char* level, const std::string& check, const std::string& detail) {
-        std::printf("%-4s  %-14s %s\n", level, check.c_str(), detail.c_str());
+        std::printf("%-4s  %-16s %s\n", level, check.c_str(), detail.c_str());
         std::fflush(stdout);
         if (std::string(level) == "FAIL") {
             ++failures_;
