@@ -1,0 +1,459 @@
+// MLA decode / prefill attention over the paged latent cache (see mla_attention.h for the contract).
+// One kernel serves both: a block takes (query, split, head group), stages kMlaTileTokens cached
+// vectors at a time in shared memory, scores them against all its heads (a warp per (head, token) dot,
+// lanes over the 576 dims), runs the fp32 online softmax (a warp per head) and accumulates P.V into
+// registers (each thread owns latent columns tid and tid + 256 for every head of the group).
+// Correctness first: scalar coalesced loads, no cp.async/TMA, no tensor cores.
+// TODO(mla): BF16 cache + tensor-core QK/PV (FlashMLA's layout) once the cache dtype moves to BF16.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/launch_util.h"
+#include "kernels/cuda/mla_attention.h"
+
+namespace deepshard::kernels::cuda {
+
+namespace {
+
+using internal::bad_arg;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kHg = kMlaHeadsPerBlock;
+constexpr int kTk = kMlaTileTokens;
+constexpr int kCols = kMlaMaxLatentDim / kThreads;  // latent columns per thread
+static_assert(kTk == 32, "the softmax step maps one lane to one token of the tile");
+static_assert(kMlaMaxLatentDim % kThreads == 0, "latent columns are spread evenly over the threads");
+
+struct KernelParams {
+    MlaCache cache;
+    int32_t num_heads, head_groups, num_splits;
+    float scale;
+    int64_t num_queries;
+    const float* q_lat;
+    int64_t q_lat_ld_token, q_lat_ld_head;
+    const float* q_pe;
+    int64_t q_pe_ld_token, q_pe_ld_head;
+    const int32_t* block_tables;
+    int64_t num_table_rows;
+    int32_t max_blocks;
+    const int32_t* query_rows;  // nullptr: query i uses row i
+    const int32_t* kv_lens;     // kv length of query i = kv_lens[i] + len_add
+    int32_t len_add;
+    float* out;  // num_splits == 1
+    int64_t out_ld_token, out_ld_head;
+    float* part_lse;  // num_splits > 1: [query][split][head]
+    float* part_out;  // [query][split][head][latent_dim]
+};
+
+size_t smem_floats(int32_t dim) { return static_cast<size_t>(kHg + kTk) * dim + kHg * kTk + 3 * kHg; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__global__ void __launch_bounds__(kThreads) mla_attention_kernel(KernelParams p) {
+    extern __shared__ float smem[];
+    const int R = p.cache.latent_dim, D = R + p.cache.rope_dim;
+    float* sq = smem;             // [kHg][D]: q_lat | q_pe
+    float* skv = sq + kHg * D;    // [kTk][D]: latent | rope
+    float* ss = skv + kTk * D;    // [kHg][kTk]: scores, then probabilities
+    float* s_m = ss + kHg * kTk;  // running max per head
+    float* s_l = s_m + kHg;       // running sum per head
+    float* s_alpha = s_l + kHg;   // rescale of this tile per head
+
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int g = static_cast<int>(blockIdx.x % p.head_groups);
+    const int64_t rest = blockIdx.x / p.head_groups;
+    const int split = static_cast<int>(rest % p.num_splits);
+    const int64_t q = rest / p.num_splits;
+    const int h0 = g * kHg;
+    const int hg = min(kHg, p.num_heads - h0);
+
+    const int64_t row = p.query_rows != nullptr ? p.query_rows[q] : q;
+    const int32_t raw_len = p.kv_lens[q];
+    const int64_t len = static_cast<int64_t>(raw_len) + p.len_add;
+    const bool bad = row < 0 || row >= p.num_table_rows || raw_len < 0 ||
+                     len > static_cast<int64_t>(p.max_blocks) * p.cache.block_size;
+    int32_t begin = 0, end = 0;
+    if (!bad)
+        mla_split_range(static_cast<int32_t>(len), p.num_splits, split, &begin, &end);
+
+    for (int idx = tid; idx < hg * D; idx += kThreads) {
+        const int h = idx / D, d = idx % D;
+        sq[idx] = d < R ? p.q_lat[q * p.q_lat_ld_token + (h0 + h) * p.q_lat_ld_head + d]
+                        : p.q_pe[q * p.q_pe_ld_token + (h0 + h) * p.q_pe_ld_head + (d - R)];
+    }
+    if (tid < kHg) {
+        s_m[tid] = -INFINITY;
+        s_l[tid] = bad ? NAN : 0.0f;  // a bad table row poisons every output of the query
+    }
+    float acc[kHg][kCols];
+#pragma unroll
+    for (int h = 0; h < kHg; ++h) {
+#pragma unroll
+        for (int k = 0; k < kCols; ++k) acc[h][k] = bad ? NAN : 0.0f;
+    }
+
+    const int32_t* table = p.block_tables + (bad ? 0 : row) * p.max_blocks;
+    const int32_t bs = p.cache.block_size;
+    for (int32_t t0 = begin; t0 < end; t0 += kTk) {
+        const int n = min(kTk, end - t0);
+        __syncthreads();  // the previous tile's readers are done (and q/init are visible on the first)
+        // Stage the tile: a warp per cached vector. Rows past the range are zero (0 * p must stay 0);
+        // a block id outside the pool reads as NaN, which poisons this query's outputs.
+        for (int j = warp; j < kTk; j += kWarps) {
+            float* dst = skv + j * D;
+            const float* src = nullptr;
+            bool valid_id = true;
+            if (j < n) {
+                const int32_t pos = t0 + j;
+                const int32_t id = table[pos / bs];
+                valid_id = id >= 0 && id < p.cache.num_blocks;
+                if (valid_id)
+                    src = p.cache.data + id * p.cache.block_stride + (pos % bs) * p.cache.token_stride;
+            }
+            for (int d = lane; d < D; d += 32) dst[d] = src != nullptr ? src[d] : (valid_id ? 0.0f : NAN);
+        }
+        __syncthreads();
+        // Scores: a warp per (head, token) pair, lanes over the dims.
+        for (int pr = warp; pr < hg * kTk; pr += kWarps) {
+            const int h = pr / kTk, j = pr % kTk;
+            float s = -INFINITY;
+            if (j < n) {
+                const float* qh = sq + h * D;
+                const float* kj = skv + j * D;
+                float dot = 0.0f;
+                for (int d = lane; d < D; d += 32) dot = fmaf(qh[d], kj[d], dot);
+                s = warp_sum(dot) * p.scale;
+            }
+            if (lane == 0)
+                ss[h * kTk + j] = s;
+        }
+        __syncthreads();
+        // Online softmax in fp32: a warp per head, a lane per token of the tile.
+        for (int h = warp; h < hg; h += kWarps) {
+            const float s = ss[h * kTk + lane];
+            const float m_old = s_m[h];
+            const float m_new = fmaxf(m_old, warp_max(s));
+            // Nothing seen yet (all masked): keep p = 0 and avoid exp(-inf - -inf).
+            const float pj = m_new == -INFINITY ? 0.0f : expf(s - m_new);
+            const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
+            const float sum = warp_sum(pj);
+            ss[h * kTk + lane] = pj;
+            if (lane == 0) {
+                s_l[h] = s_l[h] * alpha + sum;
+                s_m[h] = m_new;
+                s_alpha[h] = alpha;
+            }
+        }
+        __syncthreads();
+        // P.V into the register accumulators.
+#pragma unroll
+        for (int h = 0; h < kHg; ++h) {
+            if (h < hg) {
+                const float a = s_alpha[h];
+#pragma unroll
+                for (int k = 0; k < kCols; ++k) acc[h][k] *= a;
+            }
+        }
+        for (int j = 0; j < n; ++j) {
+            float v[kCols];
+#pragma unroll
+            for (int k = 0; k < kCols; ++k) {
+                const int c = tid + k * kThreads;
+                v[k] = c < R ? skv[j * D + c] : 0.0f;
+            }
+#pragma unroll
+            for (int h = 0; h < kHg; ++h) {
+                if (h < hg) {
+                    const float pj = ss[h * kTk + j];
+#pragma unroll
+                    for (int k = 0; k < kCols; ++k) acc[h][k] = fmaf(pj, v[k], acc[h][k]);
+                }
+            }
+        }
+    }
+    __syncthreads();  // s_m / s_l final (also when this split had no tile)
+
+#pragma unroll
+    for (int h = 0; h < kHg; ++h) {
+        if (h < hg) {
+            const float l = s_l[h];
+            const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // NaN l stays NaN
+            float* dst;
+            if (p.num_splits == 1) {
+                dst = p.out + q * p.out_ld_token + (h0 + h) * p.out_ld_head;
+            } else {
+                const int64_t slot = (q * p.num_splits + split) * p.num_heads + h0 + h;
+                dst = p.part_out + slot * R;
+                if (tid == 0)
+                    p.part_lse[slot] = mla_partial_lse(s_m[h], l);
+            }
+#pragma unroll
+            for (int k = 0; k < kCols; ++k) {
+                const int c = tid + k * kThreads;
+                if (c < R)
+                    dst[c] = acc[h][k] * inv;
+            }
+        }
+    }
+}
+
+// out[q, h, :] = sum_s w_s * part_out[q, s, h, :], w from the splits' lse. A block per (query, head).
+__global__ void mla_combine_kernel(const float* part_lse,
+                                   const float* part_out,
+                                   int32_t num_splits,
+                                   int32_t num_heads,
+                                   int32_t R,
+                                   float* out,
+                                   int64_t out_ld_token,
+                                   int64_t out_ld_head) {
+    __shared__ float w[kMlaMaxSplits];
+    const int64_t q = blockIdx.x / num_heads;
+    const int h = static_cast<int>(blockIdx.x % num_heads);
+    const int64_t first = q * num_splits * num_heads + h;  // slot of split 0; splits are num_heads apart
+    if (threadIdx.x == 0)
+        mla_combine_weights(part_lse + first, num_heads, num_splits, w);
+    __syncthreads();
+    float* dst = out + q * out_ld_token + h * out_ld_head;
+    for (int c = threadIdx.x; c < R; c += blockDim.x) {
+        float v = 0.0f;
+        for (int s = 0; s < num_splits; ++s) v = fmaf(w[s], part_out[(first + s * num_heads) * R + c], v);
+        dst[c] = v;
+    }
+}
+
+bool strides_ok(int64_t ld_token, int64_t ld_head, int32_t heads, int32_t width) {
+    return ld_head >= width && ld_token >= (heads - 1) * ld_head + width;
+}
+
+Status launch(const char* op,
+              const MlaAttentionArgs& a,
+              int32_t num_splits,
+              const int32_t* query_rows,
+              const int32_t* kv_lens,
+              int32_t len_add,
+              float* part_lse,
+              float* part_out,
+              cudaStream_t stream) {
+    KernelParams p{};
+    p.cache = a.cache;
+    p.num_heads = a.num_heads;
+    p.head_groups = (a.num_heads + kHg - 1) / kHg;
+    p.num_splits = num_splits;
+    p.scale = a.softmax_scale;
+    p.num_queries = a.num_queries;
+    p.q_lat = a.q_lat;
+    p.q_lat_ld_token = a.q_lat_ld_token;
+    p.q_lat_ld_head = a.q_lat_ld_head;
+    p.q_pe = a.q_pe;
+    p.q_pe_ld_token = a.q_pe_ld_token;
+    p.q_pe_ld_head = a.q_pe_ld_head;
+    p.block_tables = a.block_tables;
+    p.num_table_rows = a.num_table_rows;
+    p.max_blocks = a.max_blocks_per_seq;
+    p.query_rows = query_rows;
+    p.kv_lens = kv_lens;
+    p.len_add = len_add;
+    p.out = a.out;
+    p.out_ld_token = a.out_ld_token;
+    p.out_ld_head = a.out_ld_head;
+    p.part_lse = part_lse;
+    p.part_out = part_out;
+
+    const int64_t blocks = a.num_queries * num_splits * p.head_groups;
+    if (blocks > INT_MAX) {
+        return bad_arg(op, "num_queries " + std::to_string(a.num_queries) + " x splits x head groups exceeds the grid");
+    }
+    const size_t smem = smem_floats(a.cache.latent_dim + a.cache.rope_dim) * sizeof(float);
+    if (smem > 48 * 1024) {
+        int device = 0, optin = 0;
+        DS_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+        DS_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+        if (smem > static_cast<size_t>(optin)) {
+            return bad_arg(op, "latent_dim + rope_dim needs " + std::to_string(smem) +
+                                   " bytes of shared memory, the device allows " + std::to_string(optin));
+        }
+        DS_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(mla_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     static_cast<int>(smem)));
+    }
+    mla_attention_kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(p);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("mla_attention_kernel");
+    return ok_status();
+}
+
+}  // namespace
+
+Status validate_mla_args(const char* op, const MlaAttentionArgs& a) {
+    const MlaCache& c = a.cache;
+    auto n = [](int64_t v) { return std::to_string(v); };
+    if (a.num_heads <= 0)
+        return bad_arg(op, "num_heads must be positive, got " + n(a.num_heads));
+    if (c.latent_dim <= 0 || c.latent_dim > kMlaMaxLatentDim) {
+        return bad_arg(op, "cache.latent_dim " + n(c.latent_dim) + " is outside [1, " + n(kMlaMaxLatentDim) + "]");
+    }
+    if (c.rope_dim < 0 || c.rope_dim > kMlaMaxRopeDim) {
+        return bad_arg(op, "cache.rope_dim " + n(c.rope_dim) + " is outside [0, " + n(kMlaMaxRopeDim) + "]");
+    }
+    if (c.block_size <= 0)
+        return bad_arg(op, "cache.block_size must be positive, got " + n(c.block_size));
+    if (c.num_blocks <= 0)
+        return bad_arg(op, "cache.num_blocks must be positive, got " + n(c.num_blocks));
+    if (c.token_stride < int64_t{c.latent_dim} + c.rope_dim) {
+        return bad_arg(op, "cache.token_stride " + n(c.token_stride) + " is below latent_dim + rope_dim");
+    }
+    if (c.num_blocks > 1 && c.block_stride < c.token_stride * c.block_size) {
+        return bad_arg(op, "cache.block_stride " + n(c.block_stride) + " is below token_stride * block_size");
+    }
+    if (c.data == nullptr)
+        return bad_arg(op, "cache.data is null");
+    if (!std::isfinite(a.softmax_scale) || a.softmax_scale <= 0.0f) {
+        return bad_arg(op, "softmax_scale must be positive and finite");
+    }
+    if (a.num_queries < 0)
+        return bad_arg(op, "num_queries is negative");
+    if (a.num_queries == 0)
+        return ok_status();
+    if (a.q_lat == nullptr)
+        return bad_arg(op, "q_lat is null");
+    if (a.q_pe == nullptr && c.rope_dim > 0)
+        return bad_arg(op, "q_pe is null");
+    if (a.out == nullptr)
+        return bad_arg(op, "out is null");
+    if (a.block_tables == nullptr)
+        return bad_arg(op, "block_tables is null");
+    if (!strides_ok(a.q_lat_ld_token, a.q_lat_ld_head, a.num_heads, c.latent_dim)) {
+        return bad_arg(op, "q_lat strides (token " + n(a.q_lat_ld_token) + ", head " + n(a.q_lat_ld_head) +
+                               ") do not hold num_heads x latent_dim");
+    }
+    if (c.rope_dim > 0 && !strides_ok(a.q_pe_ld_token, a.q_pe_ld_head, a.num_heads, c.rope_dim)) {
+        return bad_arg(op, "q_pe strides (token " + n(a.q_pe_ld_token) + ", head " + n(a.q_pe_ld_head) +
+                               ") do not hold num_heads x rope_dim");
+    }
+    if (!strides_ok(a.out_ld_token, a.out_ld_head, a.num_heads, c.latent_dim)) {
+        return bad_arg(op, "out strides (token " + n(a.out_ld_token) + ", head " + n(a.out_ld_head) +
+                               ") do not hold num_heads x latent_dim");
+    }
+    if (a.num_table_rows <= 0)
+        return bad_arg(op, "num_table_rows must be positive");
+    if (a.max_blocks_per_seq <= 0)
+        return bad_arg(op, "max_blocks_per_seq must be positive");
+    if (int64_t{a.max_blocks_per_seq} * c.block_size > INT_MAX) {
+        return bad_arg(op, "max_blocks_per_seq x block_size exceeds int32 positions");
+    }
+    return ok_status();
+}
+
+size_t mla_decode_scratch_bytes(int64_t batch, int32_t num_heads, int32_t latent_dim, int32_t num_splits) {
+    if (num_splits <= 1 || batch <= 0 || num_heads <= 0 || latent_dim <= 0)
+        return 0;
+    return static_cast<size_t>(batch) * num_splits * num_heads * (static_cast<size_t>(latent_dim) + 1) * sizeof(float);
+}
+
+int32_t mla_decode_num_splits(int64_t batch, int32_t num_heads, int64_t max_seq_len, int32_t num_sms) {
+    const int64_t groups = (std::max<int64_t>(num_heads, 1) + kHg - 1) / kHg;
+    const int64_t base = std::max<int64_t>(batch, 1) * groups;
+    const int64_t want = (2 * std::max<int64_t>(num_sms, 1) + base - 1) / base;
+    const int64_t by_len = std::max<int64_t>(max_seq_len, 0) / (2 * kTk);  // at least two tiles per split
+    return static_cast<int32_t>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, kMlaMaxSplits})));
+}
+
+Status check_mla_block_tables(const int32_t* tables,
+                              int64_t rows,
+                              int32_t max_blocks_per_seq,
+                              const int32_t* kv_lens,
+                              int32_t block_size,
+                              int32_t num_blocks) {
+    const char* op = "check_mla_block_tables";
+    if (rows < 0 || max_blocks_per_seq <= 0 || block_size <= 0 ||
+        (rows > 0 && (tables == nullptr || kv_lens == nullptr))) {
+        return bad_arg(op, "need rows >= 0, positive max_blocks_per_seq / block_size and non-null tables / kv_lens");
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t len = kv_lens[r];
+        if (len < 0 || len > int64_t{max_blocks_per_seq} * block_size) {
+            return bad_arg(op, "kv_lens[" + std::to_string(r) + "] = " + std::to_string(len) + " is outside [0, " +
+                                   std::to_string(int64_t{max_blocks_per_seq} * block_size) +
+                                   "] (max_blocks_per_seq x block_size)");
+        }
+        for (int64_t k = 0; k < (len + block_size - 1) / block_size; ++k) {
+            const int32_t id = tables[r * max_blocks_per_seq + k];
+            if (id < 0 || id >= num_blocks) {
+                return bad_arg(op, "block_tables[" + std::to_string(r) + "][" + std::to_string(k) +
+                                       "] = " + std::to_string(id) + " is outside the cache's [0, " +
+                                       std::to_string(num_blocks) + ")");
+            }
+        }
+    }
+    return ok_status();
+}
+
+Status mla_decode(const MlaAttentionArgs& a,
+                  const int32_t* seq_lens,
+                  int32_t num_splits,
+                  void* scratch,
+                  size_t scratch_bytes,
+                  cudaStream_t stream) {
+    const char* op = "mla_decode";
+    DS_RETURN_IF_ERROR(validate_mla_args(op, a));
+    if (num_splits < 1 || num_splits > kMlaMaxSplits) {
+        return bad_arg(
+            op, "num_splits " + std::to_string(num_splits) + " is outside [1, " + std::to_string(kMlaMaxSplits) + "]");
+    }
+    if (a.num_queries == 0)
+        return ok_status();
+    if (seq_lens == nullptr)
+        return bad_arg(op, "seq_lens is null");
+    if (a.num_queries * a.num_heads > INT_MAX) {
+        return bad_arg(op, "num_queries x num_heads exceeds the combine grid");
+    }
+    if (a.num_table_rows < a.num_queries) {
+        return bad_arg(op, "num_table_rows " + std::to_string(a.num_table_rows) + " is below the batch " +
+                               std::to_string(a.num_queries));
+    }
+    const size_t need = mla_decode_scratch_bytes(a.num_queries, a.num_heads, a.cache.latent_dim, num_splits);
+    if (need > 0 &&
+        (scratch == nullptr || scratch_bytes < need || reinterpret_cast<uintptr_t>(scratch) % alignof(float) != 0)) {
+        return bad_arg(op, "scratch needs " + std::to_string(need) +
+                               " float-aligned bytes (mla_decode_scratch_bytes), got " + std::to_string(scratch_bytes));
+    }
+    if (num_splits == 1)
+        return launch(op, a, 1, nullptr, seq_lens, 0, nullptr, nullptr, stream);
+    float* part_lse = static_cast<float*>(scratch);
+    float* part_out = part_lse + a.num_queries * num_splits * a.num_heads;
+    DS_RETURN_IF_ERROR(launch(op, a, num_splits, nullptr, seq_lens, 0, part_lse, part_out, stream));
+    mla_combine_kernel<<<static_cast<unsigned>(a.num_queries * a.num_heads), 128, 0, stream>>>(
+        part_lse, part_out, num_splits, a.num_heads, a.cache.latent_dim, a.out, a.out_ld_token, a.out_ld_head);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("mla_combine_kernel");
+    return ok_status();
+}
+
+Status mla_prefill(const MlaAttentionArgs& a,
+                   const int32_t* query_rows,
+                   const int32_t* query_pos,
+                   cudaStream_t stream) {
+    const char* op = "mla_prefill";
+    DS_RETURN_IF_ERROR(validate_mla_args(op, a));
+    if (a.num_queries == 0)
+        return ok_status();
+    if (query_rows == nullptr)
+        return bad_arg(op, "query_rows is null");
+    if (query_pos == nullptr)
+        return bad_arg(op, "query_pos is null");
+    return launch(op, a, 1, query_rows, query_pos, 1, nullptr, nullptr, stream);
+}
+
+}  // namespace deepshard::kernels::cuda

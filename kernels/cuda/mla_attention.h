@@ -1,0 +1,173 @@
+// MLA attention in the absorbed form (MODEL_SPEC §2) over the paged latent cache, FlashMLA-shaped:
+// the GPU twin of the attention loop of model/transformer.cc (Impl::mla, "Attention over the latent
+// cache"). For query i and local head h:
+//   s[j]   = (q_lat[i,h,:] . latent[j] + q_pe[i,h,:] . rope[j]) * softmax_scale,  j in [0, kv_len(i))
+//   out[i,h,:] = sum_j softmax(s)[j] * latent[j]      (kv_lora_rank wide, before the W_UV up-projection)
+// The cache holds float32, as model::KvCache does: per token `latent_dim` latent values then `rope_dim`
+// rotated rope-key values. One thread block serves one query, one split of its cache range and a group
+// of up to kMlaHeadsPerBlock heads: every cached vector it reads is used by all heads of the group
+// (queries in shared memory, fp32 online softmax, fp32 accumulators in registers). With more heads
+// than a group the groups of a (query, split) are adjacent block ids, so they run together and the
+// extra reads hit L2. Long caches are split (split-K) over more blocks and merged by a combine kernel
+// through caller-owned scratch: nothing is allocated per call.
+//
+// Contract (as cuda_kernels.h): work is enqueued on `stream`, nothing synchronizes; pointers are device
+// pointers unless stated. Argument errors are kInvalidArgument naming the field, launch errors kCuda.
+// Block-table contents live on the device and cannot be reported: a query whose table row, length or
+// block id is out of range gets NaN outputs (never an out-of-bounds read); check_mla_block_tables()
+// validates host copies. A query with kv length 0 gets zeros.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "common/status.h"
+#include "kernels/cuda/device_math.h"
+
+namespace deepshard::kernels::cuda {
+
+constexpr int32_t kMlaHeadsPerBlock = 16;  // heads sharing one read of the cache
+constexpr int32_t kMlaTileTokens = 32;     // cached tokens staged in shared memory at a time
+constexpr int32_t kMlaMaxLatentDim = 512;  // kv_lora_rank (register accumulators are sized for it)
+constexpr int32_t kMlaMaxRopeDim = 128;    // qk_rope_head_dim
+constexpr int32_t kMlaMaxSplits = 64;
+
+// One layer of a paged latent cache (device memory). Slot `o` of block `b` starts at
+// data + b * block_stride + o * token_stride: latent_dim latent floats, then rope_dim rope floats.
+struct MlaCache {
+    const float* data = nullptr;
+    int64_t block_stride = 0;  // floats between the slot 0 of consecutive block ids
+    int64_t token_stride = 0;  // floats between consecutive slots of a block (>= latent_dim + rope_dim)
+    int32_t block_size = 0;    // tokens per block
+    int32_t num_blocks = 0;    // valid block ids: [0, num_blocks)
+    int32_t latent_dim = 0;    // kv_lora_rank
+    int32_t rope_dim = 0;      // qk_rope_head_dim
+};
+
+// The MlaCache of `layer` in a pool laid out as model::KvCache: [block][layer][slot][latent | rope].
+inline MlaCache mla_cache_layer(const float* pool,
+                                int64_t num_layers,
+                                int64_t layer,
+                                int32_t block_size,
+                                int32_t num_blocks,
+                                int32_t latent_dim,
+                                int32_t rope_dim) {
+    MlaCache c;
+    c.token_stride = int64_t{latent_dim} + rope_dim;
+    c.data = pool + layer * block_size * c.token_stride;
+    c.block_stride = num_layers * block_size * c.token_stride;
+    c.block_size = block_size;
+    c.num_blocks = num_blocks;
+    c.latent_dim = latent_dim;
+    c.rope_dim = rope_dim;
+    return c;
+}
+
+// Queries, block tables and output shared by decode and prefill. Query i, head h (local heads):
+//   q_lat at q_lat + i * q_lat_ld_token + h * q_lat_ld_head   (latent_dim floats)
+//   q_pe  at q_pe  + i * q_pe_ld_token  + h * q_pe_ld_head    (rope_dim floats, already rotated)
+//   out   at out   + i * out_ld_token   + h * out_ld_head     (latent_dim floats, written)
+// For the CPU twin's buffers: q_lat [T, nh, R] dense; q_pe = qbuf + nope with ld_head qk and ld_token
+// nh * qk; out [T, nh, R] dense. block_tables is [num_table_rows, max_blocks_per_seq] int32, row-major.
+struct MlaAttentionArgs {
+    MlaCache cache;
+    int32_t num_heads = 0;
+    float softmax_scale = 0.0f;  // ModelConfig::softmax_scale() (YaRN m^2 included)
+    int64_t num_queries = 0;
+    const float* q_lat = nullptr;
+    int64_t q_lat_ld_token = 0, q_lat_ld_head = 0;
+    const float* q_pe = nullptr;
+    int64_t q_pe_ld_token = 0, q_pe_ld_head = 0;
+    const int32_t* block_tables = nullptr;
+    int64_t num_table_rows = 0;
+    int32_t max_blocks_per_seq = 0;
+    float* out = nullptr;
+    int64_t out_ld_token = 0, out_ld_head = 0;
+};
+
+// Host-side shape / pointer / stride checks of `args` (the launchers run them first; no CUDA call).
+// kInvalidArgument "cuda::<op>: <field> ..." on the first problem.
+Status validate_mla_args(const char* op, const MlaAttentionArgs& args);
+
+// Bytes of scratch mla_decode needs: 0 for num_splits <= 1, else batch * num_splits * num_heads *
+// (latent_dim + 1) floats (partial outputs and their log-sum-exp).
+size_t mla_decode_scratch_bytes(int64_t batch, int32_t num_heads, int32_t latent_dim, int32_t num_splits);
+
+// A split count for decode: enough blocks to fill `num_sms` twice over, at least two tiles of cache per
+// split, at most kMlaMaxSplits. Pure host function (num_sms from cudaDevAttrMultiProcessorCount).
+int32_t mla_decode_num_splits(int64_t batch, int32_t num_heads, int64_t max_seq_len, int32_t num_sms);
+
+// Host copies of block tables checked against the cache: row r covers kv_lens[r] positions, which
+// need ceil(kv_lens[r] / block_size) <= max_blocks_per_seq entries, each in [0, num_blocks). Entries
+// past those are never read and not checked. kInvalidArgument naming "block_tables[r][k]" or "kv_lens[r]".
+Status check_mla_block_tables(const int32_t* tables,
+                              int64_t rows,
+                              int32_t max_blocks_per_seq,
+                              const int32_t* kv_lens,
+                              int32_t block_size,
+                              int32_t num_blocks);
+
+// Decode: query b (b < num_queries = batch) uses table row b and attends to positions [0, seq_lens[b])
+// (seq_lens: device int32 [batch]; the current token is already in the cache, as the CPU twin writes
+// it before reading). num_splits in [1, kMlaMaxSplits]; with more than one, `scratch` (device, at
+// least mla_decode_scratch_bytes) holds the partial results, and a combine kernel merges them.
+Status mla_decode(const MlaAttentionArgs& args,
+                  const int32_t* seq_lens,
+                  int32_t num_splits,
+                  void* scratch,
+                  size_t scratch_bytes,
+                  cudaStream_t stream);
+
+// Prefill / chunked prefill with the causal mask: query t uses table row query_rows[t] and attends to
+// positions [0, query_pos[t]] (its own absolute position included; the new tokens' latents must already
+// be in the cache). query_rows, query_pos: device int32 [num_queries]. One block per (query, head group),
+// no split. TODO(mla): share each cache tile among the queries of a sequence (FlashMLA prefill / FA3).
+Status mla_prefill(const MlaAttentionArgs& args,
+                   const int32_t* query_rows,
+                   const int32_t* query_pos,
+                   cudaStream_t stream);
+
+// ---- the split-K arithmetic, shared by the kernels and the host tests ----
+
+// Positions [*begin, *end) that split `split` of `num_splits` covers of a cache of `len` tokens:
+// contiguous runs of whole tiles, in order, together exactly [0, len). Empty when begin == end.
+DS_HD void mla_split_range(int32_t len, int32_t num_splits, int32_t split, int32_t* begin, int32_t* end) {
+    const int32_t tiles = (len + kMlaTileTokens - 1) / kMlaTileTokens;
+    const int32_t per_split = (tiles + num_splits - 1) / num_splits;
+    int32_t b = split * per_split * kMlaTileTokens, e = b + per_split * kMlaTileTokens;
+    if (b > len)
+        b = len;
+    if (e > len)
+        e = len;
+    *begin = b;
+    *end = e;
+}
+
+// log(sum_j exp(s_j)) of a split from its running max m and sum l = sum_j exp(s_j - m); -inf when the
+// split saw no token (l == 0). NaN stays NaN.
+DS_HD float mla_partial_lse(float m, float l) { return l == 0.0f ? -INFINITY : m + logf(l); }
+
+// Merge weights of n partial (split-normalized) outputs from their lse values (stride apart):
+// w[s] = exp(lse[s]) / sum_t exp(lse[t]). All zero when every split is empty; all NaN when any is NaN.
+DS_HD void mla_combine_weights(const float* lse, int64_t stride, int32_t n, float* w) {
+    float mx = -INFINITY;
+    bool nan = false;
+    for (int32_t s = 0; s < n; ++s) {
+        const float v = lse[s * stride];
+        nan = nan || v != v;
+        mx = v > mx ? v : mx;
+    }
+    if (nan || mx == -INFINITY) {
+        for (int32_t s = 0; s < n; ++s) w[s] = nan ? NAN : 0.0f;
+        return;
+    }
+    float sum = 0.0f;
+    for (int32_t s = 0; s < n; ++s) sum += (w[s] = expf(lse[s * stride] - mx));
+    const float inv = 1.0f / sum;
+    for (int32_t s = 0; s < n; ++s) w[s] *= inv;
+}
+
+}  // namespace deepshard::kernels::cuda
