@@ -310,11 +310,17 @@ std::vector<RankBinding> bind_ranks(const Cluster& cl, int S) {
                 }
             }
             const size_t nc = numa.cpus.size();
+            if (nc == 0) continue;
             for (size_t j = 0; j < on.size(); ++j) {
+                if (on.size() > nc) {
+                    // More ranks than CPUs (oversubscribed test hosts): one CPU each, round robin, so the
+                    // ranks spread evenly instead of some sharing all CPUs and others one.
+                    on[j]->cpus = cpu_list_string({numa.cpus[j % nc]});
+                    continue;
+                }
                 const size_t b0 = j * nc / on.size(), b1 = (j + 1) * nc / on.size();
-                std::vector<int> cpus(numa.cpus.begin() + static_cast<long>(b0),
-                                      numa.cpus.begin() + static_cast<long>(b1));
-                on[j]->cpus = cpu_list_string(cpus.empty() ? numa.cpus : cpus);
+                on[j]->cpus = cpu_list_string(std::vector<int>(numa.cpus.begin() + static_cast<long>(b0),
+                                                               numa.cpus.begin() + static_cast<long>(b1)));
             }
         }
         out.insert(out.end(), local.begin(), local.end());

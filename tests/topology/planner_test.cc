@@ -255,6 +255,32 @@ TEST(Planner, BindsEveryRankToItsGpuNumaAndNic) {
     std::printf("%s", p->summary().c_str());
 }
 
+// CPU ranks share their NUMA node's CPUs without overlap: disjoint equal ranges when there are enough
+// CPUs, and one CPU each, round robin, when ranks outnumber CPUs (an oversubscribed test host).
+TEST(Planner, CpuRanksGetDisjointOrEvenlySpreadCpus) {
+    const model::ModelConfig tiny = load_config("testdata/golden/tiny-bf16");
+    PlanOptions o;
+    o.layout = *parse_layout("pp=2,tp=2");
+    for (int ncpu : {8, 2, 3}) {
+        Cluster c = local_cpu(4);
+        NumaNode numa;
+        numa.os_index = 0;
+        for (int i = 0; i < ncpu; ++i) numa.cpus.push_back(i);
+        c.nodes[0].topo.numa_nodes = {numa};
+        auto p = make_plan(tiny, c, o);
+        ASSERT_TRUE(p.ok()) << p.status().to_string();
+        std::vector<std::string> got;
+        for (const auto& r : p->ranks) got.push_back(r.cpus);
+        if (ncpu == 8) {
+            EXPECT_EQ(got, (std::vector<std::string>{"0-1", "2-3", "4-5", "6-7"}));
+        } else if (ncpu == 2) {
+            EXPECT_EQ(got, (std::vector<std::string>{"0", "1", "0", "1"}));
+        } else {
+            EXPECT_EQ(got, (std::vector<std::string>{"0", "1", "2", "0"}));
+        }
+    }
+}
+
 TEST(Planner, LatencyObjectivePrefersFewerHops) {
     PlanOptions o;
     o.objective = Objective::kLatency;
