@@ -21,10 +21,12 @@
 // one thread; UcxP2p: internally serialized). A Request is used by one thread at a time.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -65,6 +67,27 @@ public:
     virtual void abandon(const Status& why) noexcept = 0;
     // "allreduce_sum(count=1024) on rank 2/4 of 'world' [mpi], peer all" — used in errors.
     virtual std::string describe() const = 0;
+};
+
+// First-error latch every backend shares with its in-flight requests: after a deadline or transport
+// error the communicator is poisoned, later operations fail fast, and they all report the first reason.
+class PoisonState {
+public:
+    // Records `why` unless a reason is already recorded.
+    void poison(const std::string& why) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!poisoned_.exchange(true)) first_error_ = why;
+    }
+    bool poisoned() const { return poisoned_.load(); }
+    std::string error() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        return first_error_;
+    }
+
+private:
+    std::atomic<bool> poisoned_{false};
+    mutable std::mutex mu_;
+    std::string first_error_;  // guarded by mu_
 };
 
 // Move-only completion handle of an asynchronous operation. A default-constructed Request is

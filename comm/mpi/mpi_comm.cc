@@ -17,22 +17,8 @@
 namespace deepshard::comm {
 
 namespace internal {
-struct MpiCommState {
+struct MpiCommState : PoisonState {
     std::string name;
-    std::atomic<bool> poisoned{false};
-    std::mutex mu;
-    std::string first_error;  // guarded by mu
-
-    void poison(const std::string& why) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!poisoned.exchange(true)) {
-            first_error = why;
-        }
-    }
-    std::string error() {
-        std::lock_guard<std::mutex> lock(mu);
-        return first_error;
-    }
 };
 }  // namespace internal
 
@@ -230,14 +216,14 @@ const std::string& MpiComm::name() const {
 }
 
 bool MpiComm::poisoned() const {
-    return state_ && state_->poisoned.load();
+    return state_ && state_->poisoned();
 }
 
 Status MpiComm::check_usable(const char* what) const {
     if (comm_ == MPI_COMM_NULL || !state_) {
         return unavailable(std::string(what) + ": communicator is empty (moved-from)");
     }
-    if (state_->poisoned.load()) {
+    if (state_->poisoned()) {
         return unavailable(describe_op(what, rank_, size_, name(), "mpi", kAllPeers) +
                            ": communicator unusable after an earlier failure: " + state_->error());
     }

@@ -60,7 +60,7 @@ struct OpEvent {
 
 namespace internal {
 
-struct NcclState {
+struct NcclState : PoisonState {
     std::string name;
     int device = 0;
     int rank = 0;
@@ -71,24 +71,10 @@ struct NcclState {
     Millis timeout{30000};
     bool aborted = false;
     std::shared_ptr<OpEvent> pending;  // operation whose enqueue is still ncclInProgress
-    std::atomic<bool> poisoned{false};
-    std::mutex mu;
-    std::string first_error;  // guarded by mu
 
     NcclState() = default;
     NcclState(const NcclState&) = delete;
     NcclState& operator=(const NcclState&) = delete;
-
-    void poison(const std::string& why) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!poisoned.exchange(true)) {
-            first_error = why;
-        }
-    }
-    std::string error() {
-        std::lock_guard<std::mutex> lock(mu);
-        return first_error;
-    }
 
     void abort_comm() noexcept {
         if (comm != nullptr && !aborted) {
@@ -134,7 +120,7 @@ struct NcclState {
     ~NcclState() {
         cudaSetDevice(device);
         if (comm != nullptr && !aborted) {
-            if (poisoned.load()) {
+            if (poisoned()) {
                 abort_comm();
             } else {
                 // Finalize flushes outstanding work; bounded so that a dead peer cannot hang teardown.
@@ -360,7 +346,7 @@ const std::string& NcclComm::name() const {
     return state_ ? state_->name : kMoved;
 }
 bool NcclComm::poisoned() const {
-    return state_ && state_->poisoned.load();
+    return state_ && state_->poisoned();
 }
 
 void NcclComm::abort() noexcept {
@@ -372,13 +358,13 @@ void NcclComm::abort() noexcept {
 
 Status NcclComm::check_usable(const char* what) const {
     if (!state_ || state_->comm == nullptr) {
-        if (state_ && state_->poisoned.load()) {
+        if (state_ && state_->poisoned()) {
             return unavailable(describe_op(what, rank_, size_, name(), "nccl", kAllPeers) +
                                ": communicator aborted after an earlier failure: " + state_->error());
         }
         return unavailable(std::string(what) + ": NCCL communicator is empty (moved-from or aborted)");
     }
-    if (state_->poisoned.load()) {
+    if (state_->poisoned()) {
         return unavailable(describe_op(what, rank_, size_, name(), "nccl", kAllPeers) +
                            ": communicator unusable after an earlier failure: " + state_->error());
     }

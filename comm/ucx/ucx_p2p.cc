@@ -157,11 +157,9 @@ struct UcxPeer {
     int peer = 0;
 };
 
-struct UcxShared {
+struct UcxShared : PoisonState {
     std::mutex mu;  // serializes every call on the worker
     ucp_worker_h worker = nullptr;
-    std::atomic<bool> poisoned{false};
-    std::string first_error;                     // guarded by mu
     std::vector<std::unique_ptr<UcxPeer>> peers;  // stable err-handler args
     std::vector<std::atomic<int>> peer_status;    // ucs_status_t of a failed endpoint, UCS_OK otherwise
 
@@ -170,12 +168,8 @@ struct UcxShared {
             s.store(UCS_OK);
         }
     }
-    // Caller holds mu.
-    void poison_locked(const std::string& why) {
-        if (!poisoned.exchange(true)) {
-            first_error = why;
-        }
-    }
+    // Caller holds mu (the latch has its own lock; the name says where callers are).
+    void poison_locked(const std::string& why) { poison(why); }
 };
 }  // namespace internal
 
@@ -283,7 +277,7 @@ UcxP2p::~UcxP2p() {
 }
 
 bool UcxP2p::poisoned() const {
-    return shared_->poisoned.load();
+    return shared_->poisoned();
 }
 
 StatusOr<std::unique_ptr<UcxP2p>> UcxP2p::create(Communicator& bootstrap, std::string name) {
@@ -338,10 +332,10 @@ Status UcxP2p::check_usable(const char* what, int peer) const {
         return invalid_argument(std::string(what) + " on rank " + std::to_string(rank_) +
                                 ": the UCX backend does not send to self");
     }
-    if (shared_->poisoned.load()) {
+    if (shared_->poisoned()) {
         std::lock_guard<std::mutex> lock(shared_->mu);
         return unavailable(describe_op(what, rank_, size_, name_, "ucx", peer) +
-                           ": unusable after an earlier failure: " + shared_->first_error);
+                           ": unusable after an earlier failure: " + shared_->error());
     }
     ucs_status_t st = static_cast<ucs_status_t>(shared_->peer_status[static_cast<size_t>(peer)].load());
     if (st != UCS_OK) {
