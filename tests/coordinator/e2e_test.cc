@@ -47,48 +47,15 @@ protected:
     void SetUp() override {
         ensure_test_env();
         model_ = source_path("testdata/golden/tiny-bf16");
-        dir_ = make_temp_dir("ds_coord_e2e_");
-        plan_ = dir_ + "/plan.json";
-        auto planned = run_command(
-            {binary_path("deepshard"), "plan", "--model", model_, "--layout", "pp=2,tp=2", "--out", plan_}, seconds(60));
-        ASSERT_EQ(planned.exit_code, 0) << planned.out << planned.err;
-        coordinator_ = std::make_unique<BackgroundProcess>(
-            std::vector<std::string>{binary_path("deepshard-coordinator"), "--model", model_, "--plan", plan_,
-                                     "--http", "127.0.0.1:0", "--thrift", "127.0.0.1:0", "--control", "127.0.0.1:0",
-                                     "--ports-file", dir_ + "/ports.json", "--http-threads", "4"},
-            dir_ + "/coordinator.log");
-        ports_ = wait_for_json_file(dir_ + "/ports.json", seconds(30));
-        ASSERT_TRUE(ports_.is_object()) << coordinator_->log();
-        http_ = ports_["http"].get<uint16_t>();
-        start_shard_job();
-    }
-    void TearDown() override {
-        shard_.reset();
-        coordinator_.reset();
-    }
-
-    void start_shard_job() {
-        std::vector<std::string> cmd = mpirun_prefix(4);
-        for (const std::string& a :
-             {binary_path("deepshard-shard"), std::string("--model"), model_, std::string("--plan"), plan_,
-              std::string("--coordinator"), "127.0.0.1:" + std::to_string(ports_["control"].get<int>())}) {
-            cmd.push_back(a);
-        }
-        shard_ = std::make_unique<BackgroundProcess>(cmd, dir_ + "/shard.log",
-                                                     std::vector<std::string>{"OMPI_ALLOW_RUN_AS_ROOT=1",
-                                                                              "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
+        const std::string err = cluster_.start_coordinator(model_, make_temp_dir("ds_coord_e2e_"),
+                                                           {"--thrift", "127.0.0.1:0", "--http-threads", "4"});
+        ASSERT_EQ(err, "");
+        http_ = cluster_.http();
+        cluster_.start_shard_job();
     }
 
     // Waits (bounded) until /health is 200.
-    bool wait_healthy(seconds timeout) {
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
-        while (std::chrono::steady_clock::now() < deadline) {
-            if (http_request(http_, "GET", "/health", "", {}, seconds(5)).status == 200) return true;
-            if (!shard_->running()) return false;
-            std::this_thread::sleep_for(milliseconds(200));
-        }
-        return false;
-    }
+    bool wait_healthy(seconds timeout) { return cluster_.wait_health(200, timeout); }
 
     std::string completion_body(const std::vector<int>& prompt, int max_tokens, bool stream) {
         json b = {{"model", "tiny-bf16"}, {"prompt", prompt},  {"max_tokens", max_tokens},
@@ -122,18 +89,16 @@ protected:
         return out;
     }
 
-    std::string model_, dir_, plan_;
-    json ports_;
+    std::string model_;
     uint16_t http_ = 0;
-    std::unique_ptr<BackgroundProcess> coordinator_;
-    std::unique_ptr<BackgroundProcess> shard_;
+    LiveCluster cluster_;
 };
 
 TEST_F(CoordinatorE2eTest, ConcurrentHttpAndThriftMatchGreedyGolden) {
-    ASSERT_TRUE(wait_healthy(seconds(180))) << coordinator_->log() << shard_->log();
+    ASSERT_TRUE(wait_healthy(seconds(180))) << cluster_.logs();
     const Golden g = read_golden(model_);
     const int n = static_cast<int>(g.greedy.size());
-    const std::string thrift = "127.0.0.1:" + std::to_string(ports_["thrift"].get<int>());
+    const std::string thrift = "127.0.0.1:" + std::to_string(cluster_.port("thrift"));
     const std::string gen_py = std::string(std::getenv("DS_BINARY_DIR")) + "/gen/py";
 
     // 32 clients at once: 16 HTTP (half SSE), 8 C++ Thrift (half Submit/Poll), 8 Python Thrift.
@@ -187,7 +152,7 @@ TEST_F(CoordinatorE2eTest, ConcurrentHttpAndThriftMatchGreedyGolden) {
 // EOF. Both must be answered, in order, with the golden tokens (the session must stay alive without
 // a pending readiness wait, and must not mistake pipelined bytes for a disconnect).
 TEST_F(CoordinatorE2eTest, PipelinedKeepAliveRequestsAreBothAnswered) {
-    ASSERT_TRUE(wait_healthy(seconds(180))) << coordinator_->log() << shard_->log();
+    ASSERT_TRUE(wait_healthy(seconds(180))) << cluster_.logs();
     const Golden g = read_golden(model_);
     const int n = static_cast<int>(g.greedy.size());
     const std::string body = completion_body(g.prompt, n, false);
@@ -230,7 +195,7 @@ TEST_F(CoordinatorE2eTest, PipelinedKeepAliveRequestsAreBothAnswered) {
 }
 
 TEST_F(CoordinatorE2eTest, LosingAShardRankFailsInFlightRequestsWith503) {
-    ASSERT_TRUE(wait_healthy(seconds(180))) << coordinator_->log() << shard_->log();
+    ASSERT_TRUE(wait_healthy(seconds(180))) << cluster_.logs();
     const Golden g = read_golden(model_);
     // Long generations, so they are certainly in flight when the rank dies.
     std::vector<std::future<HttpResponse>> inflight;
@@ -249,8 +214,8 @@ TEST_F(CoordinatorE2eTest, LosingAShardRankFailsInFlightRequestsWith503) {
         std::this_thread::sleep_for(milliseconds(100));
     }
     std::this_thread::sleep_for(milliseconds(500));
-    const auto ranks = shard_->descendants("deepshard-shard");
-    ASSERT_EQ(ranks.size(), 4u) << shard_->log();
+    const auto ranks = cluster_.shard()->descendants("deepshard-shard");
+    ASSERT_EQ(ranks.size(), 4u) << cluster_.logs();
     ASSERT_EQ(::kill(ranks.back(), SIGKILL), 0);
     const auto killed_at = std::chrono::steady_clock::now();
 
@@ -280,7 +245,7 @@ TEST_F(CoordinatorE2eTest, LosingAShardRankFailsInFlightRequestsWith503) {
     // The coordinator is still up and says why.
     auto health = http_request(http_, "GET", "/health");
     EXPECT_EQ(health.status, 503);
-    EXPECT_TRUE(coordinator_->running());
+    EXPECT_TRUE(cluster_.coordinator().running());
     // New requests are refused cleanly.
     auto late = http_request(http_, "POST", "/v1/completions", completion_body(g.prompt, 4, false));
     EXPECT_EQ(late.status, 503) << late.body;

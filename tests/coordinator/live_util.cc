@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <map>
@@ -36,13 +37,7 @@ BackgroundProcess::BackgroundProcess(const std::vector<std::string>& argv, const
         }
         int devnull = open("/dev/null", O_RDONLY);
         if (devnull >= 0) dup2(devnull, 0);
-        for (const auto& e : env) putenv(strdup(e.c_str()));
-        std::vector<char*> args;
-        for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-        args.push_back(nullptr);
-        execvp(args[0], args.data());
-        std::fprintf(stderr, "exec %s failed: %s\n", args[0], std::strerror(errno));
-        _exit(127);
+        exec_in_child(argv, env);
     }
     if (pid_ > 0) setpgid(pid_, pid_);
 }
@@ -251,6 +246,77 @@ std::string make_config_only_model(const std::string& base, bool with_tokenizer,
         }
     }
     return dir;
+}
+
+namespace {
+std::string tail_of(const std::string& s, size_t n = 2000) { return s.size() <= n ? s : "..." + s.substr(s.size() - n); }
+}  // namespace
+
+LiveCluster::~LiveCluster() {
+    shard_.reset();
+    coordinator_.reset();
+}
+
+std::string LiveCluster::start_coordinator(const std::string& model, const std::string& dir,
+                                           const std::vector<std::string>& extra_args, const std::string& layout,
+                                           int ranks) {
+    model_ = model;
+    dir_ = dir;
+    ranks_ = ranks;
+    plan_ = dir + "/plan.json";
+    auto planned = run_command({binary_path("deepshard"), "plan", "--model", model, "--layout", layout, "--out", plan_},
+                               std::chrono::seconds(60));
+    if (planned.exit_code != 0) return "deepshard plan: " + planned.out + planned.err;
+    std::vector<std::string> cmd = {binary_path("deepshard-coordinator"), "--model", model,  "--plan",
+                                    plan_, "--http", "127.0.0.1:0", "--control", "127.0.0.1:0", "--ports-file",
+                                    dir + "/ports.json"};
+    cmd.insert(cmd.end(), extra_args.begin(), extra_args.end());
+    // No Thrift unless asked for: its default port would collide between parallel tests.
+    if (std::find(extra_args.begin(), extra_args.end(), "--thrift") == extra_args.end()) {
+        cmd.insert(cmd.end(), {"--thrift", ""});
+    }
+    coordinator_ = std::make_unique<BackgroundProcess>(cmd, dir + "/coordinator.log");
+    ports_ = wait_for_json_file(dir + "/ports.json", std::chrono::seconds(60));
+    if (!ports_.is_object()) {
+        ports_ = nlohmann::json::object();
+        return "the coordinator did not start: " + tail_of(coordinator_->log());
+    }
+    return "";
+}
+
+void LiveCluster::start_shard_job(const std::string& log_name) {
+    shard_.reset();
+    std::vector<std::string> cmd = mpirun_prefix(ranks_);
+    for (const std::string& a : {binary_path("deepshard-shard"), std::string("--model"), model_, std::string("--plan"),
+                                 plan_, std::string("--coordinator"), "127.0.0.1:" + std::to_string(port("control"))}) {
+        cmd.push_back(a);
+    }
+    shard_ = std::make_unique<BackgroundProcess>(
+        cmd, dir_ + "/" + log_name, std::vector<std::string>{"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
+}
+
+bool LiveCluster::wait_health(int status, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (http_request(http(), "GET", "/health", "", {}, std::chrono::seconds(5)).status == status) return true;
+        if (status == 200 && shard_ && !shard_->running()) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+}
+
+std::string LiveCluster::start(const std::string& model, const std::string& dir,
+                               const std::vector<std::string>& extra_args) {
+    std::string err = start_coordinator(model, dir, extra_args);
+    if (!err.empty()) return err;
+    start_shard_job();
+    if (!wait_health(200, std::chrono::seconds(240))) return "the shard job did not register:\n" + logs();
+    return "";
+}
+
+std::string LiveCluster::logs() const {
+    return "coordinator:\n" + (coordinator_ ? tail_of(coordinator_->log()) : std::string()) + "\nshard job:\n" +
+           (shard_ ? tail_of(shard_->log()) : std::string());
 }
 
 }  // namespace deepshard::testing_util

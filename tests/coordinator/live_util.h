@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -64,5 +65,46 @@ void ensure_test_env();
 
 // A local TCP connection for hand-written bytes (slow clients). -1 on failure.
 int connect_local(uint16_t port);
+
+// A live cluster on localhost: `deepshard plan --layout`, deepshard-coordinator (ports from its
+// --ports-file) and an `mpirun` shard job registering with it. Everything it started is stopped by
+// PID when it is destroyed (the shard job first).
+class LiveCluster {
+public:
+    LiveCluster() = default;
+    LiveCluster(const LiveCluster&) = delete;
+    LiveCluster& operator=(const LiveCluster&) = delete;
+    ~LiveCluster();
+
+    // Plans `layout` for `model` and starts the coordinator with `extra_args` appended (e.g.
+    // --retry, --api-key K; Thrift stays off unless they name --thrift). "" on success, else what
+    // went wrong with the logs.
+    std::string start_coordinator(const std::string& model, const std::string& dir,
+                                  const std::vector<std::string>& extra_args = {},
+                                  const std::string& layout = "pp=2,tp=2", int ranks = 4);
+    // Starts a shard job (replacing a previous one); its output goes to dir/log_name.
+    void start_shard_job(const std::string& log_name = "shard.log");
+    void stop_shard_job() { shard_.reset(); }
+    // Polls /health (bounded) until it answers `status`; waiting for 200 ends early when the shard
+    // job has exited.
+    bool wait_health(int status, std::chrono::milliseconds timeout);
+    // start_coordinator + start_shard_job + wait_health(200): "" on success, else why with the logs.
+    std::string start(const std::string& model, const std::string& dir,
+                      const std::vector<std::string>& extra_args = {});
+
+    uint16_t http() const { return static_cast<uint16_t>(port("http")); }
+    int port(const std::string& name) const { return ports_.value(name, 0); }
+    BackgroundProcess& coordinator() { return *coordinator_; }
+    BackgroundProcess* shard() { return shard_.get(); }
+    // The ends of both logs.
+    std::string logs() const;
+
+private:
+    std::string model_, dir_, plan_;
+    int ranks_ = 4;
+    nlohmann::json ports_ = nlohmann::json::object();
+    std::unique_ptr<BackgroundProcess> coordinator_;
+    std::unique_ptr<BackgroundProcess> shard_;
+};
 
 }  // namespace deepshard::testing_util

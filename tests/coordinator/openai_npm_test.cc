@@ -63,55 +63,6 @@ std::string ensure_openai_package(std::string* why) {
     return fs::exists(prefix + "/node_modules/openai/package.json") ? prefix : "";
 }
 
-// Coordinator + a 4-rank shard job on `model`; torn down by the destructor.
-class Cluster {
-public:
-    // Empty string on success, else what went wrong (with the logs).
-    std::string start(const std::string& model, const std::string& dir) {
-        model_ = model;
-        dir_ = dir;
-        plan_ = dir + "/plan.json";
-        auto planned = run_command(
-            {binary_path("deepshard"), "plan", "--model", model, "--layout", "pp=2,tp=2", "--out", plan_}, seconds(60));
-        if (planned.exit_code != 0) return "deepshard plan: " + planned.out + planned.err;
-        coordinator_ = std::make_unique<BackgroundProcess>(
-            std::vector<std::string>{binary_path("deepshard-coordinator"), "--model", model, "--plan", plan_,
-                                     "--http", "127.0.0.1:0", "--thrift", "", "--control", "127.0.0.1:0",
-                                     "--api-key", kApiKey, "--ports-file", dir + "/ports.json"},
-            dir + "/coordinator.log");
-        json ports = wait_for_json_file(dir + "/ports.json", seconds(60));
-        if (!ports.is_object()) return "coordinator did not start: " + coordinator_->log();
-        http_ = ports["http"].get<uint16_t>();
-        std::vector<std::string> cmd = mpirun_prefix(4);
-        for (const std::string& a : {binary_path("deepshard-shard"), std::string("--model"), model,
-                                     std::string("--plan"), plan_, std::string("--coordinator"),
-                                     "127.0.0.1:" + std::to_string(ports["control"].get<int>())}) {
-            cmd.push_back(a);
-        }
-        shard_ = std::make_unique<BackgroundProcess>(
-            cmd, dir + "/shard.log",
-            std::vector<std::string>{"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
-        const auto deadline = std::chrono::steady_clock::now() + seconds(240);
-        while (std::chrono::steady_clock::now() < deadline) {
-            if (http_request(http_, "GET", "/health", "", {}, seconds(5)).status == 200) return "";
-            if (!shard_->running()) break;
-            std::this_thread::sleep_for(milliseconds(200));
-        }
-        return "the shard job did not register: " + tail(coordinator_->log()) + tail(shard_->log());
-    }
-    ~Cluster() {
-        shard_.reset();
-        coordinator_.reset();
-    }
-    uint16_t http() const { return http_; }
-    std::string logs() const { return tail(coordinator_->log()) + "\n" + tail(shard_->log()); }
-
-private:
-    std::string model_, dir_, plan_;
-    uint16_t http_ = 0;
-    std::unique_ptr<BackgroundProcess> coordinator_;
-    std::unique_ptr<BackgroundProcess> shard_;
-};
 
 class OpenAiNpmTest : public ::testing::Test {
 protected:
@@ -190,8 +141,8 @@ TEST_F(OpenAiNpmTest, CompletionsMatchGreedyGolden) {
     const auto prompt = golden["prompt_for_generation"].get<std::vector<int>>();
     const auto greedy = golden["greedy_generated"].get<std::vector<int>>();
 
-    Cluster cluster;
-    const std::string err = cluster.start(model, dir_);
+    LiveCluster cluster;
+    const std::string err = cluster.start(model, dir_, {"--api-key", kApiKey});
     ASSERT_TRUE(err.empty()) << err;
     json out = run_client(cluster.http(), "tiny-bf16",
                           {{"completion", {{"prompt", prompt}, {"max_tokens", greedy.size()}}}, {"chat", nullptr}});
@@ -231,8 +182,8 @@ TEST_F(OpenAiNpmTest, ChatAndTextCompletionsMatchSingleProcess) {
     ASSERT_TRUE(ref_chat.is_object() && ref_text.is_object());
     ASSERT_EQ(ref_chat["generated_tokens"].size(), static_cast<size_t>(n)) << ref_chat.dump();
 
-    Cluster cluster;
-    const std::string err = cluster.start(model, dir_);
+    LiveCluster cluster;
+    const std::string err = cluster.start(model, dir_, {"--api-key", kApiKey});
     ASSERT_TRUE(err.empty()) << err;
     json chat_messages = json::array({{{"role", "user"}, {"content", user}}});
     json out = run_client(cluster.http(), "tiny-tok",

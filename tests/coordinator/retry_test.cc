@@ -85,51 +85,19 @@ class RetryTest : public ::testing::Test {
 protected:
     void SetUp() override {
         ensure_test_env();
-        model_ = source_path("testdata/golden/tiny-bf16");
-        dir_ = make_temp_dir("ds_coord_retry_");
-        plan_ = dir_ + "/plan.json";
-        auto planned = run_command(
-            {binary_path("deepshard"), "plan", "--model", model_, "--layout", "pp=2,tp=2", "--out", plan_}, seconds(60));
-        ASSERT_EQ(planned.exit_code, 0) << planned.out << planned.err;
-        coordinator_ = std::make_unique<BackgroundProcess>(
-            std::vector<std::string>{binary_path("deepshard-coordinator"), "--model", model_, "--plan", plan_,
-                                     "--retry", "--http", "127.0.0.1:0", "--thrift", "", "--control", "127.0.0.1:0",
-                                     "--ports-file", dir_ + "/ports.json", "--http-threads", "4"},
-            dir_ + "/coordinator.log");
-        ports_ = wait_for_json_file(dir_ + "/ports.json", seconds(60));
-        ASSERT_TRUE(ports_.is_object()) << coordinator_->log();
-        http_ = ports_["http"].get<uint16_t>();
-        std::ifstream in(model_ + "/tokens.json");
+        const std::string model = source_path("testdata/golden/tiny-bf16");
+        const std::string err =
+            cluster_.start_coordinator(model, make_temp_dir("ds_coord_retry_"), {"--retry", "--http-threads", "4"});
+        ASSERT_EQ(err, "");
+        http_ = cluster_.http();
+        std::ifstream in(model + "/tokens.json");
         const json g = json::parse(in);
         prompt_ = g["prompt_for_generation"].get<std::vector<int>>();
         golden_ = g["greedy_generated"].get<std::vector<int>>();
     }
-    void TearDown() override {
-        shard_.reset();
-        coordinator_.reset();
-    }
 
-    void start_shard_job(const std::string& log_name) {
-        std::vector<std::string> cmd = mpirun_prefix(4);
-        for (const std::string& a :
-             {binary_path("deepshard-shard"), std::string("--model"), model_, std::string("--plan"), plan_,
-              std::string("--coordinator"), "127.0.0.1:" + std::to_string(ports_["control"].get<int>())}) {
-            cmd.push_back(a);
-        }
-        shard_ = std::make_unique<BackgroundProcess>(
-            cmd, dir_ + "/" + log_name,
-            std::vector<std::string>{"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
-    }
-
-    // Polls /health (bounded) until it answers `status`.
-    bool wait_health(int status, seconds timeout) {
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
-        while (std::chrono::steady_clock::now() < deadline) {
-            if (http_request(http_, "GET", "/health", "", {}, seconds(5)).status == status) return true;
-            std::this_thread::sleep_for(milliseconds(100));
-        }
-        return false;
-    }
+    void start_shard_job(const std::string& log_name) { cluster_.start_shard_job(log_name); }
+    bool wait_health(int status, seconds timeout) { return cluster_.wait_health(status, timeout); }
 
     // Polls /metrics (bounded) until `pred` holds for its text.
     template <typename Pred>
@@ -164,16 +132,11 @@ protected:
         });
     }
 
-    std::string logs() const {
-        return "coordinator:\n" + coordinator_->log() + "\nshard job:\n" + (shard_ ? shard_->log() : "");
-    }
+    std::string logs() const { return cluster_.logs(); }
 
-    std::string model_, dir_, plan_;
-    json ports_;
     uint16_t http_ = 0;
     std::vector<int> prompt_, golden_;
-    std::unique_ptr<BackgroundProcess> coordinator_;
-    std::unique_ptr<BackgroundProcess> shard_;
+    LiveCluster cluster_;
 };
 
 TEST_F(RetryTest, KilledShardJobIsReplacedAndEveryRequestFinishesUnchanged) {
@@ -214,7 +177,7 @@ TEST_F(RetryTest, KilledShardJobIsReplacedAndEveryRequestFinishesUnchanged) {
             << "request " << i << " finished before the shard job was killed; the test would prove nothing";
     }
 
-    shard_->kill_now();  // mpirun and all four ranks
+    cluster_.shard()->kill_now();  // mpirun and all four ranks
     EXPECT_TRUE(wait_health(503, seconds(60))) << "/health never reported the lost job\n" << logs();
     // The requests are back in the queue, waiting, not failed.
     EXPECT_TRUE(wait_metrics([&](const std::string& m) { return metric(m, "deepshard_queue_depth") == n; },
@@ -252,7 +215,7 @@ TEST_F(RetryTest, KilledShardJobIsReplacedAndEveryRequestFinishesUnchanged) {
     EXPECT_EQ(metric(m.body, "deepshard_shard_losses_total"), 1) << m.body;
     EXPECT_EQ(metric(m.body, "deepshard_shard_registrations_total"), 2) << m.body;
     EXPECT_EQ(metric(m.body, "deepshard_shard_job_up"), 1) << m.body;
-    EXPECT_TRUE(coordinator_->running());
+    EXPECT_TRUE(cluster_.coordinator().running());
 }
 
 }  // namespace

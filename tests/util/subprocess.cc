@@ -13,6 +13,16 @@
 
 namespace deepshard::testing_util {
 
+void exec_in_child(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
+    for (const auto& e : env) putenv(strdup(e.c_str()));
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    std::fprintf(stderr, "exec %s failed: %s\n", args[0], std::strerror(errno));
+    _exit(127);
+}
+
 CommandResult run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
                           const std::vector<std::string>& env, const std::string& stdin_data) {
     CommandResult r;
@@ -29,13 +39,7 @@ CommandResult run_command(const std::vector<std::string>& argv, std::chrono::mil
         dup2(out_pipe[1], 1);
         dup2(err_pipe[1], 2);
         for (int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1], in_pipe[0], in_pipe[1]}) close(fd);
-        for (const auto& e : env) putenv(strdup(e.c_str()));
-        std::vector<char*> args;
-        for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-        args.push_back(nullptr);
-        execvp(args[0], args.data());
-        std::fprintf(stderr, "exec %s failed: %s\n", args[0], std::strerror(errno));
-        _exit(127);
+        exec_in_child(argv, env);
     }
     setpgid(pid, pid);
     close(out_pipe[1]);

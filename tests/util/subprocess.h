@@ -20,6 +20,9 @@ struct CommandResult {
 CommandResult run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
                           const std::vector<std::string>& env = {}, const std::string& stdin_data = "");
 
+// In a forked child: adds env entries "K=V", execs argv (PATH lookup); on failure prints why, _exit(127).
+[[noreturn]] void exec_in_child(const std::vector<std::string>& argv, const std::vector<std::string>& env);
+
 // $DS_BINARY_DIR/bin/<name>, $DS_SOURCE_DIR/<rel>.
 std::string binary_path(const std::string& name);
 std::string source_path(const std::string& rel);
