@@ -42,8 +42,6 @@ bool all_digits(const std::string& s) {
     return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-bool ipv4_mapped(const std::string& gid) { return gid.rfind("0000:0000:0000:0000:0000:ffff:", 0) == 0; }
-
 // "0-3,8": comma-separated N or N-M (N <= M).
 bool valid_cpu_list(const std::string& list) {
     std::stringstream ss(list);
@@ -195,35 +193,6 @@ std::string rankfile_text(const PlanRanks& plan) {
         out += "rank " + std::to_string(r.rank) + "=" + r.host + " slot=" + r.cpus + "\n";
     }
     return out;
-}
-
-int choose_roce_gid_index(const std::vector<topology::GidEntry>& gids, const std::string& netdev) {
-    // Lower score is better; -1 = not usable.
-    auto score = [&](const topology::GidEntry& g) {
-        if (g.type != "RoCE v2") {
-            return -1;
-        }
-        const bool v4 = ipv4_mapped(g.gid);
-        if (v4 && !netdev.empty() && g.netdev == netdev) {
-            return 0;
-        }
-        if (v4) {
-            return 1;
-        }
-        if (g.gid.rfind("fe80:", 0) != 0) {
-            return 2;
-        }
-        return -1;
-    };
-    int best = -1, best_score = 99;
-    for (const auto& g : gids) {
-        const int s = score(g);
-        if (s >= 0 && (s < best_score || (s == best_score && g.index < best))) {
-            best = g.index;
-            best_score = s;
-        }
-    }
-    return best;
 }
 
 std::vector<topology::RdmaDevice> read_rdma_sysfs(const std::string& root) {

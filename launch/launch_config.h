@@ -61,11 +61,8 @@ std::string rankfile_text(const PlanRanks& plan);
 // port's roce_gid_index is set with choose_roce_gid_index.
 std::vector<topology::RdmaDevice> read_rdma_sysfs(const std::string& root);
 
-// The GID index NCCL_IB_GID_INDEX / UCX_IB_GID_INDEX want: a RoCE v2 entry whose GID is an
-// IPv4-mapped address (::ffff:a.b.c.d), on `netdev` when given and present; else any RoCE v2
-// IPv4-mapped one; else any RoCE v2 that is not link-local; -1 when there is none (InfiniBand).
-// Ties go to the lowest index.
-int choose_roce_gid_index(const std::vector<topology::GidEntry>& gids, const std::string& netdev = "");
+// The RoCE GID choice is topology's (discovery uses the same rule for what libibverbs reports).
+using topology::choose_roce_gid_index;
 
 struct NetInterface {
     std::string name;

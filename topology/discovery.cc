@@ -328,7 +328,6 @@ void discover_rdma(HostTopology* h) {
                 port.link_layer = pa.link_layer == IBV_LINK_LAYER_ETHERNET ? "Ethernet" : "InfiniBand";
                 port.active_mtu = 128 << static_cast<int>(pa.active_mtu);
                 port.rate_gbps = port_rate_gbps(pa);
-                bool roce_v4 = false;
                 for (int gi = 0; gi < pa.gid_tbl_len; ++gi) {
                     ibv_gid_entry e{};
                     if (ibv_query_gid_ex(ctx, static_cast<uint32_t>(p), static_cast<uint32_t>(gi), &e, 0) != 0) {
@@ -348,15 +347,9 @@ void discover_rdma(HostTopology* h) {
                     if (e.ndev_ifindex != 0 && if_indextoname(e.ndev_ifindex, ifname)) {
                         g.netdev = ifname;
                     }
-                    const bool v4 = std::all_of(e.gid.raw, e.gid.raw + 10, [](uint8_t b) { return b == 0; }) &&
-                                    e.gid.raw[10] == 0xff && e.gid.raw[11] == 0xff;
-                    // Prefer an IPv4-mapped RoCE v2 GID (the usual NCCL_IB_GID_INDEX=3 case), else any RoCE v2.
-                    if (g.type == "RoCE v2" && (port.roce_gid_index < 0 || (v4 && !roce_v4))) {
-                        port.roce_gid_index = gi;
-                        roce_v4 = v4;
-                    }
                     port.gids.push_back(std::move(g));
                 }
+                port.roce_gid_index = port.link_layer == "Ethernet" ? choose_roce_gid_index(port.gids) : -1;
                 d.ports.push_back(std::move(port));
             }
         }

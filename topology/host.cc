@@ -38,6 +38,36 @@ std::string HostTopology::nic_for_numa(int numa) const {
     return rdma.empty() ? std::string() : rdma.front().name;
 }
 
+int choose_roce_gid_index(const std::vector<GidEntry>& gids, const std::string& netdev) {
+    const auto ipv4_mapped = [](const std::string& gid) { return gid.rfind("0000:0000:0000:0000:0000:ffff:", 0) == 0; };
+    // Lower score is better; -1 = not usable.
+    auto score = [&](const GidEntry& g) {
+        if (g.type != "RoCE v2") {
+            return -1;
+        }
+        const bool v4 = ipv4_mapped(g.gid);
+        if (v4 && !netdev.empty() && g.netdev == netdev) {
+            return 0;
+        }
+        if (v4) {
+            return 1;
+        }
+        if (g.gid.rfind("fe80:", 0) != 0) {
+            return 2;
+        }
+        return -1;
+    };
+    int best = -1, best_score = 99;
+    for (const auto& g : gids) {
+        const int s = score(g);
+        if (s >= 0 && (s < best_score || (s == best_score && g.index < best))) {
+            best = g.index;
+            best_score = s;
+        }
+    }
+    return best;
+}
+
 std::string cpu_list_string(const std::vector<int>& cpus) {
     std::string out;
     for (size_t i = 0; i < cpus.size();) {

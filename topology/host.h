@@ -91,4 +91,10 @@ std::string to_text(const HostTopology& t);
 // "0-3,8,10-11" for a sorted list of CPU ids.
 std::string cpu_list_string(const std::vector<int>& cpus);
 
+// The GID index NCCL_IB_GID_INDEX / UCX_IB_GID_INDEX want: a RoCE v2 entry whose GID is an
+// IPv4-mapped address (::ffff:a.b.c.d), on `netdev` when given and present; else any RoCE v2
+// IPv4-mapped one; else any RoCE v2 that is not link-local; -1 when there is none (InfiniBand).
+// Ties go to the lowest index. GIDs are written as 8 groups of 4 hex digits (sysfs form).
+int choose_roce_gid_index(const std::vector<GidEntry>& gids, const std::string& netdev = "");
+
 }  // namespace deepshard::topology
