@@ -6,6 +6,7 @@
 #include "cli/commands.h"
 #include "common/logging.h"
 #include "model/checkpoint.h"
+#include "model/engine.h"
 #include "model/generate_cli.h"
 
 namespace deepshard::cli {
@@ -17,6 +18,7 @@ struct GenerateArgs {
     model::GenerateOptions options;
     int64_t kv_budget_mb = 1024;
     bool no_preload = false;
+    std::string device = "cpu";
 };
 
 Status run_generate(const GenerateArgs& args) {
@@ -26,9 +28,10 @@ Status run_generate(const GenerateArgs& args) {
         DS_ASSIGN_OR_RETURN(model::LoadStats ls, ckpt->load());
         spdlog::info("loaded {:.1f} MB in {:.2f} s ({:.2f} GB/s)", ls.bytes / 1e6, ls.seconds, ls.gb_per_s());
     }
-    model::TransformerOptions opt;
+    DS_ASSIGN_OR_RETURN(model::Device device, model::parse_device(args.device));
+    model::EngineOptions opt;
     opt.kv_budget_bytes = args.kv_budget_mb << 20;
-    DS_ASSIGN_OR_RETURN(auto engine, model::Transformer::create(ckpt, model::ShardSpec{}, opt));
+    DS_ASSIGN_OR_RETURN(auto engine, model::create_engine(device, ckpt, model::ShardSpec{}, opt));
     model::StepFn step = [&](std::span<const model::SeqChunk> chunks) { return engine->step(chunks); };
     return model::run_generate_session(args.options, *ckpt, step);
 }
@@ -42,6 +45,8 @@ void register_generate(CLI::App& app, int* exit_code) {
     model::add_generate_options(cmd, &args->options);
     cmd->add_option("--kv-budget-mb", args->kv_budget_mb, "KV cache pool size in MiB");
     cmd->add_flag("--no-preload", args->no_preload, "do not fault the weights in before running");
+    cmd->add_option("--device", args->device, "compute device: cpu (the exact reference) or cuda")
+        ->check(CLI::IsMember({"cpu", "cuda"}));
     cmd->callback([args, exit_code] {
         Status s = run_generate(*args);
         if (!s.ok()) {

@@ -13,7 +13,7 @@
 
 #include "common/status.h"
 #include "model/sampling.h"
-#include "model/transformer.h"
+#include "model/engine.h"
 
 namespace deepshard::model {
 

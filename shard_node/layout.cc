@@ -1,5 +1,7 @@
 #include "shard_node/layout.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 namespace deepshard::shard_node {
@@ -127,6 +129,27 @@ StatusOr<Layout> Layout::from_plan_json(const std::string& text, const model::Mo
             }
         } else {
             l.expert_owner = even(c, 1, l.ranks_per_stage, l.attention).expert_owner;
+        }
+        if (j.contains("ranks")) {
+            // Per-rank device; entries are indexed by their "rank" field (the planner writes them in order).
+            l.devices.assign(static_cast<size_t>(std::max(l.world_size, 0)), RankDevice{});
+            for (const auto& r : j.at("ranks")) {
+                const int rank = r.at("rank").get<int>();
+                if (rank < 0 || rank >= l.world_size) {
+                    return invalid_argument("plan: ranks lists rank " + std::to_string(rank) + " of a " +
+                                            std::to_string(l.world_size) + "-rank job");
+                }
+                RankDevice d;
+                if (r.contains("device")) {
+                    DS_ASSIGN_OR_RETURN(d.device, model::parse_device(r.at("device").get<std::string>()));
+                }
+                const int gpu = r.value("gpu", -1);
+                if (d.device == model::Device::kCuda && gpu < 0) {
+                    return invalid_argument("plan: rank " + std::to_string(rank) + " is on device cuda without a gpu index");
+                }
+                d.ordinal = std::max(gpu, 0);
+                l.devices[static_cast<size_t>(rank)] = d;
+            }
         }
     } catch (const nlohmann::json::exception& e) {
         return invalid_argument(std::string("plan: ") + e.what());

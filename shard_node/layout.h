@@ -10,7 +10,7 @@
 
 #include "common/status.h"
 #include "model/config.h"
-#include "model/transformer.h"
+#include "model/engine.h"
 
 namespace deepshard::shard_node {
 
@@ -21,12 +21,24 @@ struct StageRange {
     int64_t last_layer = 0;  // exclusive
 };
 
+// The device a rank computes on: the plan's `ranks[r].device` ("cpu" | "cuda") and `ranks[r].gpu`
+// (the CUDA ordinal on its host). Plans without a device field mean "cpu".
+struct RankDevice {
+    model::Device device = model::Device::kCpu;
+    int ordinal = 0;
+};
+
 struct Layout {
     int world_size = 1;
     int ranks_per_stage = 1;
     std::vector<StageRange> stages;
     AttentionMode attention = AttentionMode::kTensorParallel;
     std::vector<int> expert_owner;  // expert id -> local index inside the stage
+    std::vector<RankDevice> devices; // per rank; empty = every rank on the CPU
+
+    RankDevice device_of(int rank) const {
+        return rank >= 0 && rank < static_cast<int>(devices.size()) ? devices[rank] : RankDevice{};
+    }
 
     int num_stages() const { return static_cast<int>(stages.size()); }
     int stage_of(int rank) const { return rank / ranks_per_stage; }

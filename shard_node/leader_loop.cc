@@ -21,7 +21,7 @@ Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoin
     hello.plan_json = config.plan_json;
     hello.world_size = static_cast<uint32_t>(layout.world_size);
     hello.pipeline_stages = static_cast<uint32_t>(layout.num_stages());
-    hello.kv_block_size = static_cast<uint32_t>(pipeline->transformer().kv_cache().config().block_size);
+    hello.kv_block_size = static_cast<uint32_t>(pipeline->engine().kv_usage().block_size);
     hello.kv_blocks = static_cast<uint64_t>(pipeline->min_kv_blocks());
     hello.max_batch_tokens = 2048;
     hello.max_sequences = 256;

@@ -33,6 +33,7 @@ struct ShardArgs {
     int64_t kv_block_size = 16;
     int64_t timeout_ms = 0;
     int64_t connect_timeout_ms = 30000;
+    std::string device;  // empty: the plan's device for this rank
 };
 
 // Steps of the distributed model as a model::StepFn: one batch through the pipeline, logits back.
@@ -70,14 +71,19 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
     plan_text << in.rdbuf();
     DS_ASSIGN_OR_RETURN(Layout layout, Layout::from_plan_json(plan_text.str(), ckpt->config()));
 
-    model::TransformerOptions opt;
+    RankDevice rd = layout.device_of(world->rank());
+    if (!args.device.empty()) {
+        DS_ASSIGN_OR_RETURN(rd.device, model::parse_device(args.device));
+    }
+    model::EngineOptions opt;
     opt.kv_budget_bytes = args.kv_budget_mb << 20;
     opt.kv_block_size = args.kv_block_size;
-    DS_ASSIGN_OR_RETURN(auto pipeline, Pipeline::create(world, layout, ckpt, opt));
-    const model::LoadStats ls = pipeline->transformer().prefault();
-    spdlog::info("rank {}: stage {} local {} loaded {:.1f} MB of weights in {:.2f} s ({:.2f} GB/s)", world->rank(),
-                 layout.stage_of(world->rank()), layout.local_of(world->rank()), ls.bytes / 1e6, ls.seconds,
-                 ls.gb_per_s());
+    opt.device_ordinal = rd.ordinal;
+    DS_ASSIGN_OR_RETURN(auto pipeline, Pipeline::create(world, layout, ckpt, rd.device, opt));
+    DS_ASSIGN_OR_RETURN(model::LoadStats ls, pipeline->engine().prepare());
+    spdlog::info("rank {}: stage {} local {} on {} loaded {:.1f} MB of weights in {:.2f} s ({:.2f} GB/s)",
+                 world->rank(), layout.stage_of(world->rank()), layout.local_of(world->rank()),
+                 model::device_name(rd.device), ls.bytes / 1e6, ls.seconds, ls.gb_per_s());
     // Loading can take long on big models: wait for everyone with a generous deadline.
     DS_RETURN_IF_ERROR(world->barrier().with_context("waiting for every rank to load its shard"));
 
@@ -116,6 +122,8 @@ int main(int argc, char** argv) {
     app.add_option("--coordinator", args.coordinator, "HOST:PORT of the coordinator's control port");
     app.add_option("--kv-budget-mb", args.kv_budget_mb, "KV cache pool per rank in MiB");
     app.add_option("--kv-block-size", args.kv_block_size, "tokens per KV block");
+    app.add_option("--device", args.device, "compute device of every rank, overriding the plan (cpu | cuda)")
+        ->check(CLI::IsMember({"cpu", "cuda"}));
     app.add_option("--timeout-ms", args.timeout_ms, "deadline of every communication (default DS_COMM_TIMEOUT_MS)");
     app.add_option("--connect-timeout-ms", args.connect_timeout_ms, "deadline to register with the coordinator");
     model::add_generate_options(&app, &args.options);

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
-#include "model/transformer.h"
+#include "model/engine.h"
 
 namespace deepshard::shard_node {
 

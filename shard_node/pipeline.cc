@@ -130,7 +130,7 @@ Pipeline::~Pipeline() = default;
 
 StatusOr<std::unique_ptr<Pipeline>> Pipeline::create(comm::Communicator* world, const Layout& layout,
                                                      std::shared_ptr<const model::Checkpoint> checkpoint,
-                                                     const model::TransformerOptions& options) {
+                                                     model::Device device, const model::EngineOptions& options) {
     std::unique_ptr<Pipeline> p(new Pipeline());
     p->world_ = world;
     p->layout_ = layout;
@@ -144,10 +144,11 @@ StatusOr<std::unique_ptr<Pipeline>> Pipeline::create(comm::Communicator* world, 
     }
     DS_ASSIGN_OR_RETURN(p->stage_comm_, world->split(p->stage_, p->local_));
     const model::ModelConfig& cfg = p->checkpoint_->config();
-    DS_ASSIGN_OR_RETURN(p->model_, model::Transformer::create(p->checkpoint_, layout.shard_spec(cfg, p->rank_), options));
+    DS_ASSIGN_OR_RETURN(p->model_,
+                        model::create_engine(device, p->checkpoint_, layout.shard_spec(cfg, p->rank_), options));
     {
         // The coordinator schedules against the smallest pool of the job.
-        const int64_t mine = p->model_->kv_cache().total_blocks();
+        const int64_t mine = p->model_->kv_usage().total_blocks;
         std::vector<int64_t> all(static_cast<size_t>(world->size()));
         DS_RETURN_IF_ERROR(world->allgather(&mine, all.data(), 8, comm::DataType::kByte));
         p->min_kv_blocks_ = *std::min_element(all.begin(), all.end());

@@ -21,7 +21,7 @@
 #include "comm/control/protocol.h"
 #include "model/checkpoint.h"
 #include "model/sampling.h"
-#include "model/transformer.h"
+#include "model/engine.h"
 #include "shard_node/layout.h"
 
 namespace deepshard::shard_node {
@@ -49,16 +49,17 @@ struct StepReply {
 
 class Pipeline {
 public:
-    // `world` spans the job; a stage communicator is split from it. Loads this rank's shard.
+    // `world` spans the job; a stage communicator is split from it. Builds this rank's shard of the
+    // weights and the engine for `device` over it (the plan's device for this rank unless overridden).
     static StatusOr<std::unique_ptr<Pipeline>> create(comm::Communicator* world, const Layout& layout,
                                                       std::shared_ptr<const model::Checkpoint> checkpoint,
-                                                      const model::TransformerOptions& options);
+                                                      model::Device device, const model::EngineOptions& options);
     ~Pipeline();
 
     bool is_leader() const { return rank_ == 0; }
     int rank() const { return rank_; }
     const Layout& layout() const { return layout_; }
-    model::Transformer& transformer() { return *model_; }
+    model::Engine& engine() { return *model_; }
     int64_t in_flight() const { return static_cast<int64_t>(pending_.size()); }
     // Smallest KV pool (in blocks) over all ranks: the capacity the coordinator may schedule.
     int64_t min_kv_blocks() const { return min_kv_blocks_; }
@@ -96,7 +97,7 @@ private:
     Layout layout_;
     int rank_ = 0, stage_ = 0, local_ = 0;
     std::shared_ptr<const model::Checkpoint> checkpoint_;
-    std::unique_ptr<model::Transformer> model_;
+    std::unique_ptr<model::Engine> model_;
     std::map<uint64_t, std::unique_ptr<model::Sampler>> samplers_;
     std::deque<PipelineStep> pending_;  // leader: steps submitted, replies not yet collected
     std::map<uint64_t, StepReply> local_replies_;  // leader on the last stage: its own parts

@@ -116,6 +116,7 @@ nlohmann::json Plan::to_json() const {
                               {"host", r.host},
                               {"node", r.node},
                               {"gpu", r.gpu},
+                              {"device", r.gpu >= 0 ? "cuda" : "cpu"},
                               {"numa", r.numa},
                               {"nic", r.nic},
                               {"cpus", r.cpus}});

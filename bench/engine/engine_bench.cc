@@ -19,7 +19,7 @@
 #include "common/thread_pool.h"
 #include "kernels/kernels.h"
 #include "model/checkpoint.h"
-#include "model/transformer.h"
+#include "model/engine.h"
 
 namespace {
 
@@ -88,10 +88,10 @@ std::vector<int32_t> random_tokens(int n, int64_t vocab, uint32_t seed) {
     return t;
 }
 
-std::unique_ptr<dm::Transformer> make_model(const std::shared_ptr<const dm::Checkpoint>& ck, const Args& a) {
-    dm::TransformerOptions opt;
+std::unique_ptr<dm::Engine> make_model(const std::shared_ptr<const dm::Checkpoint>& ck, const Args& a) {
+    dm::EngineOptions opt;
     opt.kv_budget_bytes = a.kv_mb << 20;
-    auto t = dm::Transformer::create(ck, dm::ShardSpec{}, opt);
+    auto t = dm::create_engine(dm::Device::kCpu, ck, dm::ShardSpec{}, opt);
     if (!t.ok()) {
         die(t.status().to_string());
     }
@@ -120,8 +120,12 @@ int main(int argc, char** argv) {
 
     const double triad = db::stream_triad_gbs(a.stream_mb, 5);
     auto model = make_model(ck, a);
-    const dm::LoadStats load = model->prefault();
-    const int64_t bytes_per_token = model->weight_bytes_per_token();
+    auto prepared = model->prepare();
+    if (!prepared.ok()) {
+        die(prepared.status().to_string());
+    }
+    const dm::LoadStats load = *prepared;
+    const int64_t bytes_per_token = model->weights().weight_bytes_per_token();
     std::printf("engine_bench: model=%s isa=%s threads=%d\n", a.model.c_str(),
                 deepshard::kernels::isa_name(deepshard::kernels::active_isa()), threads);
     std::printf("STREAM triad: %.2f GB/s   weights faulted in: %.2f GB at %.2f GB/s\n", triad, load.bytes / 1e9,
@@ -230,7 +234,7 @@ int main(int argc, char** argv) {
         std::printf("JSON %s\n", j.dump().c_str());
     }
 
-    const int64_t kv_bytes = model->kv_cache().total_blocks() * model->kv_cache().config().block_bytes();
+    const int64_t kv_bytes = model->kv_usage().total_blocks * model->kv_usage().block_bytes;
     const int64_t peak = db::peak_rss_bytes();
     std::printf("peak RSS %.1f MB = mapped weights resident %.1f MB + KV pool %.1f MB + other %.1f MB\n", peak / 1e6,
                 ck->resident_bytes() / 1e6, kv_bytes / 1e6,

@@ -25,7 +25,7 @@
 #include "comm/profile.h"
 #include "common/logging.h"
 #include "model/checkpoint.h"
-#include "model/transformer.h"
+#include "model/engine.h"
 #include "shard_node/pipeline.h"
 
 namespace {
@@ -177,10 +177,11 @@ dsn::PipelineStep make_step(uint64_t id, const std::vector<uint64_t>& seqs, cons
 
 // Reference: the same batch through the whole model in this process.
 double single_process_decode(const Args& a, std::shared_ptr<const dm::Checkpoint> ckpt) {
-    dm::TransformerOptions opt;
+    dm::EngineOptions opt;
     opt.kv_budget_bytes = int64_t{256} << 20;
-    auto model = value_or_die(dm::Transformer::create(ckpt, dm::ShardSpec{}, opt), "single-process model");
-    (void)model->prefault();
+    auto model =
+        value_or_die(dm::create_engine(dm::Device::kCpu, ckpt, dm::ShardSpec{}, opt), "single-process model");
+    (void)model->prepare();
     std::vector<double> times;
     uint64_t next_seq = 1'000'000;
     for (int rep = 0; rep < a.reps; ++rep) {
@@ -225,10 +226,10 @@ int main(int argc, char** argv) {
     plan_text << in.rdbuf();
     auto layout = value_or_die(dsn::Layout::from_plan_json(plan_text.str(), ckpt->config()), "plan");
     if (layout.world_size != pc.size()) die("the plan needs " + std::to_string(layout.world_size) + " ranks");
-    dm::TransformerOptions opt;
+    dm::EngineOptions opt;
     opt.kv_budget_bytes = int64_t{256} << 20;
-    auto pipeline = value_or_die(dsn::Pipeline::create(&pc, layout, ckpt, opt), "pipeline");
-    (void)pipeline->transformer().prefault();
+    auto pipeline = value_or_die(dsn::Pipeline::create(&pc, layout, ckpt, dm::Device::kCpu, opt), "pipeline");
+    (void)pipeline->engine().prepare();
     check(pc.barrier(), "barrier after load");
 
     std::vector<StepSample> samples;

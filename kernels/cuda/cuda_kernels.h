@@ -1,5 +1,5 @@
 // CUDA kernels of deepshard: the GPU twins of kernels/kernels.h and of the per-op math in
-// model/transformer.cc. Same contract as the CPU side: float32 activations, float32 accumulation,
+// kernels/mla.h and kernels/moe.h. Same contract as the CPU side: float32 activations, float32 accumulation,
 // weights read in their stored dtype (FP8 e4m3 + 128x128 block scales, BF16, F16, F32) through a
 // WeightView whose `data` and `scale` point to *device* memory (slices keep working: the scale grid is
 // that of the full tensor, indexed through row_offset/col_offset).
@@ -57,7 +57,7 @@ Status f32_to_bf16(const float* x, int64_t m, int64_t k, int64_t ldx, uint16_t* 
 
 // ---- MoE gate (moe_gate.cu) ----
 
-// Routing of T tokens (MODEL_SPEC §2 MoE; the decisions of model/transformer.cc): logits [T, E] row
+// Routing of T tokens (MODEL_SPEC §2 MoE; the decisions of kernels::moe_route): logits [T, E] row
 // stride ld (router outputs x * gate^T), bias [E] (fp32 e_score_correction_bias, selection only) or
 // nullptr. Writes experts [T, top_k] (int32, selection order) and weights [T, top_k] (after
 // normalization and routed_scaling_factor). One thread per token (the routing is ~E*top_k compares).

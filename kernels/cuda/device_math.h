@@ -1,13 +1,14 @@
 // Math shared by the CUDA kernels and their host-side tests: exact decoding of the weight dtypes,
 // the BF16 rounding of the dequant path and the MoE routing of one token. Every function is
 // __host__ __device__ under nvcc and plain inline C++ elsewhere, so the tests can check the very code
-// the kernels run against the CPU twins (WeightView::at, dtype.h, model/transformer.cc) without a GPU.
+// the kernels run against the CPU twins (WeightView::at, dtype.h, kernels/mla.h, kernels/moe.h) without a GPU.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/moe.h"
 #include "kernels/weight_view.h"
 
 #if defined(__CUDACC__)
@@ -138,20 +139,13 @@ DS_HD float weight_at(const DevWeight& w, int64_t r, int64_t c) {
     return 0.0f;
 }
 
-// ---- MoE routing (MODEL_SPEC §2 "MoE", same decisions as model/transformer.cc Impl::moe) ----
+// ---- MoE routing (MODEL_SPEC §2 "MoE", same decisions as kernels::moe_route (kernels/cpu/moe_ops.cc)) ----
 
 inline constexpr int kMaxRouteGroups = 64;   // n_group limit of the GPU gate (DeepSeek-V3: 8)
 inline constexpr int kMaxRouteTopK = 32;     // num_experts_per_tok limit (DeepSeek-V3: 8)
 
-struct RouteParams {
-    int32_t num_experts = 0;      // E (n_routed_experts)
-    int32_t n_group = 1;          // groups of E / n_group contiguous experts
-    int32_t topk_group = 1;       // groups kept
-    int32_t top_k = 0;            // num_experts_per_tok
-    bool softmax = false;         // scoring_func "softmax" instead of "sigmoid"
-    bool norm_topk_prob = true;   // renormalize the chosen weights (sigmoid scoring only)
-    float routed_scaling_factor = 1.0f;
-};
+// Shared with the CPU twin kernels::moe_route (kernels/moe.h).
+using RouteParams = ::deepshard::kernels::RouteParams;
 
 DS_HD float sigmoid_ref(float x) {
 #if defined(__CUDA_ARCH__)

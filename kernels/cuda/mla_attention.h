@@ -1,6 +1,6 @@
 // MLA attention in the absorbed form (MODEL_SPEC §2) over the paged latent cache, FlashMLA-shaped:
-// the GPU twin of the attention loop of model/transformer.cc (Impl::mla, "Attention over the latent
-// cache"). For query i and local head h:
+// the GPU twin of kernels::mla_attention (kernels/mla.h; the CPU engine's attention over the latent
+// cache). For query i and local head h:
 //   s[j]   = (q_lat[i,h,:] . latent[j] + q_pe[i,h,:] . rope[j]) * softmax_scale,  j in [0, kv_len(i))
 //   out[i,h,:] = sum_j softmax(s)[j] * latent[j]      (kv_lora_rank wide, before the W_UV up-projection)
 // The cache holds float32, as model::KvCache does: per token `latent_dim` latent values then `rope_dim`

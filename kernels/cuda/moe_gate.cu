@@ -1,5 +1,5 @@
 // MoE gate on the GPU: one thread per token runs route_token (device_math.h), the same code the host
-// tests check against the CPU routing of model/transformer.cc. The router GEMM itself is matmul().
+// tests check against the CPU routing of kernels::moe_route. The router GEMM itself is matmul().
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_kernels.h"

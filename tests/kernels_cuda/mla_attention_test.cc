@@ -1,6 +1,6 @@
 // MLA attention (kernels/cuda/mla_attention.h). The reference is a double-precision transcription of
-// MODEL_SPEC §2 "absorbed" attention over a paged cache (the CPU attention of model/transformer.cc is
-// private to Transformer::Impl); the reference itself is checked against the CPU model on the tiny-bf16
+// MODEL_SPEC §2 "absorbed" attention over a paged cache (independent of kernels::mla_attention, the
+// CPU twin); the reference itself is checked against the CPU model on the tiny-bf16
 // golden checkpoint by recomputing a whole layer around it. Host-side logic (argument checks, scratch
 // sizing, split ranges and their merge, block-table checks) runs everywhere; the GPU comparisons
 // (decode with and without split-K, prefill with the causal mask, NaN poisoning) skip without a device.
@@ -19,7 +19,7 @@
 
 #include "kernels/kernels.h"
 #include "model/checkpoint.h"
-#include "model/transformer.h"
+#include "model/cpu_engine.h"
 #include "tests/kernels_cuda/cuda_test_util.h"
 
 namespace deepshard::kernels::cuda {
@@ -347,12 +347,14 @@ TEST(MlaAttentionHost, ReferenceMatchesCpuModelAttention) {
     spec.last_layer = 1;
     spec.has_embedding = false;
     spec.has_head = false;
-    model::TransformerOptions opt;
+    model::EngineOptions opt;
     opt.kv_block_size = 4;
     opt.kv_budget_bytes = 1 << 20;
-    auto tr = model::Transformer::create(ckpt, spec, opt);
+    auto weights = model::ShardWeights::load(ckpt, spec);
+    ASSERT_TRUE(weights.ok()) << weights.status().to_string();
+    auto tr = model::CpuEngine::create(*weights, opt);
     ASSERT_TRUE(tr.ok()) << tr.status().to_string();
-    model::Transformer& t = **tr;
+    model::CpuEngine& t = **tr;
 
     const int64_t H = c.hidden_size, nh = c.num_attention_heads, nope = c.qk_nope_head_dim, rd = c.qk_rope_head_dim;
     const int64_t vd = c.v_head_dim, qk = nope + rd, R = c.kv_lora_rank, qr = c.q_lora_rank, I = c.intermediate_size;
@@ -403,7 +405,7 @@ TEST(MlaAttentionHost, ReferenceMatchesCpuModelAttention) {
         outputs.push_back(out->hidden);
     }
     const model::KvCache& kv = t.kv_cache();
-    ASSERT_EQ(kv.block_table(7), (std::vector<int32_t>{0, 1, 5}));
+    ASSERT_EQ(kv.blocks().block_table(7), (std::vector<int32_t>{0, 1, 5}));
 
     double worst = 0.0, largest = 0.0;
     for (size_t si = 0; si < steps.size(); ++si) {
@@ -423,7 +425,7 @@ TEST(MlaAttentionHost, ReferenceMatchesCpuModelAttention) {
         kernels::rmsnorm(qa.data(), T, qr, qr, q_norm.data(), eps, qa.data(), qr);
         kernels::matmul(qa.data(), T, qr, wq_b, q.data(), nh * qk);
         for (int64_t ti = 0; ti < T; ++ti) {
-            const std::vector<int32_t>& table = kv.block_table(tok_seq[ti]);
+            const std::vector<int32_t>& table = kv.blocks().block_table(tok_seq[ti]);
             auto slot = [&](int64_t j) {
                 return kv.block_slot(0, table[j / opt.kv_block_size], j % opt.kv_block_size);
             };

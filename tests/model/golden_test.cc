@@ -12,7 +12,7 @@
 
 #include "common/npy.h"
 #include "model/checkpoint.h"
-#include "model/transformer.h"
+#include "model/engine.h"
 
 namespace deepshard::model {
 namespace {
@@ -58,11 +58,12 @@ protected:
         ckpt_ = std::shared_ptr<const Checkpoint>(std::move(ck).value());
         tokens_ = read_json(dir_ + "/tokens.json");
     }
-    std::unique_ptr<Transformer> make() {
-        TransformerOptions opt;
+    // The CPU engine through the engine seam (create_engine), as generate and the shard job use it.
+    std::unique_ptr<Engine> make() {
+        EngineOptions opt;
         opt.kv_budget_bytes = 64 << 20;
         opt.kv_block_size = 4;  // several blocks per sequence: exercises the block tables
-        auto t = Transformer::create(ckpt_, ShardSpec{}, opt);
+        auto t = create_engine(Device::kCpu, ckpt_, ShardSpec{}, opt);
         EXPECT_TRUE(t.ok()) << t.status().to_string();
         return t.ok() ? std::move(t).value() : nullptr;
     }
@@ -195,7 +196,8 @@ TEST_P(GoldenTest, IncrementalEqualsPrefillAndBatchesMix) {
     // Freed sequences return every block.
     model->release(1);
     model->release(2);
-    EXPECT_EQ(model->kv_cache().free_blocks(), model->kv_cache().total_blocks());
+    EXPECT_EQ(model->kv_usage().free_blocks, model->kv_usage().total_blocks);
+    EXPECT_EQ(model->kv_usage().sequences, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, GoldenTest, testing::Values("tiny-bf16", "small-fp8"),

@@ -1,8 +1,12 @@
+// KV cache: the shared block bookkeeping (model/kv_blocks.h) and the CPU engine's float32 storage
+// over it (model/kv_cache.h).
 #include "model/kv_cache.h"
 
 #include <gtest/gtest.h>
 
 #include <set>
+
+#include "model/kv_blocks.h"
 
 namespace deepshard::model {
 namespace {
@@ -21,18 +25,47 @@ TEST(KvCacheTest, BudgetSizesThePool) {
     KvCacheConfig c = small_config(0);
     EXPECT_EQ(c.block_bytes(), 2 * 4 * 12 * 4);
     EXPECT_EQ(c.blocks_for_budget(10 * c.block_bytes() + 5), 10);
+    c.bytes_per_value = 2;  // a BF16 device cache holds twice the blocks in the same budget
+    EXPECT_EQ(c.blocks_for_budget(10 * 2 * 4 * 12 * 4 + 5), 20);
 }
 
-TEST(KvCacheTest, ReserveReleaseAndSlotsAreDistinct) {
+TEST(KvBlockManagerTest, ReserveReleaseCapacity) {
+    auto m = KvBlockManager::create(5, 4);
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(m->reserve(1, 6).ok());  // 2 blocks
+    ASSERT_TRUE(m->reserve(2, 9).ok());  // 3 blocks
+    EXPECT_EQ(m->free_blocks(), 0);
+    EXPECT_EQ(m->used_blocks(), 5);
+    EXPECT_EQ(m->num_sequences(), 2);
+    // No room: fails without changing anything.
+    Status s = m->reserve(3, 1);
+    EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
+    EXPECT_FALSE(m->has(3));
+    // Block ids are distinct across sequences and low ids go first.
+    std::set<int32_t> ids(m->block_table(1).begin(), m->block_table(1).end());
+    ids.insert(m->block_table(2).begin(), m->block_table(2).end());
+    EXPECT_EQ(ids, (std::set<int32_t>{0, 1, 2, 3, 4}));
+    EXPECT_EQ(m->block_table(1)[0], 0);
+    m->release(1);
+    EXPECT_EQ(m->free_blocks(), 2);
+    EXPECT_TRUE(m->reserve(3, 8).ok());
+    EXPECT_EQ(m->capacity(3), 8);
+    EXPECT_EQ(m->blocks_needed(3, 9), 1);
+    EXPECT_EQ(m->blocks_needed(3, 8), 0);
+    m->release(99);  // unknown: ignored
+    EXPECT_EQ(m->free_blocks(), 0);
+}
+
+TEST(KvBlockManagerTest, BadSizesAreErrors) {
+    EXPECT_EQ(KvBlockManager::create(0, 4).status().code(), StatusCode::kResourceExhausted);
+    EXPECT_EQ(KvBlockManager::create(4, 0).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(KvCacheTest, SlotsAreDistinctAndLayerViewsAgree) {
     auto kv = KvCache::create(small_config(5));
     ASSERT_TRUE(kv.ok());
-    ASSERT_TRUE(kv->reserve(1, 6).ok());  // 2 blocks
-    ASSERT_TRUE(kv->reserve(2, 9).ok());  // 3 blocks
-    EXPECT_EQ(kv->free_blocks(), 0);
-    // No room: fails without changing anything.
-    Status s = kv->reserve(3, 1);
-    EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
-    EXPECT_FALSE(kv->has(3));
+    ASSERT_TRUE(kv->blocks().reserve(1, 6).ok());
+    ASSERT_TRUE(kv->blocks().reserve(2, 9).ok());
     // Every (layer, seq, pos) gets its own storage.
     std::set<const float*> seen;
     for (int64_t l = 0; l < 2; ++l) {
@@ -40,13 +73,13 @@ TEST(KvCacheTest, ReserveReleaseAndSlotsAreDistinct) {
         for (int64_t p = 0; p < 9; ++p) EXPECT_TRUE(seen.insert(kv->slot(l, 2, p)).second);
     }
     kv->slot(1, 2, 8)[3] = 42.0f;
-    const auto& table = kv->block_table(2);
+    const auto& table = kv->blocks().block_table(2);
     EXPECT_EQ(kv->block_slot(1, table[2], 0)[3], 42.0f);
-    kv->release(1);
-    EXPECT_EQ(kv->free_blocks(), 2);
-    EXPECT_TRUE(kv->reserve(3, 8).ok());
-    EXPECT_EQ(kv->capacity(3), 8);
-    EXPECT_EQ(kv->blocks_needed(3, 9), 1);
+    // The kernels' view of layer 1 finds the same slot.
+    const kernels::LatentCache c = kv->layer(1);
+    EXPECT_EQ(c.slot(table[2], 0), kv->slot(1, 2, 8));
+    EXPECT_EQ(c.latent_dim, 8);
+    EXPECT_EQ(c.rope_dim, 4);
 }
 
 TEST(KvCacheTest, EmptyBudgetIsAnError) {

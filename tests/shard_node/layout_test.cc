@@ -83,5 +83,31 @@ TEST(LayoutTest, ReadsPlanJson) {
     EXPECT_FALSE(Layout::from_plan_json("not json", c).ok());
 }
 
+TEST(LayoutTest, ReadsEachRanksDevice) {
+    const auto c = config();
+    const std::string base = R"({"world_size":2,"ranks_per_stage":1,
+        "stages":[{"first_layer":0,"last_layer":2},{"first_layer":2,"last_layer":5}],
+        "ranks":[)";
+    auto l = Layout::from_plan_json(base + R"({"rank":0,"gpu":-1},{"rank":1,"gpu":3,"device":"cuda"}]})", c);
+    ASSERT_TRUE(l.ok()) << l.status().to_string();
+    EXPECT_EQ(l->device_of(0).device, model::Device::kCpu);  // no device field: the CPU
+    EXPECT_EQ(l->device_of(1).device, model::Device::kCuda);
+    EXPECT_EQ(l->device_of(1).ordinal, 3);
+    // A plan without "ranks" (older files) runs everything on the CPU.
+    auto old = Layout::from_plan_json(R"({"world_size":2,"ranks_per_stage":1,
+        "stages":[{"first_layer":0,"last_layer":2},{"first_layer":2,"last_layer":5}]})", c);
+    ASSERT_TRUE(old.ok()) << old.status().to_string();
+    EXPECT_EQ(old->device_of(1).device, model::Device::kCpu);
+    auto bad = Layout::from_plan_json(base + R"({"rank":0,"device":"tpu"}]})", c);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("tpu"), std::string::npos) << bad.status().message();
+    bad = Layout::from_plan_json(base + R"({"rank":1,"device":"cuda"}]})", c);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("gpu index"), std::string::npos) << bad.status().message();
+    bad = Layout::from_plan_json(base + R"({"rank":2,"device":"cpu"}]})", c);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("rank 2"), std::string::npos) << bad.status().message();
+}
+
 }  // namespace
 }  // namespace deepshard::shard_node

@@ -67,6 +67,9 @@ TEST(PlanCli, EveryShardTestLayoutWritesAValidPlan) {
                 EXPECT_TRUE(o >= 0 && o < s) << layout;
             }
             EXPECT_EQ(j.at("ranks").size(), static_cast<size_t>(j.at("world_size").get<int>()));
+            for (const auto& r : j.at("ranks")) {  // a --layout plan on this (CPU) host
+                EXPECT_EQ(r.at("device"), "cpu") << layout;
+            }
         }
     }
 }
@@ -118,6 +121,8 @@ TEST(PlanCli, HostfileAndSlurm) {
     ASSERT_EQ(h.exit_code, 0) << h.out << h.err;
     const auto j = nlohmann::json::parse(h.out);
     EXPECT_EQ(j["ranks"][8]["host"], "nodeB");
+    EXPECT_EQ(j["ranks"][8]["device"], "cuda");  // GPU ranks run the CUDA engine, on their GPU ordinal
+    EXPECT_EQ(j["ranks"][9]["gpu"], 1);
     auto s =
         run_command({binary_path("deepshard"), "plan", "--model", cfg, "--slurm", "--json"}, std::chrono::seconds(60),
                     {"SLURM_JOB_NODELIST=gpu[07-08]", "SLURM_NTASKS_PER_NODE=8", "SLURM_GPUS_PER_NODE=h200:8"});

@@ -1,0 +1,152 @@
+// CPU MLA ops (kernels/mla.h): the arithmetic the forward pass has always used, in named ops so that
+// every CUDA op has a twin to be compared with. Parallel over tokens or heads on the global pool.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "common/status.h"
+#include "common/thread_pool.h"
+#include "kernels/kernels.h"
+#include "kernels/mla.h"
+
+namespace deepshard::kernels {
+namespace {
+
+// Rotates consecutive pairs of v[0, rope_dim) by pos * inv_freq[i] (interleaved layout).
+void rope_one(float* v, int64_t rope_dim, int32_t pos, const float* inv_freq) {
+    const int64_t pairs = rope_dim / 2;
+    for (int64_t i = 0; i < pairs; ++i) {
+        const float angle = static_cast<float>(pos) * inv_freq[i];
+        const float cs = std::cos(angle), sn = std::sin(angle);
+        const float x0 = v[2 * i], x1 = v[2 * i + 1];
+        v[2 * i] = x0 * cs - x1 * sn;
+        v[2 * i + 1] = x0 * sn + x1 * cs;
+    }
+}
+
+// Block id holding position `pos` of table row `row`, checked against the table and the pool.
+int32_t block_of(const BlockTables& t, const LatentCache& c, int64_t row, int64_t pos) {
+    const int64_t k = pos / c.block_size;
+    DS_CHECK(row >= 0 && row < t.rows) << "mla: block table row " << row << " outside [0, " << t.rows << ")";
+    DS_CHECK(k < t.max_blocks_per_seq) << "mla: position " << pos << " needs block " << k << ", table row " << row
+                                       << " has " << t.max_blocks_per_seq;
+    const int32_t b = t.data[row * t.max_blocks_per_seq + k];
+    DS_CHECK(b >= 0 && b < c.num_blocks) << "mla: block id " << b << " outside the pool of " << c.num_blocks;
+    return b;
+}
+
+}  // namespace
+
+void rope_interleaved(float* x, int64_t T, int64_t ld_token, int64_t heads, int64_t ld_head, int64_t offset,
+                      int64_t rope_dim, const int32_t* positions, const float* inv_freq) {
+    DS_CHECK(rope_dim % 2 == 0) << "rope_interleaved: rope_dim " << rope_dim << " is odd";
+    ThreadPool::global().parallel_for(T, [&](int64_t b, int64_t e) {
+        for (int64_t t = b; t < e; ++t) {
+            for (int64_t h = 0; h < heads; ++h) {
+                rope_one(x + t * ld_token + h * ld_head + offset, rope_dim, positions[t], inv_freq);
+            }
+        }
+    });
+}
+
+void mla_cache_write(float* kv, int64_t T, int64_t ld, const float* norm_w, float eps, const int32_t* positions,
+                     const float* inv_freq, const LatentCache& cache, const BlockTables& tables,
+                     const int32_t* table_rows) {
+    const int64_t R = cache.latent_dim, rd = cache.rope_dim;
+    DS_CHECK(ld >= R + rd && cache.token_stride >= R + rd) << "mla_cache_write: row strides too small";
+    ThreadPool::global().parallel_for(T, [&](int64_t b, int64_t e) {
+        for (int64_t t = b; t < e; ++t) {
+            float* row = kv + t * ld;
+            rmsnorm(row, 1, R, R, norm_w, eps, row, R);
+            rope_one(row + R, rd, positions[t], inv_freq);
+            const int32_t blk = block_of(tables, cache, table_rows[t], positions[t]);
+            std::copy(row, row + R + rd, cache.slot(blk, positions[t] % cache.block_size));
+        }
+    });
+}
+
+void mla_absorb_q(const float* q, int64_t T, int64_t ld_token, int64_t ld_head, int64_t heads, int64_t nope,
+                  const WeightView& wkv_b, int64_t head_rows, float* q_lat) {
+    const int64_t R = wkv_b.cols;
+    DS_CHECK(heads * head_rows <= wkv_b.rows && nope <= head_rows) << "mla_absorb_q: wkv_b has " << wkv_b.rows
+                                                                   << " rows, too few for " << heads << " heads";
+    ThreadPool::global().parallel_for(
+        heads,
+        [&](int64_t b, int64_t e) {
+            std::vector<float> wuk(static_cast<size_t>(nope * R));
+            std::vector<int32_t> rows(static_cast<size_t>(nope));
+            for (int64_t h = b; h < e; ++h) {
+                std::iota(rows.begin(), rows.end(), static_cast<int32_t>(h * head_rows));
+                gather_rows(wkv_b, rows.data(), nope, wuk.data(), R);
+                for (int64_t t = 0; t < T; ++t) {
+                    const float* qn = q + t * ld_token + h * ld_head;
+                    float* dst = q_lat + (t * heads + h) * R;
+                    std::fill(dst, dst + R, 0.0f);
+                    for (int64_t d = 0; d < nope; ++d) {
+                        const float s = qn[d];
+                        const float* w = wuk.data() + d * R;
+                        for (int64_t r = 0; r < R; ++r) dst[r] += s * w[r];
+                    }
+                }
+            }
+        },
+        1);
+}
+
+void mla_attention(const MlaAttentionArgs& a, const int32_t* query_rows, const int32_t* query_pos) {
+    const int64_t R = a.cache.latent_dim, rd = a.cache.rope_dim, nh = a.num_heads, bs = a.cache.block_size;
+    ThreadPool::global().parallel_for(a.num_queries * nh, [&](int64_t b, int64_t e) {
+        std::vector<float> p;
+        std::vector<const float*> slots;
+        for (int64_t th = b; th < e; ++th) {
+            const int64_t t = th / nh, hh = th % nh;
+            const float* qlat_row = a.q_lat + t * a.q_lat_ld_token + hh * a.q_lat_ld_head;
+            const float* qpe = a.q_pe + t * a.q_pe_ld_token + hh * a.q_pe_ld_head;
+            const int64_t n = int64_t{query_pos[t]} + 1;
+            // Resolve the slots once per query (checked), then two passes over them.
+            slots.resize(static_cast<size_t>(n));
+            for (int64_t j = 0; j < n; ++j) {
+                if (j % bs == 0) {
+                    const int32_t blk = block_of(a.tables, a.cache, query_rows[t], j);
+                    for (int64_t o = 0; o < bs && j + o < n; ++o) slots[j + o] = a.cache.slot(blk, o);
+                }
+            }
+            p.resize(static_cast<size_t>(n));
+            float mx = -INFINITY;
+            for (int64_t j = 0; j < n; ++j) {
+                const float* s = slots[j];
+                float acc = 0.0f;
+                for (int64_t r = 0; r < R; ++r) acc += qlat_row[r] * s[r];
+                float accpe = 0.0f;
+                for (int64_t r = 0; r < rd; ++r) accpe += qpe[r] * s[R + r];
+                p[j] = (acc + accpe) * a.softmax_scale;
+                mx = std::max(mx, p[j]);
+            }
+            float sum = 0.0f;
+            for (int64_t j = 0; j < n; ++j) {
+                p[j] = std::exp(p[j] - mx);
+                sum += p[j];
+            }
+            const float inv = 1.0f / sum;
+            float* dst = a.out + t * a.out_ld_token + hh * a.out_ld_head;
+            std::fill(dst, dst + R, 0.0f);
+            for (int64_t j = 0; j < n; ++j) {
+                const float* s = slots[j];
+                const float w = p[j] * inv;
+                for (int64_t r = 0; r < R; ++r) dst[r] += w * s[r];
+            }
+        }
+    });
+}
+
+void mla_absorb_out(const float* o_lat, int64_t T, int64_t heads, const WeightView& wkv_b, int64_t head_rows,
+                    int64_t nope, int64_t v, float* o) {
+    const int64_t R = wkv_b.cols;
+    for (int64_t h = 0; h < heads; ++h) {
+        const WeightView wuv = wkv_b.slice_rows(h * head_rows + nope, v);
+        matmul(o_lat + h * R, T, heads * R, wuv, o + h * v, heads * v);
+    }
+}
+
+}  // namespace deepshard::kernels

@@ -1,0 +1,41 @@
+// The CPU engine: the DeepSeek-V3 forward pass (MODEL_SPEC §2) on the CPU kernels of kernels/ over a
+// ShardWeights. Activations are float32 throughout and the KV cache is float32: this engine is the
+// numerical reference (the golden tests hold it to the official float32 implementation) and the
+// fallback where no GPU is present. Weights stay FP8/BF16 in the checkpoint mapping.
+#pragma once
+
+#include <memory>
+
+#include "model/engine.h"
+#include "model/kv_cache.h"
+
+namespace deepshard::model {
+
+class CpuEngine final : public Engine {
+public:
+    static StatusOr<std::unique_ptr<CpuEngine>> create(std::shared_ptr<const ShardWeights> weights,
+                                                       const EngineOptions& options);
+    ~CpuEngine() override;
+
+    Device device() const override { return Device::kCpu; }
+    StatusOr<LoadStats> prepare() override { return weights_->prefault(); }
+    StatusOr<StepOutput> step(std::span<const SeqChunk> chunks, std::span<const float> hidden_in = {}) override;
+    void release(uint64_t seq_id) override { kv_.blocks().release(seq_id); }
+    KvUsage kv_usage() const override;
+
+    // The cache itself (tests read slots to check kernels against the model's own state).
+    const KvCache& kv_cache() const { return kv_; }
+
+private:
+    struct Scratch;
+    CpuEngine(std::shared_ptr<const ShardWeights> weights, KvCache kv);
+    void mla(const LayerWeights& L, const float* x, int64_t T, const int32_t* tok_pos, const int32_t* tok_row,
+             const std::vector<int32_t>& tables, int32_t max_blocks, float* y);
+    void mlp(const MlpWeights& m, const float* x, int64_t T, float* y, bool accumulate);
+    Status moe(const LayerWeights& L, const float* x, int64_t T, float* y);
+
+    KvCache kv_;
+    std::unique_ptr<Scratch> s_;
+};
+
+}  // namespace deepshard::model

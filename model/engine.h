@@ -1,0 +1,154 @@
+// The compute-backend seam (DESIGN §5): what a rank holds is separate from how it computes.
+//
+//  - ShardWeights (model/shard_weights.h): the rank's tensors as views into the checkpoint, by layer,
+//    built once from the plan's ShardSpec. Read-only, shared by every engine.
+//  - Engine (this file): runs steps of the DeepSeek-V3 forward pass over a ShardWeights. A step is a
+//    batch of sequence chunks (prefill chunks of any length and single-token decodes, mixed); their
+//    tokens are stacked so every weight is read once per step. The engine owns its KV cache: the
+//    block bookkeeping is the shared KvBlockManager (model/kv_blocks.h: which blocks a sequence
+//    holds), the storage is the engine's own (CPU: float32 host pool; CUDA: BF16 device pool).
+//  - create_engine() picks the implementation for a Device: the CPU engine (model/cpu_engine.h)
+//    always, the CUDA engine where the build has it (registered explicitly, under DS_WITH_CUDA).
+//
+// Partial sums that need combining across the ranks of a tensor-parallel stage go through the
+// TpReducer; expert parallelism with data-parallel attention through the MoeExchange. Both are set by
+// the shard node (shard_node/pipeline) and absent (nullptr) in a single process.
+//
+// Threading: an engine is driven by one thread; step() blocks until the step's outputs are on the
+// host. Kernels inside may use all cores (CPU) or the device's streams (CUDA).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "model/checkpoint.h"
+#include "model/shard_weights.h"
+
+namespace deepshard::model {
+
+enum class Device { kCpu, kCuda };
+const char* device_name(Device d);  // "cpu", "cuda"
+// "cpu" / "cuda" (case-sensitive); kInvalidArgument naming the value otherwise.
+StatusOr<Device> parse_device(std::string_view name);
+
+// Combines partial results across the ranks of a tensor-parallel group (host memory).
+class TpReducer {
+public:
+    virtual ~TpReducer() = default;
+    virtual Status allreduce_sum(float* data, int64_t n) = 0;
+    // logits[rows, full_vocab]: each rank filled its vocab columns [vocab_begin, vocab_end).
+    virtual Status allgather_vocab(float* logits, int64_t rows, int64_t full_vocab) = 0;
+};
+
+// Expert parallelism with data-parallel attention: routed tokens go to the ranks that own their
+// experts and come back weight-summed (comm/ep dispatch + combine). Called once per MoE layer on
+// every rank of the stage, also with T == 0, since it is collective.
+class MoeExchange {
+public:
+    virtual ~MoeExchange() = default;
+    // Runs one of this rank's experts on n rows of x [n, hidden] into y [n, hidden].
+    using LocalExpert = std::function<void(int32_t expert, const float* x, int64_t n, float* y)>;
+    // out[t] = sum_k weights[t*K+k] * Expert_{experts[t*K+k]}(x[t]) for the T local tokens.
+    virtual Status run(const float* x, int64_t T, int64_t hidden, std::span<const int32_t> experts,
+                       std::span<const float> weights, int64_t K, const LocalExpert& local_expert, float* out) = 0;
+};
+
+// Optional observers for tests and debugging (nullptr = off).
+struct ForwardHooks {
+    // After the embedding (layer = -1) and after each block: the residual stream [tokens, hidden].
+    std::function<void(int64_t layer, const float* h, int64_t tokens, int64_t hidden)> on_hidden;
+    // After the final RMSNorm.
+    std::function<void(const float* h, int64_t tokens, int64_t hidden)> on_final_norm;
+    // Per MoE layer and token: chosen experts (top-k order) and their weights (after scaling).
+    std::function<void(int64_t layer, int64_t token, std::span<const int32_t> experts, std::span<const float> weights)>
+        on_routing;
+};
+
+enum class LogitsMode { kNone, kLast, kAll };
+
+struct SeqChunk {
+    uint64_t seq_id = 0;
+    std::span<const int32_t> tokens;  // new tokens (first stage); count only elsewhere
+    int64_t num_tokens = 0;           // == tokens.size() when tokens are given
+    int64_t start_pos = 0;            // absolute position of the first new token
+    LogitsMode logits = LogitsMode::kLast;
+};
+
+struct StepOutput {
+    // Rows of logits in chunk order: one per chunk for kLast, num_tokens for kAll, none for kNone.
+    std::vector<float> logits;
+    int64_t rows = 0;
+    int64_t vocab = 0;
+    // Hidden states leaving this shard [tokens, hidden] when it has no head (pipeline output).
+    std::vector<float> hidden;
+};
+
+struct EngineOptions {
+    int64_t kv_budget_bytes = int64_t{1} << 30;
+    int64_t kv_block_size = 16;
+    int device_ordinal = 0;  // CUDA device of this rank (ignored by the CPU engine)
+};
+
+// KV cache use, in the engine's own storage units.
+struct KvUsage {
+    int64_t total_blocks = 0;
+    int64_t free_blocks = 0;
+    int64_t block_size = 0;      // tokens per block
+    int64_t block_bytes = 0;     // bytes of one block (all layers of the shard)
+    int64_t sequences = 0;
+    int64_t used_blocks() const { return total_blocks - free_blocks; }
+};
+
+class Engine {
+public:
+    virtual ~Engine() = default;
+    Engine(const Engine&) = delete;
+    Engine& operator=(const Engine&) = delete;
+
+    virtual Device device() const = 0;
+    const ShardWeights& weights() const { return *weights_; }
+    const ModelConfig& config() const { return weights_->config(); }
+    const ShardSpec& spec() const { return weights_->spec(); }
+
+    // Makes the weights ready to compute (CPU: faults the mapping in; CUDA: uploads to the device)
+    // and reports bytes and time. Optional: step() works without it (CPU faults pages on first use).
+    virtual StatusOr<LoadStats> prepare() = 0;
+
+    // Runs one step. KV space for [start_pos, start_pos+num_tokens) is reserved here (fails with
+    // kResourceExhausted before any change when the pool cannot supply it). `hidden_in` is the
+    // input residual stream [total tokens, hidden] for shards without the embedding.
+    virtual StatusOr<StepOutput> step(std::span<const SeqChunk> chunks, std::span<const float> hidden_in = {}) = 0;
+
+    // Drops a sequence's cache. Unknown ids are ignored.
+    virtual void release(uint64_t seq_id) = 0;
+
+    virtual KvUsage kv_usage() const = 0;
+
+    void set_reducer(TpReducer* reducer) { reducer_ = reducer; }
+    void set_hooks(ForwardHooks* hooks) { hooks_ = hooks; }
+    void set_moe_exchange(MoeExchange* exchange) { exchange_ = exchange; }
+
+protected:
+    explicit Engine(std::shared_ptr<const ShardWeights> weights) : weights_(std::move(weights)) {}
+    std::shared_ptr<const ShardWeights> weights_;
+    TpReducer* reducer_ = nullptr;
+    ForwardHooks* hooks_ = nullptr;
+    MoeExchange* exchange_ = nullptr;
+};
+
+// The engine for `device` over `weights` (kInvalidArgument / kUnavailable naming the device when this
+// build or machine cannot provide it).
+StatusOr<std::unique_ptr<Engine>> create_engine(Device device, std::shared_ptr<const ShardWeights> weights,
+                                                const EngineOptions& options);
+
+// Convenience for single-process use: the whole model (or `spec`) of `checkpoint` on `device`.
+StatusOr<std::unique_ptr<Engine>> create_engine(Device device, std::shared_ptr<const Checkpoint> checkpoint,
+                                                const ShardSpec& spec, const EngineOptions& options);
+
+}  // namespace deepshard::model
