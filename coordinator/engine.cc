@@ -8,7 +8,7 @@
 
 namespace deepshard::coordinator {
 
-namespace ctl = comm::control;
+namespace ctl = deepshard::control;
 using std::chrono::milliseconds;
 
 Status validate_params(const GenerateParams& p, const ModelInfo& model) {
