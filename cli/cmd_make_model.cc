@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "common/logging.h"
 #include "model/make_model.h"
+#include "model/tokenizer/tokenizer.h"
 
 namespace deepshard::cli {
 
@@ -27,6 +28,20 @@ Status run_make_model(const MakeModelArgs& a) {
     }
     cfg.quantization = model::QuantizationConfig{};
     cfg.quantization.fp8 = a.dtype == "fp8";
+    if (!a.tokenizer.empty()) {
+        // The vocabulary follows the tokenizer (a preset's smaller one would make every request with
+        // a higher id fail); an explicit --set vocab_size below still wins, and make_model refuses
+        // it when the tokenizer does not fit.
+        DS_ASSIGN_OR_RETURN(model::Tokenizer tok, model::Tokenizer::load(a.tokenizer));
+        if (cfg.vocab_size < tok.vocab_size()) {
+            const int64_t v = model::vocab_for_tokenizer(tok.vocab_size());
+            std::printf("vocab_size %lld -> %lld: the tokenizer in %s uses %d token ids (rounded up to a multiple "
+                        "of 128)\n",
+                        static_cast<long long>(cfg.vocab_size), static_cast<long long>(v), a.tokenizer.c_str(),
+                        tok.vocab_size());
+            cfg.vocab_size = v;
+        }
+    }
     for (const auto& kv : a.sets) {
         DS_RETURN_IF_ERROR(model::apply_override(&cfg, kv));
     }
@@ -53,7 +68,8 @@ void register_make_model(CLI::App& app, int* exit_code) {
     cmd->add_option("--seed", args->seed, "random seed: the same seed writes the same bytes");
     cmd->add_option("--set", args->sets, "override a config.json field, key=value (dotted: rope_scaling.factor=8)");
     cmd->add_option("--tokenizer", args->tokenizer,
-                    "copy tokenizer.json and tokenizer_config.json from this directory");
+                    "copy tokenizer.json and tokenizer_config.json from this directory; the vocabulary grows "
+                    "to fit its ids");
     cmd->add_option("--shards", args->shards, "number of shard files (default: automatic; 1 = model.safetensors)");
     cmd->callback([args, exit_code] {
         Status s = run_make_model(*args);

@@ -4,10 +4,12 @@
 
 #include "cli/commands.h"
 #include "common/logging.h"
+#include "common/version.h"
 
 int main(int argc, char** argv) {
     deepshard::init_logging();
     CLI::App app{"deepshard: DeepSeek-V3 / R1 inference across GPU clusters"};
+    app.set_version_flag("--version", DEEPSHARD_VERSION_STRING);
     app.require_subcommand(1);
     int exit_code = 0;
     deepshard::cli::register_make_model(app, &exit_code);

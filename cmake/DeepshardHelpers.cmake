@@ -1,8 +1,21 @@
 # deepshard_add_component(name SOURCES ... [PUBLIC deps...] [PRIVATE deps...])
-#   -> static library deepshard_<name> plus alias deepshard::<name>, warnings as errors.
+#   -> static library deepshard_<name> plus alias deepshard::<name>, built with DS_WARNINGS.
 # deepshard_add_test(name SOURCES ... [DEPS ...] [LABELS ...] [NP n] [TIMEOUT s])
 #   -> GoogleTest executable; with NP > 1 the whole binary runs under mpirun as one ctest test.
-set(DS_WARNINGS -Wall -Wextra -Werror -Wno-missing-field-initializers)
+# -Werror only where asked (DEEPSHARD_WERROR, on in .ci/run): a newer or older compiler's false
+# positive must not break a user's build, while CI still keeps the tree warning-free.
+set(DS_WARNINGS -Wall -Wextra -Wno-missing-field-initializers)
+# GCC 12 (Debian 12's compiler) inlines libstdc++'s std::string assign/insert at -O3 and then warns
+# about impossible memcpy overlaps (-Wrestrict false positive, GCC PR 105651, fixed in GCC 13): it
+# fires on code as plain as `name = "m";` or `"," + std::to_string(i)`, so no call-site rewrite can
+# keep it away. Off for that compiler only; GCC 13+ and clang keep the warning.
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_GREATER_EQUAL 12
+   AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
+  list(APPEND DS_WARNINGS -Wno-restrict)
+endif()
+if(DEEPSHARD_WERROR)
+  list(APPEND DS_WARNINGS -Werror)
+endif()
 
 function(deepshard_add_component name)
   cmake_parse_arguments(A "" "" "SOURCES;PUBLIC;PRIVATE" ${ARGN})
@@ -49,7 +62,9 @@ function(deepshard_add_test name)
                          PROCESSORS 2)
   else()
     include(GoogleTest)
+    # NO_PRETTY_VALUES: ctest names are the gtest names (every parameterized suite has a name
+    # generator); without it CMake appends "# GetParam() = <raw bytes of the parameter>" to them.
     gtest_discover_tests(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT} ENVIRONMENT "${env}"
-                         DISCOVERY_TIMEOUT 60)
+                         DISCOVERY_TIMEOUT 60 NO_PRETTY_VALUES)
   endif()
 endfunction()

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/logging.h"
+#include "common/version.h"
 #include "coordinator/engine.h"
 #include "coordinator/http_server.h"
 #include "coordinator/model_loader.h"
@@ -126,6 +127,7 @@ int main(int argc, char** argv) {
     deepshard::init_logging();
     Args a;
     CLI::App app{"deepshard-coordinator: schedules requests onto a shard job; serves HTTP (OpenAI API) and Thrift"};
+    app.set_version_flag("--version", DEEPSHARD_VERSION_STRING);
     app.add_option("--model", a.model, "Model directory (config.json, tokenizer.json; weights are never read)")
         ->required();
     app.add_option("--name", a.name, "Model id clients use (default: the directory's name)");

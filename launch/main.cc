@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "common/logging.h"
+#include "common/version.h"
 #include "launch/launcher.h"
 
 int main(int argc, char** argv) {
@@ -16,6 +17,7 @@ int main(int argc, char** argv) {
         "deepshard-launch: writes the hostfile, rankfile and MPI/UCX/NCCL environment for a plan, starts "
         "deepshard-coordinator and the shard job, and restarts the shard job when it dies.\n"
         "Arguments after `--` go to mpirun (or srun) before the shard program."};
+    app.set_version_flag("--version", DEEPSHARD_VERSION_STRING);
     app.add_option("--model", o.model, "Model directory")->required();
     app.add_option("--plan", o.plan, "Plan JSON from `deepshard plan`")->required();
     app.add_option("--run-dir", o.run_dir,

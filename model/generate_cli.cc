@@ -41,6 +41,7 @@ Status run_session(const GenerateOptions& args, const Checkpoint& ckpt, const St
     std::optional<Tokenizer> tok;
     if (auto t = Tokenizer::load(ckpt.dir()); t.ok()) {
         tok = std::move(t).value();
+        DS_RETURN_IF_ERROR(tok->check_model_vocab(cfg.vocab_size, ckpt.dir()));
     } else if (!args.prompt.empty()) {
         return t.status().with_context("--prompt needs the model's tokenizer");
     }

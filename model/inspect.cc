@@ -2,8 +2,11 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <filesystem>
 #include <sstream>
 #include <unordered_map>
+
+#include "model/tokenizer/tokenizer.h"
 
 namespace deepshard::model {
 namespace {
@@ -170,6 +173,15 @@ Status inspect_model(const std::string& dir, std::ostream& out) {
     DS_ASSIGN_OR_RETURN(auto ck, Checkpoint::open(dir));
     out << format_summary(*ck, summarize(*ck));
     DS_RETURN_IF_ERROR(ck->validate());
+    std::error_code ec;
+    if (std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json", ec)) {
+        DS_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::load(dir));
+        DS_RETURN_IF_ERROR(tok.check_model_vocab(ck->config().vocab_size, dir));
+        out << "\ntokenizer: " << tok.vocab_size() << " token ids, within the model's vocabulary of "
+            << ck->config().vocab_size << "\n";
+    } else {
+        out << "\ntokenizer: none (only token-id prompts can be served)\n";
+    }
     out << "\nvalidation: OK (every tensor the config implies is present with the right shape and dtype; FP8 "
            "scales present, shaped and finite)\n";
     return ok_status();

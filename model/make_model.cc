@@ -17,6 +17,7 @@
 
 #include "common/logging.h"
 #include "model/safetensors.h"
+#include "model/tokenizer/tokenizer.h"
 
 namespace deepshard::model {
 namespace fs = std::filesystem;
@@ -424,12 +425,20 @@ Status run_chunk(
 
 }  // namespace
 
+int64_t vocab_for_tokenizer(int64_t tokenizer_ids) { return (tokenizer_ids + 127) / 128 * 128; }
+
 StatusOr<MakeModelResult> make_model(const ModelConfig& c, const std::string& out_dir, const MakeModelOptions& opt) {
     DS_RETURN_IF_ERROR(c.validate());
     for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
         if (!opt.tokenizer_dir.empty() && !fs::is_regular_file(fs::path(opt.tokenizer_dir) / f)) {
             return not_found("--tokenizer " + opt.tokenizer_dir + ": no " + f + " there");
         }
+    }
+    if (!opt.tokenizer_dir.empty()) {
+        // Never write a model its own tokenizer overflows: every request would fail on the first id
+        // past the embedding.
+        DS_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::load(opt.tokenizer_dir));
+        DS_RETURN_IF_ERROR(tok.check_model_vocab(c.vocab_size, "make-model " + out_dir));
     }
     const auto t0 = std::chrono::steady_clock::now();
     std::error_code ec;

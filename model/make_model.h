@@ -58,10 +58,16 @@ StatusOr<ModelConfig> preset_config(const std::string& name);
 // (rope_scaling.factor); value is a JSON literal or a bare string. The result is validated.
 Status apply_override(ModelConfig* c, const std::string& key_value);
 
+// The vocabulary a model needs for a tokenizer of `tokenizer_ids` ids: rounded up to a multiple of
+// 128 (DeepSeek-V3 pads its 128,815 ids to 129,280 rows) so the embedding and head still split
+// evenly over tensor-parallel ranks.
+int64_t vocab_for_tokenizer(int64_t tokenizer_ids);
+
 struct MakeModelOptions {
     uint64_t seed = 0;
     int shards = 0;              // 0: automatic (at least 3, ~2 GB each); 1: a single model.safetensors
-    std::string tokenizer_dir;   // copy tokenizer.json + tokenizer_config.json from here when set
+    std::string tokenizer_dir;   // copy tokenizer.json + tokenizer_config.json from here when set;
+                                 // refused if the config's vocab_size is smaller than its ids
     ThreadPool* pool = nullptr;  // default: ThreadPool::global()
     bool progress = false;       // log lines while writing
 };

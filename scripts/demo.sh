@@ -3,24 +3,36 @@
 # published DeepSeek-V3 layout (FP8, sharded, with the real tokenizer), inspect it, run it in one
 # process, then run the whole service on this host with deepshard-launch (coordinator + a 4-rank
 # shard job, pp=2 x tp=2), ask it one question over HTTP and one over Thrift, print both answers and
-# shut it down with SIGTERM. Exits 0 only if every step worked.
+# shut it down with SIGTERM. Exits 0 only if every step worked. Each step prints a numbered heading.
+# The model has random weights: its answers are noise by design (the numerics are checked against the
+# reference implementation's logits by the tests, not by reading the text).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+T0=$SECONDS
+step() { printf '\n==> [%s/7] %s\n' "$1" "$2"; }
+step 1 "install packages and build (scripts/build.sh; about 15 min on 2 cores the first time, seconds after)"
 bash scripts/build.sh
 BUILD=${BUILD_DIR:-build}
 BIN=$BUILD/bin
 MODEL=${DS_DEMO_MODEL:-out/demo-small-fp8}
 LAYOUT=${DS_DEMO_LAYOUT:-pp=2,tp=2}
+step 2 "make a random-weight model in the DeepSeek-V3 layout: $MODEL (deepshard make-model)"
 if [ ! -f "$MODEL/config.json" ]; then
   "$BIN/deepshard" make-model --preset small --dtype fp8 --seed 1 --tokenizer testdata/tokenizer --out "$MODEL"
+else
+  echo "demo: $MODEL exists; reusing it (delete it to make a new one)"
 fi
+step 3 "inspect it: what the checkpoint holds, validated against its config (deepshard inspect)"
 "$BIN/deepshard" inspect --model "$MODEL"
+step 4 "generate in one process (deepshard generate); random weights, so the text is noise"
 "$BIN/deepshard" generate --model "$MODEL" --chat --prompt "What is DeepSeek-V3?" --max-tokens 24 --temperature 0.6 --seed 7
 
 # --- The cluster on localhost: deepshard-launch starts the coordinator and `mpirun deepshard-shard`.
 RUN=$(mktemp -d /tmp/deepshard-demo.XXXXXX)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+step 5 "plan $LAYOUT on this host: stages, memory and KV per rank, predicted speed (deepshard plan)"
 "$BIN/deepshard" plan --model "$MODEL" --layout "$LAYOUT" --out "$RUN/plan.json"
+step 6 "serve it: deepshard-launch starts the coordinator and a 4-rank mpirun shard job; one HTTP and one Thrift request"
 "$BIN/deepshard-launch" --model "$MODEL" --plan "$RUN/plan.json" --run-dir "$RUN/run" \
   --http 127.0.0.1:0 --thrift 127.0.0.1:0 >"$RUN/launch.log" 2>&1 &
 LAUNCHER=$!
@@ -81,6 +93,16 @@ echo "Thrift answer: $THRIFT_ANSWER"
 python3 -c 'import json,sys; r=json.loads(sys.argv[1][sys.argv[1].index("{"):]); assert r["tokens"], "no tokens"' "$THRIFT_ANSWER" \
   || fail "bad Thrift answer"
 
-echo "demo: stopping (SIGTERM to deepshard-launch)"
+step 7 "stop: SIGTERM to deepshard-launch (shard job, then coordinator)"
 stop_launcher || fail "deepshard-launch did not shut down cleanly"
-echo "demo: done"
+cat <<EOF
+
+demo: done in $((SECONDS - T0)) s. Every step worked; the answers above are noise because the weights are
+random (the tests check the numerics against the reference implementation's logits instead).
+What to try next:
+  $BIN/deepshard plan --model configs/deepseek-v3-671b.json --cluster 2x8xH100-80G   # the real model on a cluster
+  $BIN/deepshard generate --model $MODEL --prompt "Hello" --json                     # ids, timings
+  echo "Hello, world" | $BIN/deepshard tokenize --model $MODEL                       # the real tokenizer
+  bash scripts/test.sh                                                               # every test (~5 min after the build)
+  launch/README.md: deepshard-launch across hosts and under Slurm; README.md: the HTTP and Thrift APIs
+EOF

@@ -5,6 +5,7 @@ set -euo pipefail
 
 PKGS=(
   build-essential cmake ninja-build ccache pkg-config git
+  clang
   libgtest-dev libgmock-dev
   libpcre2-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
   openmpi-bin libopenmpi-dev libucx-dev ucx-utils

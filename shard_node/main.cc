@@ -16,6 +16,7 @@
 #include "comm/mpi/mpi_comm.h"
 #include "comm/mpi/mpi_runtime.h"
 #include "common/logging.h"
+#include "common/version.h"
 #include "model/checkpoint.h"
 #include "model/generate_cli.h"
 #include "shard_node/leader_loop.h"
@@ -117,6 +118,7 @@ int main(int argc, char** argv) {
     }
     shard_node::ShardArgs args;
     CLI::App app{"deepshard-shard: one rank of the deepshard shard job (run under mpirun or srun)"};
+    app.set_version_flag("--version", DEEPSHARD_VERSION_STRING);
     app.add_option("--model", args.model, "model directory (every rank reads only its own byte ranges)")->required();
     app.add_option("--plan", args.plan, "plan file from `deepshard plan`")->required();
     app.add_option("--coordinator", args.coordinator, "HOST:PORT of the coordinator's control port");

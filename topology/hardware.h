@@ -31,22 +31,37 @@ struct DeviceSpec {
     bool has_fp8() const { return fp8_tflops > 0; }
 };
 
-// Achievable fractions of the peaks above and the latency floors. Every field is documented in
-// hardware.cc with the measurement it comes from.
+// Achieved fractions of the peaks above, one per kernel class; hardware.cc gives each one's source
+// (a published measurement, or the anchor deployment it was calibrated against).
 struct Efficiency {
-    double hbm = 0;          // fraction of peak memory bandwidth a weight-streaming GEMM reaches
-    double fp8_mma = 0;      // fraction of FP8 peak reached by block-scaled FP8 GEMMs
-    double bf16_mma = 0;     // fraction of BF16 peak reached by BF16 GEMMs
-    double dequant_mma = 0;  // fraction of BF16 peak with FP8 weights dequantized on the fly
-    double attention = 0;    // fraction of BF16 peak reached by the MLA attention kernels
-    double nvlink = 0;       // fraction of NVLink per-direction bandwidth reached by collectives
-    double nic = 0;          // fraction of NIC line rate reached by NCCL/RDMA
+    // Memory-bound kernels: fraction of peak HBM (CPU: of the node's STREAM triad) bandwidth.
+    double hbm_gemm = 0;       // weight-streaming GEMMs: attention projections, dense MLP, shared expert, head
+    double hbm_experts = 0;    // grouped routed-expert GEMMs at decode batches (a few rows per expert)
+    double hbm_dequant = 0;    // FP8 weights dequantized in software on GPUs without FP8 (W8A16 on sm_80)
+    double hbm_kv = 0;         // MLA decode streaming the latent KV cache
+    // Compute-bound kernels: fraction of the dense tensor (CPU: vector) peak.
+    double fp8_mma = 0;        // block-scaled FP8 GEMMs
+    double bf16_mma = 0;       // BF16 GEMMs
+    double dequant_mma = 0;    // BF16 GEMMs on FP8 weights dequantized on the fly
+    double attention_mma = 0;  // MLA attention core
+    // Links: fraction of the per-direction bandwidth.
+    double nvlink_a2a = 0;     // MoE dispatch/combine inside a node, batch (prefill) kernels
+    double nic_a2a = 0;        // the same across nodes (RDMA), one copy per node, batch kernels
+    double nvlink_a2a_ll = 0;  // low-latency (decode) dispatch/combine inside a node
+    double nic_a2a_ll = 0;     // low-latency (decode) dispatch/combine across nodes, one message per rank
+    double nvlink_allreduce = 0;  // NCCL allreduce / all-gather inside a node
+    double nic_allreduce = 0;     // NCCL across nodes
+};
+
+// What an expert-parallel group loses to uneven routing: the busiest rank's routed tokens over the
+// mean (it sets the pace of every MoE layer's GEMMs and all-to-all).
+struct MoeBalance {
+    double imbalance = 0;       // no redundant experts
+    double imbalance_eplb = 0;  // redundant experts placed by load (EPLB)
 };
 
 struct Latencies {
-    double kernel_floor_us = 0;      // smallest time one GPU kernel takes (launch + ramp + tail)
     int kernels_per_layer = 0;       // kernels one decoder layer launches in a decode step
-    double cpu_op_floor_us = 0;      // same floor for a CPU op (thread-pool fork/join)
     double collective_intra_us = 0;  // fixed cost of one small allreduce / all-to-all inside a node
     double collective_inter_us = 0;  // same across nodes (RDMA)
     double p2p_intra_us = 0;         // one point-to-point message inside a node
@@ -54,11 +69,30 @@ struct Latencies {
     double cpu_collective_us = 0;    // MPI collective between CPU ranks on one host (shared memory)
 };
 
+// How an inference engine drives the device: the floor of one kernel (launch + ramp + tail: with
+// CUDA graphs a few us, from Python eagerly tens) and the host work of one step (scheduling,
+// batch metadata, sampling, the coordinator round trip) that the device waits for.
+// Engines whose own kernels were measured override the table's kernel-class efficiencies.
+struct EngineProfile {
+    std::string name;
+    double kernel_floor_us = 0;
+    double step_overhead_ms = 0;
+    bool host_sync_per_layer = false;  // the host waits for the device every layer (eager MoE routing):
+                                       // launch time adds to device time instead of hiding behind it
+    bool pipelined = true;             // pipeline stages work on different micro-batches at once; else
+                                       // a batch goes through the stages one after another
+    double hbm_experts = 0;            // > 0: this engine's routed-expert kernels' HBM efficiency
+    std::string source;
+};
+
 struct HardwareTable {
     std::vector<DeviceSpec> devices;
     Efficiency efficiency;
+    Efficiency cpu_efficiency;  // the same terms for CPU ranks (memory terms: of the measured triad)
+    MoeBalance moe;
     Latencies latency;
-    // Host-side constants for CPU-only nodes: what one node of that kind is assumed to be.
+    std::vector<EngineProfile> engines;  // "deepshard" (GPU ranks), "deepshard-cpu", anchors' engines
+    // Host-side constants for CPU-only nodes when nothing was measured: what one node is assumed to be.
     double cpu_node_mem_bw_gbs = 0;
     double cpu_node_tflops = 0;
     double cpu_node_nic_gbs = 0;
@@ -73,8 +107,13 @@ StatusOr<DeviceSpec> find_device(std::string_view name);
 // Maps a CUDA device name ("NVIDIA H100 80GB HBM3") and its memory to a table entry, if any.
 StatusOr<DeviceSpec> device_from_gpu_name(std::string_view cuda_name, int64_t memory_bytes);
 
-// A CPU-only node with `ram_bytes` of memory.
-DeviceSpec cpu_device(int64_t ram_bytes);
+// A CPU-only node with `ram_bytes` of memory. `mem_bw_gbs` > 0: the node's measured STREAM triad
+// (the cost model's CPU memory terms are fractions of it); 0: the table's assumed server.
+DeviceSpec cpu_device(int64_t ram_bytes, double mem_bw_gbs = 0);
+
+// An engine profile by name ("deepshard", "deepshard-cpu", "cuda-graphs", "python-eager"); unknown
+// names list the known ones.
+StatusOr<EngineProfile> find_engine(std::string_view name);
 
 // "Y GB" with one decimal (1e9 bytes), used in every human message.
 std::string format_gb(double bytes);

@@ -54,18 +54,49 @@ nlohmann::json transports(const Plan& p) {
     return t;
 }
 
-nlohmann::json decode_json(const DecodeEstimate& e, int gpus, size_t nodes) {
+const char* bound_key(Bound b) {
+    switch (b) {
+        case Bound::kWeightReads: return "weight_reads";
+        case Bound::kExpertReads: return "expert_reads";
+        case Bound::kKvReads: return "kv_reads";
+        case Bound::kGemm: return "gemm";
+        case Bound::kExpertGemm: return "expert_gemm";
+        case Bound::kAttention: return "attention";
+        case Bound::kA2aLocal: return "all_to_all_local";
+        case Bound::kA2aNetwork: return "all_to_all_network";
+        case Bound::kAllreduce: return "allreduce";
+        case Bound::kPipeline: return "pipeline";
+        case Bound::kLaunchFloor: return "launch_floor";
+        case Bound::kHostOverhead: return "host_overhead";
+        case Bound::kCount: break;
+    }
+    return "?";
+}
+
+nlohmann::json bounds_json(const BoundTimes& t) {
+    nlohmann::json j = nlohmann::json::object();
+    for (size_t i = 0; i < kNumBounds; ++i) {
+        if (t[i] > 0) {
+            j[bound_key(static_cast<Bound>(i))] = t[i] * 1e3;
+        }
+    }
+    return j;
+}
+
+nlohmann::json decode_json(const DecodeEstimate& e, int ranks, size_t nodes, const std::string& bound) {
     return {{"batch_per_step", e.batch},
             {"concurrency", e.concurrency},
             {"context_tokens", e.context},
             {"stage_ms", e.stage_ms},
             {"tpot_ms", e.tpot_ms},
             {"tokens_per_s", e.tokens_per_s},
-            {"tokens_per_s_per_gpu", e.tokens_per_s / gpus},
+            {"tokens_per_s_per_rank", e.tokens_per_s / ranks},
             {"tokens_per_s_per_node", e.tokens_per_s / static_cast<double>(nodes)},
             {"per_user_tokens_per_s", e.per_user_tokens_per_s},
-            {"slowest_stage_ms",
-             {{"memory", e.memory_ms}, {"compute", e.compute_ms}, {"comm", e.comm_ms}, {"launch_floor", e.floor_ms}}}};
+            {"serving_tokens_per_s", e.serving_tokens_per_s},
+            {"meets_tpot_target", e.meets_target},
+            {"bound", bound},
+            {"step_ms_by_bound", bounds_json(e.by_bound)}};
 }
 
 }  // namespace
@@ -130,16 +161,20 @@ nlohmann::json Plan::to_json() const {
           {"output_tokens", w.output_tokens},
           {"max_batch_per_rank", w.max_batch_per_rank},
           {"prefill_tokens_per_rank", w.prefill_tokens_per_rank}}},
-        {"decode", decode_json(decode, world_size, nodes)},
-        {"decode_batch1", decode_json(decode_bs1, world_size, nodes)},
+        {"decode", decode_json(decode, world_size, nodes, decode_bound)},
+        {"decode_batch1", decode_json(decode_bs1, world_size, nodes, decode_bs1_bound)},
         {"prefill",
          {{"tokens_per_step", prefill.tokens_per_step},
           {"stage_ms", prefill.stage_ms},
           {"tokens_per_s", prefill.tokens_per_s},
-          {"tokens_per_s_per_gpu", prefill.tokens_per_s / world_size},
+          {"tokens_per_s_per_rank", prefill.tokens_per_s / world_size},
           {"tokens_per_s_per_node", prefill.tokens_per_s / static_cast<double>(nodes)},
-          {"ttft_ms", prefill.ttft_ms}}},
-        {"note", "roofline estimate from topology/hardware.cc; uniform routing, no compute/comm overlap"}};
+          {"ttft_ms", prefill.ttft_ms},
+          {"bound", prefill_bound},
+          {"step_ms_by_bound", bounds_json(prefill.by_bound)}}},
+        {"engine", options.serving.engine},
+        {"note", "cost model of topology/cost_model.cc with the efficiencies of topology/hardware.cc, calibrated "
+                 "against published deployments (tests/topology/cost_model_test.cc)"}};
     j["cluster"] = topology::to_json(cluster);
     j["model"] = {{"source", model_source},
                   {"config_hash", config.hash()},
@@ -179,15 +214,28 @@ std::string Plan::summary() const {
         o << "  - " << line << "\n";
     }
     const Workload& w = options.workload;
-    o << "  predicted (prompt " << w.prompt_tokens << ", output " << w.output_tokens << " tokens):\n";
+    const bool gpu = cluster.device().is_gpu();
+    const char* per = gpu ? " per GPU" : " per rank";
+    o << "  predicted (prompt " << w.prompt_tokens << ", output " << w.output_tokens << " tokens; "
+      << (gpu ? "" : "CPU ranks, ") << cluster.device().name << ", " << options.serving.engine << " engine):\n";
     o << "    decode: " << fmt("%.0f", decode.tokens_per_s) << " tok/s at " << decode.concurrency << " sequences ("
-      << fmt("%.0f", decode.tokens_per_s / world_size) << " per GPU/rank), TPOT " << fmt("%.1f", decode.tpot_ms)
-      << " ms\n";
+      << fmt("%.0f", decode.tokens_per_s / world_size) << per << "), TPOT " << fmt("%.1f", decode.tpot_ms) << " ms\n";
+    o << "      " << decode_bound << "\n";
+    if (!w.disaggregated) {
+        o << "    serving with prefill on the same ranks: " << fmt("%.0f", decode.serving_tokens_per_s)
+          << " output tok/s\n";
+    }
     o << "    decode batch 1: " << fmt("%.1f", decode_bs1.per_user_tokens_per_s) << " tok/s, TPOT "
       << fmt("%.1f", decode_bs1.tpot_ms) << " ms\n";
+    o << "      " << decode_bs1_bound << "\n";
     o << "    prefill: " << fmt("%.0f", prefill.tokens_per_s) << " tok/s ("
       << fmt("%.0f", prefill.tokens_per_s / static_cast<double>(cluster.nodes.size())) << " per node), TTFT "
       << fmt("%.0f", prefill.ttft_ms) << " ms for one prompt\n";
+    o << "      " << prefill_bound << "\n";
+    if (!gpu) {
+        o << "    memory bandwidth: " << fmt("%.1f", cluster.device().mem_bw_gbs) << " GB/s per node ("
+          << cluster.device().source << ")\n";
+    }
     o << "  bindings:\n";
     const size_t show = ranks.size() <= 16 ? ranks.size() : 8;
     for (size_t i = 0; i < show; ++i) {

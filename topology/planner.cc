@@ -26,9 +26,18 @@ struct Eval {
     int64_t max_seq_tokens = 0;
     DecodeEstimate decode, bs1;
     PrefillEstimate prefill;
+    std::string decode_bound, bs1_bound, prefill_bound;
 };
 
 std::string pct(double f) { return std::to_string(static_cast<int>(std::lround(f * 100))) + "%"; }
+
+// "decode limited by expert weight reads over HBM at 30% efficiency (61% of the step)".
+std::string bound_text(const CostModel& cm, const char* what, const BoundTimes& t) {
+    const Bound b = dominant_bound(t);
+    const double total = total_seconds(t);
+    return std::string(what) + " limited by " + cm.describe(b) + " (" +
+           pct(total > 0 ? t[static_cast<size_t>(b)] / total : 0) + " of the step)";
+}
 
 StatusOr<std::pair<DtypePath, std::string>> choose_dtype(const model::ModelConfig& c,
                                                          const DeviceSpec& d,
@@ -255,12 +264,15 @@ Eval evaluate(
     g.ranks_per_node = cl.ranks_per_node();
     g.stages = ev.stages;
     g.max_experts_per_rank = experts;
-    const CostModel cm(s, node.device, dtype, g);
+    const CostModel cm(s, node.device, dtype, g, o.serving);
     const int64_t cap = static_cast<int64_t>(w.max_batch_per_rank) * (dp ? S : 1);
     const int64_t batch = std::max<int64_t>(1, std::min(cap, ev.capacity_tokens / (pp * seq_len)));
-    ev.decode = cm.decode(batch, w.prompt_tokens + w.output_tokens / 2);
-    ev.bs1 = cm.decode(1, w.prompt_tokens);
-    ev.prefill = cm.prefill(w.prefill_tokens_per_rank, w.prompt_tokens);
+    ev.prefill = cm.prefill(w.prefill_tokens_per_rank, w.prompt_tokens, w.prefix_hit_rate);
+    ev.decode = cm.serve(w, batch, ev.prefill);
+    ev.bs1 = cm.decode(1, w.prompt_tokens, w.mtp_speedup);
+    ev.decode_bound = bound_text(cm, "decode", ev.decode.by_bound);
+    ev.bs1_bound = bound_text(cm, "batch-1 decode", ev.bs1.by_bound);
+    ev.prefill_bound = bound_text(cm, "prefill", ev.prefill.by_bound);
     ev.cand.decode_tokens_per_s = ev.decode.tokens_per_s;
     ev.cand.tpot_bs1_ms = ev.bs1.tpot_ms;
     return ev;
@@ -510,6 +522,9 @@ StatusOr<Plan> make_plan(const model::ModelConfig& config, const Cluster& cluste
     p.decode = best->decode;
     p.decode_bs1 = best->bs1;
     p.prefill = best->prefill;
+    p.decode_bound = best->decode_bound;
+    p.decode_bs1_bound = best->bs1_bound;
+    p.prefill_bound = best->prefill_bound;
     for (const auto& e : evals) {
         p.candidates.push_back(e.cand);
     }
@@ -544,13 +559,16 @@ StatusOr<Plan> make_plan(const model::ModelConfig& config, const Cluster& cluste
         x.push_back(why.str() + ".");
     }
     const int rpn = cluster.ranks_per_node();
+    const bool gpu = cluster.device().is_gpu();
     if (p.ranks_per_stage > 1) {
         const bool spans = p.ranks_per_stage > rpn;
         if (p.attention == Attention::kTp) {
             x.push_back(std::string("tensor-parallel attention: heads split over the ") +
                         std::to_string(p.ranks_per_stage) + " ranks of a stage, latent KV replicated; " +
-                        (spans ? "the stage spans nodes, so its allreduces cross the NIC (slow at small batch)"
-                               : "the allreduces stay inside a node on NVLink/shared memory") +
+                        (spans ? std::string("the stage spans nodes, so its allreduces cross the ") +
+                                     (gpu ? "NIC" : "network") + " (slow at small batch)"
+                               : std::string("the allreduces stay inside a node ") +
+                                     (gpu ? "on NVLink" : "in shared memory between the CPU ranks")) +
                         ".");
         } else {
             x.push_back(std::string("data-parallel attention: each rank serves its own sequences with all heads, ") +

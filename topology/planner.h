@@ -43,6 +43,7 @@ struct PlanOptions {
     double mem_fraction = 0.90;           // share of each device's memory the job may use
     int64_t min_kv_tokens = 0;            // refuse below this KV capacity; 0 = one request of the workload
     Workload workload;
+    Serving serving;
     Objective objective = Objective::kThroughput;
     std::string model_source;  // shown in the plan
 };
@@ -105,6 +106,9 @@ struct Plan {
     DecodeEstimate decode;      // serving batch at the workload
     DecodeEstimate decode_bs1;  // one sequence
     PrefillEstimate prefill;
+    std::string decode_bound;   // "decode limited by expert weight reads over HBM at 30% efficiency (61%)"
+    std::string decode_bs1_bound;
+    std::string prefill_bound;
     std::vector<Candidate> candidates;
     std::vector<std::string> explanation;
 

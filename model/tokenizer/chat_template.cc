@@ -27,8 +27,16 @@ constexpr const char* kOutputBegin = "<｜tool▁output▁begin｜>";
 constexpr const char* kOutputEnd = "<｜tool▁output▁end｜>";
 constexpr const char* kSep = "<｜tool▁sep｜>";
 
-std::string render_call(const ChatToolCall& call) {
-    return std::string(kCallBegin) + call.type + kSep + call.name + "\n```json\n" + call.arguments + "\n```" + kCallEnd;
+// Appends the pieces in order. The prompt is built by appending only: each byte is copied once, where
+// `"\n" + std::string(...)` inserts at the front of a temporary (the pattern GCC 12 at -O3 also
+// misreports as a -Wrestrict overlap, GCC PR 105651).
+template <typename... Pieces>
+void append(std::string* out, const Pieces&... pieces) {
+    (out->append(pieces), ...);
+}
+
+void append_call(std::string* out, const ChatToolCall& call) {
+    append(out, kCallBegin, call.type, kSep, call.name, "\n```json\n", call.arguments, "\n```", kCallEnd);
 }
 
 }  // namespace
@@ -58,32 +66,35 @@ StatusOr<std::string> apply_chat_template(const std::vector<ChatMessage>& messag
     for (const ChatMessage& m : messages) {
         if (m.role == "user") {
             is_tool = false;
-            out += kUser + m.content;
+            append(&out, kUser, m.content);
         } else if (m.role == "assistant") {
             const bool content_is_none = !m.tool_calls.empty() && m.content.empty();
             if (content_is_none) {
                 is_tool = false;
                 for (const ChatToolCall& call : m.tool_calls) {
                     if (!is_first) {
-                        out += std::string(kAssistant) + kCallsBegin + render_call(call);
+                        append(&out, kAssistant, kCallsBegin);
+                        append_call(&out, call);
                         is_first = true;
                     } else {
-                        out += "\n" + render_call(call) + kCallsEnd + kEos;
+                        out += '\n';
+                        append_call(&out, call);
+                        append(&out, kCallsEnd, kEos);
                     }
                 }
             } else if (is_tool) {
-                out += kOutputsEnd + m.content + kEos;
+                append(&out, kOutputsEnd, m.content, kEos);
                 is_tool = false;
             } else {
-                out += kAssistant + m.content + kEos;
+                append(&out, kAssistant, m.content, kEos);
             }
         } else if (m.role == "tool") {
             is_tool = true;
             if (is_output_first) {
-                out += std::string(kOutputsBegin) + kOutputBegin + m.content + kOutputEnd;
+                append(&out, kOutputsBegin, kOutputBegin, m.content, kOutputEnd);
                 is_output_first = false;
             } else {
-                out += "\n" + std::string(kOutputBegin) + m.content + kOutputEnd;
+                append(&out, "\n", kOutputBegin, m.content, kOutputEnd);
             }
         }
     }

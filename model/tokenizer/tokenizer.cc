@@ -580,6 +580,19 @@ int32_t Tokenizer::eos_id() const { return impl_->eos_id; }
 
 int32_t Tokenizer::vocab_size() const { return static_cast<int32_t>(impl_->id_bytes.size()); }
 
+Status Tokenizer::check_model_vocab(int64_t model_vocab_size, const std::string& model) const {
+    const int64_t ids = vocab_size();
+    if (model_vocab_size >= ids) {
+        return ok_status();
+    }
+    return invalid_argument(model + ": the model's vocabulary has " + std::to_string(model_vocab_size) +
+                            " token ids (config.json vocab_size) but its tokenizer uses " + std::to_string(ids) +
+                            " (ids 0.." + std::to_string(ids - 1) + "), so any text containing an id of " +
+                            std::to_string(model_vocab_size) +
+                            " or above would be refused; remake the model with vocab_size >= " + std::to_string(ids) +
+                            " (`deepshard make-model --tokenizer` sizes it) or pair it with its own tokenizer");
+}
+
 bool Tokenizer::add_bos_token() const { return impl_->add_bos; }
 
 std::optional<int32_t> Tokenizer::token_id(std::string_view piece) const {

@@ -52,6 +52,10 @@ public:
     // One past the largest id in use (vocabulary plus added tokens): 128815 for DeepSeek-V3. The
     // model's embedding may have more rows (129280); those ids decode to nothing.
     int32_t vocab_size() const;
+    // Whether a model with `model_vocab_size` embedding rows (config.json vocab_size) can take every
+    // id this tokenizer produces. If not: kInvalidArgument naming `model` and both numbers. make-model,
+    // inspect, generate and the coordinator all refuse such a model with this message.
+    Status check_model_vocab(int64_t model_vocab_size, const std::string& model) const;
     // Whether plain-text encoding should prepend BOS (tokenizer_config.json `add_bos_token`).
     bool add_bos_token() const;
 

@@ -2,7 +2,10 @@
 // the shard job's leader sends (model::Checkpoint::fingerprint()), or registration is refused.
 #include "coordinator/model_loader.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
+#include <filesystem>
 
 #include <gtest/gtest.h>
 
@@ -33,6 +36,24 @@ TEST(ModelLoaderTest, DifferentModelsDiffer) {
     auto b = load_model(golden("small-fp8"));
     ASSERT_TRUE(a.ok() && b.ok());
     EXPECT_NE(a->info.fingerprint, b->info.fingerprint);
+}
+
+// A tokenizer whose ids run past the model's vocabulary: the coordinator refuses to serve it
+// rather than fail every request whose text needs a high id.
+TEST(ModelLoaderTest, RefusesAVocabularySmallerThanTheTokenizer) {
+    const std::string src = std::getenv("DS_SOURCE_DIR") ? std::getenv("DS_SOURCE_DIR") : ".";
+    const std::string dir = testing::TempDir() + "/ds_vocab_" + std::to_string(::getpid());
+    std::filesystem::remove_all(dir);
+    std::filesystem::copy(golden("tiny-bf16"), dir, std::filesystem::copy_options::recursive);
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+        std::filesystem::copy_file(src + "/testdata/tokenizer/" + f, dir + "/" + f,
+                                   std::filesystem::copy_options::overwrite_existing);
+    }
+    auto r = load_model(dir);
+    std::filesystem::remove_all(dir);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("4096"), std::string::npos) << r.status().message();
+    EXPECT_NE(r.status().message().find("128815"), std::string::npos) << r.status().message();
 }
 
 TEST(ModelLoaderTest, MissingDirectoryIsAnError) {

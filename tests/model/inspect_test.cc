@@ -80,8 +80,14 @@ TEST_F(InspectCli, MakeModelThenInspect) {
                    "num_hidden_layers=2", "--tokenizer", test::source_dir() + "/testdata/tokenizer"});
     ASSERT_EQ(mk.exit_code, 0) << mk.out << mk.err;
     EXPECT_TRUE(fs::exists(tmp.sub("tokenizer.json")));
+    // The tiny preset's 4096-id vocabulary grew to hold the tokenizer's 128815 ids.
+    EXPECT_NE(mk.out.find("vocab_size 4096 -> 128896"), std::string::npos) << mk.out;
+    auto cfg = ModelConfig::load(tmp.path);
+    ASSERT_TRUE(cfg.ok()) << cfg.status().to_string();
+    EXPECT_EQ(cfg->vocab_size, 128896);
     auto in = run({"inspect", "--model", tmp.path});
     ASSERT_EQ(in.exit_code, 0) << in.out << in.err;
+    EXPECT_NE(in.out.find("tokenizer: 128815 token ids"), std::string::npos) << in.out;
     EXPECT_NE(in.out.find("validation: OK"), std::string::npos) << in.out;
     EXPECT_NE(in.out.find("fingerprint"), std::string::npos);
     EXPECT_NE(in.out.find("layers 2"), std::string::npos) << in.out;
@@ -126,6 +132,33 @@ TEST_F(InspectCli, SmallFp8PresetPassesInspect) {
     ASSERT_EQ(in.exit_code, 0) << in.out << in.err;
     EXPECT_NE(in.out.find("validation: OK"), std::string::npos) << in.out;
     EXPECT_NE(in.out.find("vocab 129280"), std::string::npos) << in.out;
+}
+
+// make-model refuses an explicit vocabulary its tokenizer overflows; inspect and generate refuse a
+// model whose tokenizer was put next to it afterwards. Every refusal names both numbers.
+TEST_F(InspectCli, VocabularySmallerThanTokenizerIsRefused) {
+    TempDir tmp;
+    const std::string tokenizer = test::source_dir() + "/testdata/tokenizer";
+    auto mk = run({"make-model", "--preset", "tiny", "--out", tmp.sub("explicit"), "--set", "num_hidden_layers=1",
+                   "--set", "vocab_size=4096", "--tokenizer", tokenizer});
+    EXPECT_NE(mk.exit_code, 0);
+    EXPECT_NE(mk.err.find("4096"), std::string::npos) << mk.err;
+    EXPECT_NE(mk.err.find("128815"), std::string::npos) << mk.err;
+    EXPECT_FALSE(fs::exists(tmp.sub("explicit/config.json")));
+
+    mk = run({"make-model", "--preset", "tiny", "--out", tmp.path, "--set", "num_hidden_layers=1"});
+    ASSERT_EQ(mk.exit_code, 0) << mk.out << mk.err;
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+        fs::copy_file(tokenizer + "/" + f, tmp.sub(f));
+    }
+    auto in = run({"inspect", "--model", tmp.path});
+    EXPECT_NE(in.exit_code, 0);
+    EXPECT_NE(in.err.find("4096"), std::string::npos) << in.err;
+    EXPECT_NE(in.err.find("128815"), std::string::npos) << in.err;
+    auto gen = run({"generate", "--model", tmp.path, "--tokens", "1,2,3", "--max-tokens", "1"});
+    EXPECT_NE(gen.exit_code, 0);
+    EXPECT_NE(gen.err.find("4096"), std::string::npos) << gen.err;
+    EXPECT_NE(gen.err.find("128815"), std::string::npos) << gen.err;
 }
 
 }  // namespace

@@ -187,13 +187,36 @@ TEST(MakeModel, TokenizerFilesAreCopied) {
     TempDir tmp;
     MakeModelOptions opt;
     opt.tokenizer_dir = test::source_dir() + "/testdata/tokenizer";
-    ASSERT_TRUE(make_model(test::small_test_config(), tmp.path, opt).ok());
+    ModelConfig c = test::small_test_config();
+    c.vocab_size = vocab_for_tokenizer(128815);  // the DeepSeek-V3 tokenizer's ids
+    ASSERT_TRUE(make_model(c, tmp.path, opt).ok());
     EXPECT_EQ(test::read_bytes(tmp.sub("tokenizer.json")), test::read_bytes(opt.tokenizer_dir + "/tokenizer.json"));
     EXPECT_TRUE(fs::exists(tmp.sub("tokenizer_config.json")));
     opt.tokenizer_dir = tmp.sub("nowhere");
-    auto r = make_model(test::small_test_config(), tmp.sub("m2"), opt);
+    auto r = make_model(c, tmp.sub("m2"), opt);
     ASSERT_FALSE(r.ok());
     EXPECT_NE(r.status().message().find("tokenizer.json"), std::string::npos);
+}
+
+// A model its own tokenizer overflows is never written: the refusal names both sizes.
+TEST(MakeModel, RefusesAVocabularySmallerThanTheTokenizer) {
+    TempDir tmp;
+    MakeModelOptions opt;
+    opt.tokenizer_dir = test::source_dir() + "/testdata/tokenizer";
+    ModelConfig c = test::small_test_config();
+    c.vocab_size = 128814;  // one id short
+    auto r = make_model(c, tmp.sub("m"), opt);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find("128814"), std::string::npos) << r.status().message();
+    EXPECT_NE(r.status().message().find("128815"), std::string::npos) << r.status().message();
+    EXPECT_FALSE(fs::exists(tmp.sub("m/config.json")));
+}
+
+TEST(MakeModel, VocabularyForTokenizerIsPaddedTo128) {
+    EXPECT_EQ(vocab_for_tokenizer(128815), 128896);
+    EXPECT_EQ(vocab_for_tokenizer(128), 128);
+    EXPECT_EQ(vocab_for_tokenizer(129), 256);
 }
 
 TEST(MakeModel, Presets) {
