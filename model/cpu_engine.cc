@@ -60,6 +60,7 @@ KvUsage CpuEngine::kv_usage() const {
     u.block_size = kv_.blocks().block_size();
     u.block_bytes = kv_.config().block_bytes();
     u.sequences = kv_.blocks().num_sequences();
+    u.cached_blocks = kv_.blocks().cached_blocks();
     return u;
 }
 
@@ -211,6 +212,11 @@ StatusOr<StepOutput> CpuEngine::step(std::span<const SeqChunk> chunks, std::span
         if (ch.start_pos > 0 && blocks.capacity(ch.seq_id) < ch.start_pos) {
             return invalid_argument("step: sequence " + std::to_string(ch.seq_id) + " starts at position " +
                                     std::to_string(ch.start_pos) + " but has no cached prefix");
+        }
+        if (!blocks.writable(ch.seq_id, ch.start_pos)) {
+            // Prefix-cache blocks are shared read-only; writing one would corrupt other sequences.
+            return invalid_argument("step: sequence " + std::to_string(ch.seq_id) + " would write position " +
+                                    std::to_string(ch.start_pos) + " into a shared (cached) KV block");
         }
         need += blocks.blocks_needed(ch.seq_id, ch.start_pos + n);
         T += n;
