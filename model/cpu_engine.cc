@@ -46,6 +46,7 @@ StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::create(std::shared_ptr<const Sha
     kc.rope_dim = c.qk_rope_head_dim;
     kc.block_size = options.kv_block_size;
     kc.num_blocks = kc.num_layers > 0 ? kc.blocks_for_budget(options.kv_budget_bytes) : 1;
+    if (options.kv_max_blocks > 0) kc.num_blocks = std::min(kc.num_blocks, options.kv_max_blocks);
     if (kc.num_layers <= 0) {
         kc.num_layers = 1;  // a head-only shard still gets a (tiny) valid cache object
     }

@@ -93,6 +93,7 @@ struct StepOutput {
 struct EngineOptions {
     int64_t kv_budget_bytes = int64_t{1} << 30;
     int64_t kv_block_size = 16;
+    int64_t kv_max_blocks = 0;  // caps the pool (tests, tuning); 0 = as many blocks as the budget holds
     int device_ordinal = 0;  // CUDA device of this rank (ignored by the CPU engine)
 };
 
