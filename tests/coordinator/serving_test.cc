@@ -148,7 +148,7 @@ protected:
 void run_prefix_cache_case(const std::string& model, const std::string& layout, int ranks) {
     LiveCluster cluster;
     const std::string dir = make_temp_dir("ds_serving_prefix_");
-    ASSERT_EQ(cluster.start_coordinator(model, dir, {"--retry", "--thrift", "127.0.0.1:0", "--http-threads", "4"},
+    ASSERT_EQ(cluster.start_coordinator(model, dir, {"--retry", "--name", "m", "--thrift", "127.0.0.1:0", "--http-threads", "4"},
                                         layout, ranks),
               "");
     cluster.start_shard_job("shard1.log");
@@ -219,7 +219,8 @@ TEST_F(ServingTest, PrefixCacheDataParallelRoutesToThePrefixHolder) {
 TEST_F(ServingTest, PreemptionKeepsEveryOutputAndStream) {
     LiveCluster cluster;
     const std::string dir = make_temp_dir("ds_serving_preempt_");
-    ASSERT_EQ(cluster.start_coordinator(model_, dir, {"--thrift", "127.0.0.1:0", "--http-threads", "8"}, "pp=2,tp=1", 2),
+    ASSERT_EQ(cluster.start_coordinator(model_, dir, {"--name", "m", "--thrift", "127.0.0.1:0", "--http-threads", "8"},
+                                        "pp=2,tp=1", 2),
               "");
     // 10 blocks of 16 tokens per rank: one request (20 + 64 tokens = 6 blocks) fits alone, two do not.
     cluster.set_shard_args({"--kv-blocks", "10"});
