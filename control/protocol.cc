@@ -169,6 +169,62 @@ bool get_sampling(Reader& r, SamplingSpec* s) {
            r.check(s->logprobs <= kMaxTopLogprobs, "sampling.logprobs exceeds 20");
 }
 
+void put_kv_ops(Writer& w, const KvOps& k) {
+    w.put<uint32_t>(static_cast<uint32_t>(k.publish.size()));
+    for (const KvPublish& p : k.publish) {
+        w.put(p.entry);
+        w.put(p.seq_id);
+        w.put(p.block_index);
+        w.put(p.domain);
+    }
+    w.vec(k.preempt);
+    w.put<uint32_t>(static_cast<uint32_t>(k.evict.size()));
+    for (const KvEvict& e : k.evict) {
+        w.put(e.entry);
+        w.put(e.domain);
+    }
+    w.put<uint32_t>(static_cast<uint32_t>(k.start.size()));
+    for (const KvStart& s : k.start) {
+        w.put(s.seq_id);
+        w.put(s.domain);
+        w.vec(s.prefix);
+    }
+}
+
+// Domains are local ranks of a stage (< 65536, like world_size); the job checks them against its
+// own layout.
+bool get_kv_ops(Reader& r, KvOps* k) {
+    uint32_t n = 0;
+    if (!r.count(&n, kMaxRelease, 8 + 8 + 4 + 4, "step_batch.kv.publish")) return false;
+    k->publish.resize(n);
+    for (KvPublish& p : k->publish) {
+        if (!(r.get(&p.entry, "kv.publish.entry") && r.get(&p.seq_id, "kv.publish.seq_id") &&
+              r.get(&p.block_index, "kv.publish.block_index") && r.get(&p.domain, "kv.publish.domain") &&
+              r.check(p.domain < 65536, "kv.publish.domain out of range"))) {
+            return false;
+        }
+    }
+    if (!r.vec(&k->preempt, kMaxRelease, "step_batch.kv.preempt")) return false;
+    if (!r.count(&n, kMaxRelease, 8 + 4, "step_batch.kv.evict")) return false;
+    k->evict.resize(n);
+    for (KvEvict& e : k->evict) {
+        if (!(r.get(&e.entry, "kv.evict.entry") && r.get(&e.domain, "kv.evict.domain") &&
+              r.check(e.domain < 65536, "kv.evict.domain out of range"))) {
+            return false;
+        }
+    }
+    if (!r.count(&n, kMaxSeqsPerBatch, 8 + 4 + 4, "step_batch.kv.start")) return false;
+    k->start.resize(n);
+    for (KvStart& s : k->start) {
+        if (!(r.get(&s.seq_id, "kv.start.seq_id") && r.get(&s.domain, "kv.start.domain") &&
+              r.check(s.domain < 65536, "kv.start.domain out of range") &&
+              r.vec(&s.prefix, kMaxTokensPerSeq, "kv.start.prefix"))) {
+            return false;
+        }
+    }
+    return true;
+}
+
 }  // namespace
 
 void encode(const Hello& m, std::string* out) {
@@ -184,6 +240,7 @@ void encode(const Hello& m, std::string* out) {
         w.put(m.max_sequences);
         w.put(m.vocab_size);
         w.str(m.job_id);
+        w.put(m.kv_domains);
     });
 }
 
@@ -211,6 +268,7 @@ void encode(const StepBatch& m, std::string* out) {
                 w.vec(s.prompt);
             }
         }
+        put_kv_ops(w, m.kv);
     });
 }
 
@@ -231,6 +289,13 @@ void encode(const StepResult& m, std::string* out) {
                 w.put(o.top_ids[i]);
                 w.put(i < o.top_logprobs.size() ? o.top_logprobs[i] : 0.0f);
             }
+        }
+        w.put<uint32_t>(static_cast<uint32_t>(m.kv.size()));
+        for (const KvReport& k : m.kv) {
+            w.put(k.domain);
+            w.put(k.used_blocks);
+            w.put(k.cached_blocks);
+            w.put(k.total_blocks);
         }
     });
 }
@@ -299,7 +364,8 @@ StatusOr<Hello> decode_hello(const std::string& payload) {
         r.get(&m.max_sequences, "hello.max_sequences") &&
         r.check(m.max_sequences <= kMaxSeqsPerBatch, "hello.max_sequences exceeds the limit") &&
         r.get(&m.vocab_size, "hello.vocab_size") && r.check(m.vocab_size >= 1, "hello.vocab_size is 0") &&
-        r.str(&m.job_id, kMaxReasonBytes, "hello.job_id");
+        r.str(&m.job_id, kMaxReasonBytes, "hello.job_id") && r.get(&m.kv_domains, "hello.kv_domains") &&
+        r.check(m.kv_domains >= 1 && m.kv_domains <= m.world_size, "hello.kv_domains out of range [1, world_size]");
     DS_RETURN_IF_ERROR(r.finish("Hello"));
     return m;
 }
@@ -335,8 +401,7 @@ StatusOr<StepBatch> decode_step_batch(const std::string& payload) {
                 r.check(!s.tokens.empty(), "seq.tokens is empty (seq " + std::to_string(s.seq_id) + ")") &&
                 r.check(static_cast<uint64_t>(s.start_pos) + s.tokens.size() <= kMaxTokensPerSeq,
                         "seq.start_pos + tokens exceeds the position limit") &&
-                r.flag(&s.sample, "seq.sample") && r.flag(&s.is_new, "seq.is_new") &&
-                r.check(!s.is_new || s.start_pos == 0, "seq.is_new with start_pos != 0");
+                r.flag(&s.sample, "seq.sample") && r.flag(&s.is_new, "seq.is_new");
             if (!ok) break;
             for (int32_t t : s.tokens) {
                 if (t < 0) {
@@ -361,6 +426,18 @@ StatusOr<StepBatch> decode_step_batch(const std::string& payload) {
                         break;
                     }
                 }
+            }
+        }
+    }
+    if (get_kv_ops(r, &m.kv)) {
+        // A sequence starts past position 0 only from a cached prefix.
+        for (const SeqWork& s : m.seqs) {
+            if (!s.is_new || s.start_pos == 0) continue;
+            bool from_cache = false;
+            for (const KvStart& k : m.kv.start) from_cache |= k.seq_id == s.seq_id && !k.prefix.empty();
+            if (!r.check(from_cache, "seq.is_new with start_pos " + std::to_string(s.start_pos) + " but no cached prefix (seq " +
+                                         std::to_string(s.seq_id) + ")")) {
+                break;
             }
         }
     }
@@ -394,6 +471,17 @@ StatusOr<StepResult> decode_step_result(const std::string& payload) {
                       r.check(!std::isnan(o.top_logprobs[j]), "output.top_logprobs is NaN"))) {
                     break;
                 }
+            }
+        }
+    }
+    if (r.count(&n, kMaxRelease, 4 + 8 + 8 + 8, "step_result.kv")) {
+        m.kv.resize(n);
+        for (KvReport& k : m.kv) {
+            if (!(r.get(&k.domain, "kv.domain") && r.get(&k.used_blocks, "kv.used_blocks") &&
+                  r.get(&k.cached_blocks, "kv.cached_blocks") && r.get(&k.total_blocks, "kv.total_blocks") &&
+                  r.check(k.used_blocks <= k.total_blocks && k.cached_blocks <= k.total_blocks,
+                          "kv report counts exceed the pool"))) {
+                break;
             }
         }
     }

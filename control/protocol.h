@@ -21,7 +21,7 @@
 namespace deepshard::control {
 
 inline constexpr uint32_t kMagic = 0x50435344;  // "DSCP"
-inline constexpr uint16_t kVersion = 1;
+inline constexpr uint16_t kVersion = 2;  // 2: kv_domains, StepBatch.kv, StepResult.kv
 inline constexpr uint32_t kMaxPayload = 256u << 20;
 
 enum class MessageType : uint16_t {
@@ -46,6 +46,10 @@ struct Hello {
     uint32_t max_sequences = 0;
     uint32_t vocab_size = 0;
     std::string job_id;               // e.g. hostname:pid of the leader
+    // Independent KV pools: 1 with tensor-parallel attention (every rank holds every sequence's
+    // cache), ranks_per_stage with data-parallel attention (each local rank its own sequences).
+    // kv_blocks is per domain.
+    uint32_t kv_domains = 1;
 };
 
 struct HelloAck {
@@ -80,10 +84,48 @@ struct SeqWork {
     std::vector<int32_t> prompt;      // when is_new: the full prompt (penalties need it); may be empty
 };
 
+// Prefix caching and preemption (coordinator/kv_pool.h decides, model/kv_blocks.h executes).
+// Cache entry ids are the coordinator's, unique over the session; `domain` is the KV pool (the
+// local rank of a data-parallel-attention stage; 0 with tensor-parallel attention).
+struct KvPublish {                    // the full block `block_index` of seq becomes cache `entry`
+    uint64_t entry = 0;
+    uint64_t seq_id = 0;
+    uint32_t block_index = 0;
+    uint32_t domain = 0;
+};
+struct KvEvict {                      // the cache drops `entry`
+    uint64_t entry = 0;
+    uint32_t domain = 0;
+};
+struct KvStart {                      // seq (re)starts on `domain` from the cached blocks `prefix`
+    uint64_t seq_id = 0;
+    uint32_t domain = 0;
+    std::vector<uint64_t> prefix;     // chain of entries; the first chunk starts at prefix.size() * block size
+};
+// Applied by every rank before the batch's work, in this order: publish, release (StepBatch),
+// preempt, evict, start.
+struct KvOps {
+    std::vector<KvPublish> publish;
+    std::vector<uint64_t> preempt;    // drop the sequence's KV but keep its sampler (it is recomputed)
+    std::vector<KvEvict> evict;
+    std::vector<KvStart> start;
+    bool empty() const { return publish.empty() && preempt.empty() && evict.empty() && start.empty(); }
+};
+
 struct StepBatch {
     uint64_t step_id = 0;
     std::vector<SeqWork> seqs;
     std::vector<uint64_t> release;    // sequences whose KV blocks and sampler state to drop first
+    KvOps kv;
+};
+
+// The KV pool of one domain after a step, as the last stage sees it: the coordinator compares it
+// with its own accounting (the two views must agree exactly).
+struct KvReport {
+    uint32_t domain = 0;
+    uint64_t used_blocks = 0;
+    uint64_t cached_blocks = 0;
+    uint64_t total_blocks = 0;
 };
 
 struct SeqOutput {
@@ -100,6 +142,7 @@ struct StepResult {
     std::string error;                // when !ok: why the step failed (the job stays up)
     std::vector<SeqOutput> outputs;   // one per SeqWork with sample == 1, in batch order
     double step_seconds = 0;          // time the shard job spent on the step
+    std::vector<KvReport> kv;         // one per domain (when ok)
 };
 
 struct Heartbeat {

@@ -175,24 +175,48 @@ std::string Engine::metrics_text() const {
         up = scheduler_.attached();
     }
     std::string out;
+    // Names follow the Prometheus conventions: unit suffix (plural, e.g. _blocks, _tokens,
+    // _seconds), _total only on counters, _ratio for fractions. observability/ reads them.
     render_gauge(&out, "deepshard_shard_job_up", "1 when a shard job is registered", up ? 1 : 0);
-    render_gauge(&out, "deepshard_queue_depth", "Requests waiting for admission", static_cast<double>(st.queued));
-    render_gauge(&out, "deepshard_running_sequences", "Admitted sequences", static_cast<double>(st.running));
-    render_gauge(&out, "deepshard_batches_in_flight", "Step batches sent and not yet answered",
+    render_gauge(&out, "deepshard_queued_requests", "Requests waiting for admission (new and preempted)",
+                 static_cast<double>(st.queued));
+    render_gauge(&out, "deepshard_running_sequences", "Sequences holding KV on the shard job",
+                 static_cast<double>(st.running));
+    render_gauge(&out, "deepshard_in_flight_batches", "Step batches sent and not yet answered",
                  static_cast<double>(st.in_flight_batches));
-    render_gauge(&out, "deepshard_kv_blocks_total", "KV blocks of the shard job", static_cast<double>(st.kv_blocks_total));
-    render_gauge(&out, "deepshard_kv_blocks_reserved", "KV blocks reserved by admitted sequences",
-                 static_cast<double>(st.kv_blocks_reserved));
-    render_gauge(&out, "deepshard_kv_blocks_used", "KV blocks holding tokens", static_cast<double>(st.kv_blocks_used));
-    render_gauge(&out, "deepshard_kv_usage_ratio", "Reserved / total KV blocks",
-                 st.kv_blocks_total ? static_cast<double>(st.kv_blocks_reserved) / static_cast<double>(st.kv_blocks_total) : 0);
-    render_counter(&out, "deepshard_prompt_tokens_total", "Prompt tokens prefilled (tokens in)",
+    render_gauge(&out, "deepshard_kv_capacity_blocks", "KV blocks of the shard job (all KV domains)",
+                 static_cast<double>(st.kv_blocks_total));
+    render_gauge(&out, "deepshard_kv_used_blocks", "KV blocks holding sequences' or the prefix cache's tokens",
+                 static_cast<double>(st.kv_blocks_used));
+    render_gauge(&out, "deepshard_kv_cached_blocks", "KV blocks held by the prefix cache",
+                 static_cast<double>(st.kv_blocks_cached));
+    render_gauge(&out, "deepshard_kv_usage_ratio", "Used / capacity KV blocks",
+                 st.kv_blocks_total ? static_cast<double>(st.kv_blocks_used) / static_cast<double>(st.kv_blocks_total) : 0);
+    render_counter(&out, "deepshard_prompt_tokens_total", "Prompt tokens prefilled (tokens in, recomputation included)",
                    static_cast<double>(st.prompt_tokens));
     render_counter(&out, "deepshard_generation_tokens_total", "Tokens generated (tokens out)",
                    static_cast<double>(st.generated_tokens));
+    render_counter(&out, "deepshard_prefix_cache_query_tokens_total", "Prompt tokens of admitted requests",
+                   static_cast<double>(st.prefix_query_tokens));
+    render_counter(&out, "deepshard_prefix_cache_hit_tokens_total",
+                   "Prompt tokens served from the prefix cache instead of prefilled",
+                   static_cast<double>(st.prefix_hit_tokens));
+    render_counter(&out, "deepshard_kv_evicted_blocks_total", "Prefix-cache blocks evicted to make room",
+                   static_cast<double>(st.kv_evicted_blocks));
+    render_counter(&out, "deepshard_preemptions_total", "Running sequences preempted for lack of KV blocks",
+                   static_cast<double>(st.preemptions));
+    render_counter(&out, "deepshard_recomputed_tokens_total", "Tokens recomputed by preempted sequences",
+                   static_cast<double>(st.recomputed_tokens));
+    render_counter(&out, "deepshard_kv_exhausted_sequences_total",
+                   "Sequences ended (length) because a whole KV pool could not hold them",
+                   static_cast<double>(st.kv_exhausted));
+    render_counter(&out, "deepshard_kv_view_mismatches_total",
+                   "Step results whose KV report differed from the coordinator's view (must stay 0)",
+                   static_cast<double>(st.kv_view_mismatches));
     render_counter(&out, "deepshard_requests_total", "Requests received", static_cast<double>(metrics_->requests_total));
     render_counter(&out, "deepshard_requests_rejected_total", "Requests rejected at submission",
                    static_cast<double>(metrics_->requests_rejected));
+    metrics_->render_finished(&out);
     render_counter(&out, "deepshard_steps_total", "Step batches completed", static_cast<double>(metrics_->steps_total));
     render_counter(&out, "deepshard_shard_registrations_total", "Shard job registrations",
                    static_cast<double>(metrics_->shard_registrations));
@@ -265,6 +289,7 @@ void Engine::loop() {
             cap.max_batch_tokens = h.max_batch_tokens;
             cap.max_sequences = h.max_sequences;
             cap.vocab_size = h.vocab_size;
+            cap.kv_domains = h.kv_domains;
             if (leader_) scheduler_.detach(unavailable("replaced by a new shard job"));
             scheduler_.attach(cap);
             leader_ = std::move(pending_leader_);

@@ -32,6 +32,7 @@ struct Args {
     std::string api_key;
     std::string ports_file;
     bool retry = false;
+    bool no_prefix_cache = false;
     size_t max_queue = 256;
     size_t max_running = 64;
     int64_t token_budget = 512;
@@ -58,6 +59,7 @@ Status run(const Args& a) {
     eo.scheduler.token_budget = a.token_budget;
     eo.scheduler.prefill_chunk = a.prefill_chunk;
     eo.scheduler.retry = a.retry;
+    eo.scheduler.prefix_cache = !a.no_prefix_cache;
     eo.control.listen = a.control;
     if (!a.plan.empty()) {
         std::string plan;
@@ -137,6 +139,8 @@ int main(int argc, char** argv) {
     app.add_option("--control", a.control, "Control port for the shard job's leader")->capture_default_str();
     app.add_option("--api-key", a.api_key, "Require this key (HTTP: Authorization: Bearer; Thrift: api_key)");
     app.add_flag("--retry", a.retry, "On shard-job loss keep requests and rerun them when a job re-registers");
+    app.add_flag("--no-prefix-cache", a.no_prefix_cache,
+                 "Do not share KV blocks between requests with a common prompt prefix (cold-run baseline)");
     app.add_option("--max-queue", a.max_queue, "Waiting requests before new ones get 429 / Overloaded")
         ->capture_default_str();
     app.add_option("--max-running", a.max_running, "Sequences admitted at once")->capture_default_str();

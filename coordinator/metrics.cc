@@ -71,6 +71,16 @@ Metrics::Metrics()
                "Coordinator CPU time per step: scheduling, encoding and result handling",
                {1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2}) {}
 
+void Metrics::render_finished(std::string* out) const {
+    static const char* const kReasons[] = {"", "stop", "length", "cancelled", "error"};
+    *out += "# HELP deepshard_requests_finished_total Accepted requests by how they ended\n"
+            "# TYPE deepshard_requests_finished_total counter\n";
+    for (int r = 1; r < 5; ++r) {
+        *out += std::string("deepshard_requests_finished_total{reason=\"") + kReasons[r] + "\"} " +
+                std::to_string(requests_finished[r].load()) + "\n";
+    }
+}
+
 void render_gauge(std::string* out, const std::string& name, const std::string& help, double value) {
     *out += "# HELP " + name + " " + help + "\n# TYPE " + name + " gauge\n" + name + " " + fmt_num(value) + "\n";
 }

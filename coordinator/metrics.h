@@ -40,10 +40,14 @@ struct Metrics {
     Histogram overhead;       // coordinator CPU time per step (scheduling, encoding, result handling)
     std::atomic<uint64_t> requests_total{0};
     std::atomic<uint64_t> requests_rejected{0};  // 4xx/overloaded at admission
-    std::atomic<uint64_t> requests_failed{0};
+    // Accepted requests by how they ended, indexed by FinishReason (kNone unused).
+    std::atomic<uint64_t> requests_finished[5] = {};
     std::atomic<uint64_t> steps_total{0};
     std::atomic<uint64_t> shard_registrations{0};
     std::atomic<uint64_t> shard_losses{0};
+
+    // deepshard_requests_finished_total{reason="stop|length|cancelled|error"}.
+    void render_finished(std::string* out) const;
 };
 
 // Appends one metric in text format.

@@ -174,6 +174,7 @@ void Request::on_finish(FinishReason reason, const Status& error) {
         reason_ = reason;
         error_ = error;
     }
+    if (metrics_) metrics_->requests_finished[static_cast<int>(reason)]++;
     notify();
 }
 

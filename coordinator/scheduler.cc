@@ -21,11 +21,9 @@ const char* finish_reason_name(FinishReason r) {
 
 Scheduler::Scheduler(SchedulerOptions options) : options_(std::move(options)) {}
 
-uint64_t Scheduler::blocks_needed(const Seq& s) const {
+uint64_t Scheduler::prompt_blocks(size_t tokens) const {
     const uint64_t bs = capacity_ ? capacity_->kv_block_size : 1;
-    const int64_t len = std::min<int64_t>(static_cast<int64_t>(s.spec.prompt.size()) + s.spec.max_tokens,
-                                          options_.max_context);
-    return (static_cast<uint64_t>(len) + bs - 1) / bs;
+    return (static_cast<uint64_t>(tokens) + bs - 1) / bs;
 }
 
 int64_t Scheduler::budget() const {
@@ -45,15 +43,16 @@ StatusOr<uint64_t> Scheduler::submit(SequenceSpec spec, Clock::time_point) {
     if (queue_.size() >= options_.max_queue) {
         return resource_exhausted("the request queue is full (" + std::to_string(options_.max_queue) + " waiting)");
     }
+    if (capacity_ && prompt_blocks(spec.prompt.size()) > capacity_->kv_blocks) {
+        return invalid_argument("the prompt needs " + std::to_string(prompt_blocks(spec.prompt.size())) +
+                                " KV blocks but a KV pool of the shard job has " +
+                                std::to_string(capacity_->kv_blocks) + "; shorten the prompt");
+    }
     Seq s;
     s.id = next_seq_id_++;
     s.arrival = next_arrival_++;
     s.spec = std::move(spec);
-    if (capacity_ && blocks_needed(s) > capacity_->kv_blocks) {
-        return invalid_argument("the request needs " + std::to_string(blocks_needed(s)) +
-                                " KV blocks but the shard job has " + std::to_string(capacity_->kv_blocks) +
-                                "; lower max_tokens or the prompt");
-    }
+    s.tokens = s.spec.prompt;
     const uint64_t id = s.id;
     seqs_.emplace(id, std::move(s));
     queue_.push_back(id);
@@ -64,6 +63,12 @@ void Scheduler::cancel(uint64_t seq_id) {
     if (seqs_.count(seq_id) != 0) finish(seq_id, FinishReason::kCancelled, cancelled("cancelled by the client"));
 }
 
+void Scheduler::publish(Seq& s) {
+    if (options_.prefix_cache && s.resident) {
+        domain_of(s).publish(s.id, s.tokens, s.computed, &pending_ops_.publish);
+    }
+}
+
 void Scheduler::finish(uint64_t id, FinishReason reason, const Status& error) {
     auto it = seqs_.find(id);
     if (it == seqs_.end()) return;
@@ -72,30 +77,37 @@ void Scheduler::finish(uint64_t id, FinishReason reason, const Status& error) {
     auto q = std::find(queue_.begin(), queue_.end(), id);
     if (q != queue_.end()) queue_.erase(q);
     auto r = std::find(running_.begin(), running_.end(), id);
-    if (r != running_.end()) {
-        running_.erase(r);
-        free_blocks_ += s.blocks;
-        // Its KV on the shard job goes away before the next batch's new work. A chunk of it may
-        // still be in flight; that batch finishes at every stage before the next one starts, and
-        // its output for this id is ignored.
-        if (s.started && capacity_) pending_release_.push_back(id);
+    if (r != running_.end()) running_.erase(r);
+    if (s.resident && capacity_) {
+        // Its last full blocks stay cached (published before the release in the next batch).
+        publish(s);
+        domain_of(s).drop(id);
     }
+    // Its KV and sampler on the shard job go away before the next batch's new work. A chunk of it
+    // may still be in flight; that batch finishes at every stage before the next one starts, and
+    // its output for this id is ignored. A start not sent yet is simply dropped.
+    drop_pending_start(id);
+    if ((s.started || s.resident) && capacity_) pending_release_.push_back(id);
     if (s.spec.sink) s.spec.sink->on_finish(reason, error);
 }
 
 void Scheduler::attach(const Capacity& capacity) {
     capacity_ = capacity;
-    free_blocks_ = capacity.kv_blocks;
     pending_release_.clear();
+    pending_ops_ = {};
     in_flight_.clear();
+    // A new job starts with empty pools: so does the mirror.
+    domains_.clear();
+    const uint32_t n = std::max<uint32_t>(1, capacity.kv_domains);
+    for (uint32_t d = 0; d < n; ++d) domains_.emplace_back(d, capacity.kv_blocks, capacity.kv_block_size, &next_entry_);
     // Queued requests that can never fit this job fail now rather than block the queue forever.
     std::vector<uint64_t> too_big;
     for (uint64_t id : queue_) {
-        if (blocks_needed(seqs_.at(id)) > capacity.kv_blocks) too_big.push_back(id);
+        if (prompt_blocks(seqs_.at(id).spec.prompt.size()) > capacity.kv_blocks) too_big.push_back(id);
     }
     for (uint64_t id : too_big) {
         finish(id, FinishReason::kError,
-               invalid_argument("the request needs more KV blocks than the shard job has (" +
+               invalid_argument("the prompt needs more KV blocks than a KV pool of the shard job has (" +
                                 std::to_string(capacity.kv_blocks) + ")"));
     }
 }
@@ -104,100 +116,260 @@ void Scheduler::detach(const Status& reason) {
     capacity_.reset();
     in_flight_.clear();
     pending_release_.clear();
-    free_blocks_ = 0;
+    pending_ops_ = {};
+    domains_.clear();
     std::vector<uint64_t> running = std::move(running_);
     running_.clear();
+    // Preempted sequences wait in the queue but were started on the lost job: they restart too.
+    std::vector<uint64_t> restart = running;
+    for (uint64_t id : queue_) {
+        if (seqs_.at(id).started) restart.push_back(id);
+    }
+    for (auto& [id, s] : seqs_) {
+        s.resident = false;
+        s.in_flight = false;
+    }
     if (!options_.retry) {
         std::vector<uint64_t> all = running;
         all.insert(all.end(), queue_.begin(), queue_.end());
         for (uint64_t id : all) {
-            // finish() looks in running_/queue_; running_ is already empty so no release is queued.
+            // No job any more: nothing to release (capacity_ is reset).
             finish(id, FinishReason::kError, Status(StatusCode::kUnavailable, "shard job lost: " + reason.message()));
         }
         return;
     }
-    // Running sequences arrived before anything still queued (admission is FCFS), so putting them
-    // back at the front in arrival order keeps the queue in arrival order.
-    std::sort(running.begin(), running.end(),
-              [&](uint64_t a, uint64_t b) { return seqs_.at(a).arrival < seqs_.at(b).arrival; });
-    for (auto it = running.rbegin(); it != running.rend(); ++it) {
-        Seq& s = seqs_.at(*it);
-        s.generated.clear();
+    for (uint64_t id : restart) {
+        Seq& s = seqs_.at(id);
+        s.tokens.resize(s.plen());
         s.computed = 0;
-        s.blocks = 0;
-        s.in_flight = false;
         s.started = false;
+        s.domain = -1;
+        ++s.epoch;
         if (s.spec.sink) s.spec.sink->on_restart();
-        queue_.push_front(*it);
     }
+    // Running sequences arrived before anything still queued (admission is FCFS; preempted ones
+    // are queued in arrival order), so the merged queue stays in arrival order.
+    for (uint64_t id : running) requeue(id);
+}
+
+void Scheduler::insert_running(uint64_t id) {
+    const uint64_t a = seqs_.at(id).arrival;
+    auto at = std::find_if(running_.begin(), running_.end(), [&](uint64_t o) { return seqs_.at(o).arrival > a; });
+    running_.insert(at, id);
+}
+
+void Scheduler::requeue(uint64_t id) {
+    const uint64_t a = seqs_.at(id).arrival;
+    auto at = std::find_if(queue_.begin(), queue_.end(), [&](uint64_t o) { return seqs_.at(o).arrival > a; });
+    queue_.insert(at, id);
+}
+
+void Scheduler::drop_pending_start(uint64_t id) {
+    auto& st = pending_ops_.start;
+    st.erase(std::remove_if(st.begin(), st.end(), [&](const ctl::KvStart& k) { return k.seq_id == id; }), st.end());
+}
+
+void Scheduler::preempt(Seq& v) {
+    // Publishing first keeps its computed blocks in the cache: the recomputation mostly hits.
+    publish(v);
+    domain_of(v).drop(v.id);
+    drop_pending_start(v.id);
+    pending_ops_.preempt.push_back(v.id);
+    v.resident = false;
+    v.computed = 0;
+    ++v.epoch;
+    ++counters_.preemptions;
+    running_.erase(std::find(running_.begin(), running_.end(), v.id));
+    requeue(v.id);
+}
+
+bool Scheduler::admit(Seq& s) {
+    if (s.in_flight) return false;  // preempted with a chunk still in flight: wait for its result
+    const int64_t bs = capacity_->kv_block_size;
+    const int64_t known = s.known();
+    // At most known - 1 tokens from the cache: the last one is computed to sample the next.
+    const int64_t max_hit = options_.prefix_cache ? (known - 1) / bs : 0;
+    std::vector<uint64_t> prefix;
+    if (s.domain < 0) {
+        // New: the domain holding the longest cached prefix, then the one with the most room.
+        int32_t best = 0;
+        uint64_t best_room = 0;
+        for (size_t d = 0; d < domains_.size(); ++d) {
+            auto m = domains_[d].match(s.tokens, max_hit);
+            const uint64_t room = domains_[d].free_blocks() + domains_[d].reclaimable_blocks();
+            if (d == 0 || m.size() > prefix.size() || (m.size() == prefix.size() && room > best_room)) {
+                best = static_cast<int32_t>(d);
+                best_room = room;
+                prefix = std::move(m);
+            }
+        }
+        s.domain = best;
+    } else {
+        prefix = domain_of(s).match(s.tokens, max_hit);
+    }
+    KvDomain& d = domain_of(s);
+    const uint64_t need = prompt_blocks(static_cast<size_t>(known)) - prefix.size();
+    // Blocks that running prefills of this domain still need are spoken for: admitting into them
+    // would only get this sequence preempted again.
+    uint64_t promised = 0;
+    for (uint64_t id : running_) {
+        const Seq& o = seqs_.at(id);
+        if (o.domain != s.domain || o.known() - o.computed <= 1) continue;
+        const int64_t more = static_cast<int64_t>(prompt_blocks(static_cast<size_t>(o.known()))) - d.blocks_of(id);
+        promised += static_cast<uint64_t>(std::max<int64_t>(0, more));
+    }
+    const uint64_t room = d.free_blocks() + d.reclaimable_blocks() - d.unpinned_in(prefix);
+    if (need + promised > room) {
+        if (!s.started) s.domain = -1;  // choose again when it fits
+        return false;
+    }
+    d.start(s.id, prefix);
+    pending_ops_.start.push_back({.seq_id = s.id, .domain = static_cast<uint32_t>(s.domain), .prefix = prefix});
+    const int64_t hit = static_cast<int64_t>(prefix.size()) * bs;
+    if (!s.started) {
+        counters_.prefix_query_tokens += static_cast<uint64_t>(known);
+        counters_.prefix_hit_tokens += static_cast<uint64_t>(hit);
+    } else {
+        counters_.recomputed_tokens += static_cast<uint64_t>(known - hit);
+    }
+    s.computed = hit;
+    s.resident = true;
+    queue_.pop_front();
+    insert_running(s.id);
+    return true;
+}
+
+bool Scheduler::schedule_chunk(Seq& s, int64_t want, Building& b) {
+    KvDomain& d = domain_of(s);
+    const int64_t bs = capacity_->kv_block_size;
+    int64_t n = want;
+    auto in_batch = [&](uint64_t id) {
+        return std::any_of(b.batch.seqs.begin(), b.batch.seqs.end(), [&](const ctl::SeqWork& w) { return w.seq_id == id; });
+    };
+    while (static_cast<uint64_t>(d.growth(s.id, s.computed + n)) > d.free_blocks()) {
+        if (d.evict_one(&pending_ops_.evict)) {
+            ++counters_.kv_evicted_blocks;
+            continue;
+        }
+        // The newest resident sequence of this domain, newer than s and not in this batch.
+        Seq* victim = nullptr;
+        for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+            Seq& o = seqs_.at(*it);
+            if (o.arrival <= s.arrival) break;
+            if (o.domain == s.domain && !in_batch(o.id)) {
+                victim = &o;
+                break;
+            }
+        }
+        if (victim == nullptr) break;
+        preempt(*victim);
+    }
+    if (static_cast<uint64_t>(d.growth(s.id, s.computed + n)) > d.free_blocks()) {
+        // Tokens that fit in its blocks plus the free ones: a prefill chunk can be shorter (it then
+        // samples only if it still reaches the last known token).
+        const int64_t fit = (d.blocks_of(s.id) + static_cast<int64_t>(d.free_blocks())) * bs - s.computed;
+        if (fit >= 1) {
+            n = std::min(n, fit);
+        } else {
+            // It waits for older sequences to finish or shrink the pool's use, unless nothing else
+            // in its domain holds KV: then the pool itself is too small for it.
+            bool alone = true;
+            for (uint64_t id : running_) alone &= id == s.id || seqs_.at(id).domain != s.domain;
+            if (alone) {
+                ++counters_.kv_exhausted;
+                spdlog::warn("sequence {} needs more KV than its pool of {} blocks holds; ending it (length)", s.id,
+                             d.total_blocks());
+                finish(s.id, FinishReason::kLength, ok_status());
+            }
+            return false;
+        }
+    }
+    d.grow(s.id, s.computed + n);
+    const bool sample = s.computed + n == s.known();
+    ctl::SeqWork w;
+    w.seq_id = s.id;
+    w.start_pos = static_cast<uint32_t>(s.computed);
+    w.tokens.assign(s.tokens.begin() + s.computed, s.tokens.begin() + s.computed + n);
+    w.sample = sample ? 1 : 0;
+    if (!s.started) {
+        w.is_new = 1;
+        w.sampling = s.spec.sampling;
+        w.prompt = s.spec.prompt;
+        s.started = true;
+    }
+    b.batch.seqs.push_back(std::move(w));
+    b.members.push_back({s.id, n, sample, s.epoch});
+    s.in_flight = true;
+    b.left -= n;
+    if (n > 1 || s.computed < static_cast<int64_t>(s.plen())) counters_.prompt_tokens += static_cast<uint64_t>(n);
+    return true;
 }
 
 std::optional<ctl::StepBatch> Scheduler::next_batch(Clock::time_point) {
     if (!capacity_ || in_flight_.size() >= capacity_->pipeline_stages) return std::nullopt;
-    const size_t max_seqs = capacity_->max_sequences > 0 ? capacity_->max_sequences : SIZE_MAX;
-    int64_t left = budget();
-    ctl::StepBatch batch;
-    std::vector<InFlightSeq> members;
+    Building b;
+    b.left = budget();
+    b.max_seqs = capacity_->max_sequences > 0 ? capacity_->max_sequences : SIZE_MAX;
 
-    // 1. One decode token per ready running sequence (oldest first).
-    for (uint64_t id : running_) {
-        if (left <= 0 || batch.seqs.size() >= max_seqs) break;
-        Seq& s = seqs_.at(id);
-        const int64_t plen = static_cast<int64_t>(s.spec.prompt.size());
-        if (s.in_flight || s.computed < plen || s.generated.empty()) continue;
-        ctl::SeqWork w;
-        w.seq_id = id;
-        w.start_pos = static_cast<uint32_t>(s.computed);
-        w.tokens = {s.generated.back()};
-        w.sample = 1;
-        batch.seqs.push_back(std::move(w));
-        members.push_back({id, 1, true});
-        s.in_flight = true;
-        --left;
-    }
-    // 2. Prefill chunks of running sequences (and 3. new admissions), oldest first.
-    auto add_prefill = [&](Seq& s) {
-        const int64_t plen = static_cast<int64_t>(s.spec.prompt.size());
-        const int64_t n = std::min({plen - s.computed, left, options_.prefill_chunk});
-        ctl::SeqWork w;
-        w.seq_id = s.id;
-        w.start_pos = static_cast<uint32_t>(s.computed);
-        w.tokens.assign(s.spec.prompt.begin() + s.computed, s.spec.prompt.begin() + s.computed + n);
-        w.sample = (s.computed + n == plen) ? 1 : 0;
-        if (!s.started) {
-            w.is_new = 1;
-            w.sampling = s.spec.sampling;
-            w.prompt = s.spec.prompt;
-            s.started = true;
+    // 1. One decode token per ready running sequence, then 2. prefill (or recompute) chunks,
+    // oldest first. Preemption may remove newer sequences from running_ as we go: iterate a copy.
+    for (int pass = 0; pass < 2; ++pass) {
+        const std::vector<uint64_t> order = running_;
+        for (uint64_t id : order) {
+            if (b.full()) break;
+            auto it = seqs_.find(id);
+            if (it == seqs_.end()) continue;
+            Seq& s = it->second;
+            if (!s.resident || s.in_flight) continue;
+            const int64_t todo = s.known() - s.computed;
+            if (pass == 0 && todo == 1) schedule_chunk(s, 1, b);
+            if (pass == 1 && todo > 1) schedule_chunk(s, std::min({todo, b.left, options_.prefill_chunk}), b);
         }
-        batch.seqs.push_back(std::move(w));
-        members.push_back({s.id, n, (s.computed + n == plen)});
-        s.in_flight = true;
-        left -= n;
-        prompt_tokens_ += static_cast<uint64_t>(n);
-    };
-    for (uint64_t id : running_) {
-        if (left <= 0 || batch.seqs.size() >= max_seqs) break;
-        Seq& s = seqs_.at(id);
-        if (s.in_flight || s.computed >= static_cast<int64_t>(s.spec.prompt.size())) continue;
-        add_prefill(s);
     }
-    while (left > 0 && batch.seqs.size() < max_seqs && !queue_.empty() && running_.size() < options_.max_running) {
+    // 3. Admissions from the head of the queue (new or preempted sequences).
+    while (!b.full() && !queue_.empty() && running_.size() < options_.max_running) {
         Seq& s = seqs_.at(queue_.front());
-        const uint64_t need = blocks_needed(s);
-        if (need > free_blocks_) break;  // head-of-line waits: FCFS, no starvation
-        queue_.pop_front();
-        s.blocks = need;
-        free_blocks_ -= need;
-        running_.push_back(s.id);
-        add_prefill(s);
+        if (!admit(s)) break;  // head-of-line waits: FCFS, no starvation
+        const int64_t todo = s.known() - s.computed;
+        if (!schedule_chunk(s, std::min({todo, b.left, options_.prefill_chunk}), b)) break;
     }
-    if (batch.seqs.empty()) return std::nullopt;
-    batch.step_id = next_step_id_++;
-    batch.release = std::move(pending_release_);
+    if (b.batch.seqs.empty()) return std::nullopt;
+    b.batch.step_id = next_step_id_++;
+    b.batch.release = std::move(pending_release_);
     pending_release_.clear();
-    in_flight_.emplace(batch.step_id, std::move(members));
-    return batch;
+    b.batch.kv = std::move(pending_ops_);
+    pending_ops_ = {};
+    InFlightBatch f;
+    f.members = std::move(b.members);
+    for (const KvDomain& d : domains_) {
+        f.expected.push_back({.domain = d.id(), .used_blocks = d.used_blocks(), .cached_blocks = d.cached_blocks(),
+                              .total_blocks = d.total_blocks()});
+    }
+    in_flight_.emplace(b.batch.step_id, std::move(f));
+    return std::move(b.batch);
+}
+
+void Scheduler::check_kv_report(uint64_t step_id, const std::vector<ctl::KvReport>& expected,
+                                const std::vector<ctl::KvReport>& got) {
+    if (got.size() != expected.size()) {
+        ++counters_.kv_view_mismatches;
+        spdlog::error("step {}: the shard job reported {} KV domains, the scheduler has {}", step_id, got.size(),
+                      expected.size());
+    }
+    for (const ctl::KvReport& r : got) {
+        if (r.domain >= expected.size()) {
+            ++counters_.kv_view_mismatches;
+            spdlog::error("step {}: the shard job reported KV domain {} of {}", step_id, r.domain, expected.size());
+            continue;
+        }
+        const ctl::KvReport& e = expected[r.domain];
+        if (r.used_blocks != e.used_blocks || r.cached_blocks != e.cached_blocks) {
+            ++counters_.kv_view_mismatches;
+            spdlog::error("step {}: KV domain {} holds {} used / {} cached blocks on the shard job, the scheduler "
+                          "expects {} / {}",
+                          step_id, r.domain, r.used_blocks, r.cached_blocks, e.used_blocks, e.cached_blocks);
+        }
+    }
 }
 
 Status Scheduler::on_result(const ctl::StepResult& result, Clock::time_point) {
@@ -205,10 +377,10 @@ Status Scheduler::on_result(const ctl::StepResult& result, Clock::time_point) {
     if (it == in_flight_.end()) {
         return protocol_error("result for unknown step " + std::to_string(result.step_id));
     }
-    std::vector<InFlightSeq> members = std::move(it->second);
+    InFlightBatch batch = std::move(it->second);
     in_flight_.erase(it);
     size_t expected = 0;
-    for (const auto& m : members) expected += m.sample ? 1 : 0;
+    for (const auto& m : batch.members) expected += m.sample ? 1 : 0;
     Status bad;
     if (!result.ok) {
         bad = internal_error("the shard job failed step " + std::to_string(result.step_id) + ": " + result.error);
@@ -219,19 +391,23 @@ Status Scheduler::on_result(const ctl::StepResult& result, Clock::time_point) {
     }
     if (!bad.ok()) {
         // The sequences' state on the job is unknown now: end them (their KV is released).
-        for (const auto& m : members) finish(m.seq_id, FinishReason::kError, bad);
+        for (const auto& m : batch.members) finish(m.seq_id, FinishReason::kError, bad);
         return result.ok ? bad : ok_status();
     }
+    check_kv_report(result.step_id, batch.expected, result.kv);
     const int32_t vocab = capacity_ && capacity_->vocab_size > 0 ? static_cast<int32_t>(capacity_->vocab_size)
                                                                  : options_.vocab_size;
     size_t out_index = 0;
-    for (const auto& m : members) {
+    for (const auto& m : batch.members) {
         const ctl::SeqOutput* out = m.sample ? &result.outputs[out_index++] : nullptr;
         auto sit = seqs_.find(m.seq_id);
         if (sit == seqs_.end()) continue;  // cancelled or expired while in flight
         Seq& s = sit->second;
         s.in_flight = false;
-        s.computed += m.num_tokens;
+        if (m.epoch == s.epoch) {
+            s.computed += m.num_tokens;
+            publish(s);
+        }
         if (out == nullptr) continue;
         if (out->seq_id != s.id || out->token < 0 || (vocab > 0 && out->token >= vocab)) {
             finish(s.id, FinishReason::kError,
@@ -240,15 +416,16 @@ Status Scheduler::on_result(const ctl::StepResult& result, Clock::time_point) {
                                   " where sequence " + std::to_string(s.id) + " was expected"));
             continue;
         }
-        s.generated.push_back(out->token);
-        ++generated_tokens_;
+        // Also for a sequence preempted while this chunk was in flight: the job's sampler took
+        // this token, so it is part of the output (and of the recomputation).
+        s.tokens.push_back(out->token);
+        ++counters_.generated_tokens;
         FinishReason by_ids = FinishReason::kNone;
         const int32_t t = out->token;
         if ((!s.spec.ignore_eos && t == options_.eos_id) ||
             std::find(s.spec.stop_token_ids.begin(), s.spec.stop_token_ids.end(), t) != s.spec.stop_token_ids.end()) {
             by_ids = FinishReason::kStop;
-        } else if (static_cast<int64_t>(s.generated.size()) >= s.spec.max_tokens ||
-                   static_cast<int64_t>(s.spec.prompt.size() + s.generated.size()) >= options_.max_context) {
+        } else if (static_cast<int64_t>(s.generated()) >= s.spec.max_tokens || s.known() >= options_.max_context) {
             by_ids = FinishReason::kLength;
         }
         FinishReason decided = s.spec.sink ? s.spec.sink->on_token(*out, by_ids) : by_ids;
@@ -268,21 +445,16 @@ void Scheduler::expire(Clock::time_point now) {
 }
 
 SchedulerStats Scheduler::stats() const {
-    SchedulerStats st;
+    SchedulerStats st = counters_;
     st.queued = queue_.size();
     st.running = running_.size();
     st.in_flight_batches = in_flight_.size();
-    if (capacity_) {
-        st.kv_blocks_total = capacity_->kv_blocks;
-        st.kv_blocks_reserved = capacity_->kv_blocks - free_blocks_;
-        for (uint64_t id : running_) {
-            const Seq& s = seqs_.at(id);
-            st.kv_blocks_used += (static_cast<uint64_t>(s.computed) + capacity_->kv_block_size - 1) /
-                                 capacity_->kv_block_size;
-        }
+    st.kv_blocks_total = st.kv_blocks_used = st.kv_blocks_cached = 0;
+    for (const KvDomain& d : domains_) {
+        st.kv_blocks_total += d.total_blocks();
+        st.kv_blocks_used += d.used_blocks();
+        st.kv_blocks_cached += d.cached_blocks();
     }
-    st.prompt_tokens = prompt_tokens_;
-    st.generated_tokens = generated_tokens_;
     return st;
 }
 

@@ -7,18 +7,36 @@
 //    chunks (at most `prefill_chunk` tokens each, so long prompts are chunked and never stall the
 //    decodes of others), then newly admitted sequences, all within `token_budget` tokens.
 //  - Admission is strictly first-come first-served: only the head of the queue may be admitted, so
-//    a large request cannot be overtaken forever (no starvation); it waits until enough KV frees up.
-//  - KV: a sequence needs ceil(tokens / kv_block_size) blocks. On admission it reserves the blocks
-//    for its whole possible length, min(prompt + max_tokens, context). Reserving up front means a
-//    running sequence can never run out of KV mid-generation, so no preemption is needed; the price
-//    is lower concurrency for requests with large max_tokens. Blocks are freed when it finishes and
-//    the shard job is told (`release`) in the next batch, before that batch's new work.
+//    a large request cannot be overtaken forever (no starvation); it waits until its prompt fits.
+//  - KV on demand (coordinator/kv_pool.h mirrors the job's pools exactly): a sequence is admitted
+//    when the blocks its prompt needs (less what the prefix cache already holds) are free or
+//    reclaimable from the cache, and grows block by block as chunks and decodes are scheduled.
+//    max_tokens reserves nothing, so a request may ask for the whole context.
+//  - When a chunk needs a block and none is free: evict the least recently used unused cache block;
+//    if none, preempt the newest running sequence of that KV domain that is newer than the one
+//    growing (it loses its KV, keeps its tokens and its sampler on the job, and goes back to the
+//    queue in arrival order; when re-admitted it recomputes prompt + generated tokens, mostly from
+//    its own cached blocks, and continues: its output and its stream are unchanged). A prefill
+//    chunk that still does not fit is shortened; a sequence that cannot grow waits for older ones
+//    to finish, unless it is alone in its domain and the pool is exhausted, which ends it with
+//    "length" (the KV pool, like the context, bounds a sequence).
+//  - Prefix caching: full blocks are published into the cache as soon as their KV is computed; a
+//    new sequence starts from the longest cached chain of its prompt's full blocks (the last
+//    token is always computed). With data-parallel attention each domain (rank) caches its own
+//    sequences' prefixes and a new sequence goes to the domain holding the longest match (ties:
+//    the most available blocks), then stays there (its sampler lives on that rank).
+//  - KV operations (cache publish/evict, preemption, starts) and releases of finished sequences
+//    travel with the next batch, before its work. After each batch the scheduler records the
+//    per-domain state it expects; the job reports its own with the result and any difference is
+//    counted (kv_view_mismatches) and logged: the two views must never disagree.
 //  - Up to `pipeline_stages` batches are in flight; a sequence is in at most one of them (the next
-//    token depends on the previous result anyway).
+//    token depends on the previous result anyway). A sequence preempted while in flight keeps the
+//    token that batch samples (the job's sampler took it) and recomputes its KV later.
 //  - Stop conditions on ids live here (EOS unless ignore_eos, stop token ids, max_tokens, context
 //    length); text-based ones (stop strings) in the SequenceSink.
 //  - Losing the shard job: without retry every accepted sequence fails (kUnavailable); with retry
-//    they are re-queued in arrival order and restart from their prompt.
+//    they are re-queued in arrival order and restart from their prompt; the new job's cache starts
+//    empty and so does the mirror.
 #pragma once
 
 #include <chrono>
@@ -32,6 +50,7 @@
 
 #include "control/protocol.h"
 #include "common/status.h"
+#include "coordinator/kv_pool.h"
 
 namespace deepshard::coordinator {
 
@@ -73,6 +92,7 @@ struct SchedulerOptions {
     int32_t eos_id = 1;
     int32_t vocab_size = 0;  // 0 = do not check returned ids
     bool retry = false;
+    bool prefix_cache = true;
 };
 
 struct Capacity {
@@ -83,17 +103,25 @@ struct Capacity {
     uint32_t max_batch_tokens = 0;  // 0 = no limit from the job
     uint32_t max_sequences = 0;
     uint32_t vocab_size = 0;
+    uint32_t kv_domains = 1;  // independent KV pools of kv_blocks each (Hello.kv_domains)
 };
 
 struct SchedulerStats {
     size_t queued = 0;
     size_t running = 0;
     size_t in_flight_batches = 0;
-    uint64_t kv_blocks_total = 0;
-    uint64_t kv_blocks_reserved = 0;
-    uint64_t kv_blocks_used = 0;  // blocks holding tokens right now
-    uint64_t prompt_tokens = 0;   // prefill tokens sent, cumulative
+    uint64_t kv_blocks_total = 0;   // over all domains
+    uint64_t kv_blocks_used = 0;    // blocks holding KV (sequences + cache)
+    uint64_t kv_blocks_cached = 0;  // prefix-cache blocks (some also used by running sequences)
+    uint64_t prompt_tokens = 0;     // prefill tokens sent, cumulative (recomputation included)
     uint64_t generated_tokens = 0;
+    uint64_t prefix_query_tokens = 0;  // prompt tokens of admitted requests
+    uint64_t prefix_hit_tokens = 0;    // of those, served from the prefix cache
+    uint64_t kv_evicted_blocks = 0;
+    uint64_t preemptions = 0;
+    uint64_t recomputed_tokens = 0;    // tokens recomputed by preempted sequences
+    uint64_t kv_exhausted = 0;         // sequences ended because the KV pool could not hold them
+    uint64_t kv_view_mismatches = 0;   // results whose KV report differed from the mirror
 };
 
 class Scheduler {
@@ -127,35 +155,67 @@ private:
         uint64_t id = 0;
         uint64_t arrival = 0;
         SequenceSpec spec;
-        std::vector<int32_t> generated;
-        int64_t computed = 0;  // positions whose KV exists on the shard job
-        uint64_t blocks = 0;   // reserved
+        std::vector<int32_t> tokens;  // prompt, then the generated tokens
+        int64_t computed = 0;         // positions whose KV exists on the shard job
+        int32_t domain = -1;          // KV domain, fixed once started (its sampler lives there)
         bool in_flight = false;
-        bool started = false;  // got its is_new chunk in the current job
+        bool started = false;         // the job has its sampler (sent is_new in this session)
+        bool resident = false;        // holds KV on the job (admitted and not preempted)
+        uint64_t epoch = 0;           // bumps on preemption: older in-flight chunks left no KV
+        size_t plen() const { return spec.prompt.size(); }
+        size_t generated() const { return tokens.size() - plen(); }
+        int64_t known() const { return static_cast<int64_t>(tokens.size()); }
     };
     struct InFlightSeq {
         uint64_t seq_id;
         int64_t num_tokens;
         bool sample;
+        uint64_t epoch;
+    };
+    struct InFlightBatch {
+        std::vector<InFlightSeq> members;
+        std::vector<comm::control::KvReport> expected;  // per domain, after this batch
+    };
+    // What the batch being built holds so far.
+    struct Building {
+        comm::control::StepBatch batch;
+        std::vector<InFlightSeq> members;
+        int64_t left = 0;
+        size_t max_seqs = 0;
+        bool full() const { return left <= 0 || batch.seqs.size() >= max_seqs; }
     };
 
-    uint64_t blocks_needed(const Seq& s) const;
     void finish(uint64_t id, FinishReason reason, const Status& error);
     int64_t budget() const;
+    uint64_t prompt_blocks(size_t tokens) const;
+    KvDomain& domain_of(const Seq& s) { return domains_.at(static_cast<size_t>(s.domain)); }
+    // Admits the queue's head if its tokens fit; false when it must wait.
+    bool admit(Seq& s);
+    // Schedules the next chunk of a resident sequence (up to `want` tokens), making room in its
+    // domain (evict, preempt newer sequences, shorten a prefill). False when it cannot run now.
+    bool schedule_chunk(Seq& s, int64_t want, Building& b);
+    void preempt(Seq& victim);
+    void drop_pending_start(uint64_t id);
+    void insert_running(uint64_t id);
+    void requeue(uint64_t id);
+    void publish(Seq& s);
+    void check_kv_report(uint64_t step_id, const std::vector<comm::control::KvReport>& expected,
+                         const std::vector<comm::control::KvReport>& got);
 
     SchedulerOptions options_;
     std::optional<Capacity> capacity_;
     uint64_t next_seq_id_ = 1;
     uint64_t next_arrival_ = 1;
     uint64_t next_step_id_ = 1;
-    uint64_t free_blocks_ = 0;
-    std::deque<uint64_t> queue_;              // FCFS
+    uint64_t next_entry_ = 1;
+    std::vector<KvDomain> domains_;
+    std::deque<uint64_t> queue_;              // waiting (new and preempted), in arrival order
     std::map<uint64_t, Seq> seqs_;            // queued and running, by id (ids grow with arrival)
-    std::vector<uint64_t> running_;           // admitted, in admission order
-    std::map<uint64_t, std::vector<InFlightSeq>> in_flight_;
+    std::vector<uint64_t> running_;           // resident, in arrival order
+    std::map<uint64_t, InFlightBatch> in_flight_;
     std::vector<uint64_t> pending_release_;
-    uint64_t prompt_tokens_ = 0;
-    uint64_t generated_tokens_ = 0;
+    comm::control::KvOps pending_ops_;        // decided, sent with the next batch
+    SchedulerStats counters_;                 // the cumulative fields
 };
 
 }  // namespace deepshard::coordinator

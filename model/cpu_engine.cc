@@ -46,6 +46,7 @@ StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::create(std::shared_ptr<const Sha
     kc.rope_dim = c.qk_rope_head_dim;
     kc.block_size = options.kv_block_size;
     kc.num_blocks = kc.num_layers > 0 ? kc.blocks_for_budget(options.kv_budget_bytes) : 1;
+    if (options.kv_max_blocks > 0) kc.num_blocks = std::min(kc.num_blocks, options.kv_max_blocks);
     if (kc.num_layers <= 0) {
         kc.num_layers = 1;  // a head-only shard still gets a (tiny) valid cache object
     }
@@ -60,6 +61,7 @@ KvUsage CpuEngine::kv_usage() const {
     u.block_size = kv_.blocks().block_size();
     u.block_bytes = kv_.config().block_bytes();
     u.sequences = kv_.blocks().num_sequences();
+    u.cached_blocks = kv_.blocks().cached_blocks();
     return u;
 }
 
@@ -211,6 +213,11 @@ StatusOr<StepOutput> CpuEngine::step(std::span<const SeqChunk> chunks, std::span
         if (ch.start_pos > 0 && blocks.capacity(ch.seq_id) < ch.start_pos) {
             return invalid_argument("step: sequence " + std::to_string(ch.seq_id) + " starts at position " +
                                     std::to_string(ch.start_pos) + " but has no cached prefix");
+        }
+        if (!blocks.writable(ch.seq_id, ch.start_pos)) {
+            // Prefix-cache blocks are shared read-only; writing one would corrupt other sequences.
+            return invalid_argument("step: sequence " + std::to_string(ch.seq_id) + " would write position " +
+                                    std::to_string(ch.start_pos) + " into a shared (cached) KV block");
         }
         need += blocks.blocks_needed(ch.seq_id, ch.start_pos + n);
         T += n;

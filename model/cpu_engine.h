@@ -22,6 +22,7 @@ public:
     StatusOr<StepOutput> step(std::span<const SeqChunk> chunks, std::span<const float> hidden_in = {}) override;
     void release(uint64_t seq_id) override { kv_.blocks().release(seq_id); }
     KvUsage kv_usage() const override;
+    KvBlockManager& kv_blocks() override { return kv_.blocks(); }
 
     // The cache itself (tests read slots to check kernels against the model's own state).
     const KvCache& kv_cache() const { return kv_; }

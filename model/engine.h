@@ -28,6 +28,7 @@
 
 #include "common/status.h"
 #include "model/checkpoint.h"
+#include "model/kv_blocks.h"
 #include "model/shard_weights.h"
 
 namespace deepshard::model {
@@ -92,6 +93,7 @@ struct StepOutput {
 struct EngineOptions {
     int64_t kv_budget_bytes = int64_t{1} << 30;
     int64_t kv_block_size = 16;
+    int64_t kv_max_blocks = 0;  // caps the pool (tests, tuning); 0 = as many blocks as the budget holds
     int device_ordinal = 0;  // CUDA device of this rank (ignored by the CPU engine)
 };
 
@@ -102,6 +104,7 @@ struct KvUsage {
     int64_t block_size = 0;      // tokens per block
     int64_t block_bytes = 0;     // bytes of one block (all layers of the shard)
     int64_t sequences = 0;
+    int64_t cached_blocks = 0;   // blocks held by prefix-cache entries (KvBlockManager::publish)
     int64_t used_blocks() const { return total_blocks - free_blocks; }
 };
 
@@ -129,6 +132,11 @@ public:
     virtual void release(uint64_t seq_id) = 0;
 
     virtual KvUsage kv_usage() const = 0;
+
+    // The engine's block bookkeeping. The shard node applies the coordinator's prefix-cache
+    // operations (fork / publish / evict, model/kv_blocks.h) here between steps; an engine must
+    // therefore take its block tables from this manager at every step, never cache them.
+    virtual KvBlockManager& kv_blocks() = 0;
 
     void set_reducer(TpReducer* reducer) { reducer_ = reducer; }
     void set_hooks(ForwardHooks* hooks) { hooks_ = hooks; }

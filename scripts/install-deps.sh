@@ -15,6 +15,7 @@ PKGS=(
   python3 python3-numpy
   iproute2 procps psmisc curl
   gnuplot-nox
+  prometheus
   munge slurmd slurmctld slurm-client
 )
 # The openai npm client test needs node and npm; install Debian's only where none is on PATH

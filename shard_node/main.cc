@@ -32,6 +32,7 @@ struct ShardArgs {
     model::GenerateOptions options;
     int64_t kv_budget_mb = 512;
     int64_t kv_block_size = 16;
+    int64_t kv_blocks = 0;
     int64_t timeout_ms = 0;
     int64_t connect_timeout_ms = 30000;
     std::string device;  // empty: the plan's device for this rank
@@ -79,6 +80,7 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
     model::EngineOptions opt;
     opt.kv_budget_bytes = args.kv_budget_mb << 20;
     opt.kv_block_size = args.kv_block_size;
+    opt.kv_max_blocks = args.kv_blocks;
     opt.device_ordinal = rd.ordinal;
     DS_ASSIGN_OR_RETURN(auto pipeline, Pipeline::create(world, layout, ckpt, rd.device, opt));
     DS_ASSIGN_OR_RETURN(model::LoadStats ls, pipeline->engine().prepare());
@@ -124,6 +126,8 @@ int main(int argc, char** argv) {
     app.add_option("--coordinator", args.coordinator, "HOST:PORT of the coordinator's control port");
     app.add_option("--kv-budget-mb", args.kv_budget_mb, "KV cache pool per rank in MiB");
     app.add_option("--kv-block-size", args.kv_block_size, "tokens per KV block");
+    app.add_option("--kv-blocks", args.kv_blocks, "cap the KV pool per rank at this many blocks (0: what the budget holds)")
+        ->check(CLI::NonNegativeNumber);
     app.add_option("--device", args.device, "compute device of every rank, overriding the plan (cpu | cuda)")
         ->check(CLI::IsMember({"cpu", "cuda"}));
     app.add_option("--timeout-ms", args.timeout_ms, "deadline of every communication (default DS_COMM_TIMEOUT_MS)");

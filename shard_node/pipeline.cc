@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common/logging.h"
+#include "shard_node/kv_ops.h"
 #include "shard_node/moe_exchange.h"
 
 namespace deepshard::shard_node {
@@ -165,11 +166,36 @@ StatusOr<std::unique_ptr<Pipeline>> Pipeline::create(comm::Communicator* world, 
     return p;
 }
 
+int Pipeline::domain_of(uint64_t seq_id) const {
+    if (layout_.attention == AttentionMode::kTensorParallel) return 0;
+    auto it = owners_.find(seq_id);
+    return it != owners_.end() ? it->second : dp_owner(seq_id, layout_.ranks_per_stage);
+}
+
+Status Pipeline::apply_kv_ops(PipelineStep* step) {
+    const int mine = layout_.attention == AttentionMode::kTensorParallel ? 0 : local_;
+    DS_RETURN_IF_ERROR(shard_node::apply_kv_ops(step->batch, static_cast<uint32_t>(mine),
+                                                static_cast<uint32_t>(kv_domains()), model_->kv_blocks(),
+                                                [&](uint64_t id) { model_->release(id); }));
+    for (uint64_t id : step->batch.release) {
+        samplers_.erase(id);
+        owners_.erase(id);
+    }
+    // Preempted sequences keep their sampler and owner: they are recomputed later on the same rank
+    // and continue their sampling stream unchanged.
+    if (layout_.attention == AttentionMode::kDataParallel) {
+        for (const ctl::KvStart& st : step->batch.kv.start) owners_[st.seq_id] = static_cast<int>(st.domain);
+    }
+    step->owners.clear();
+    for (const ctl::SeqWork& w : step->batch.seqs) step->owners.push_back(domain_of(w.seq_id));
+    return ok_status();
+}
+
 std::vector<size_t> Pipeline::my_sequences(const PipelineStep& step) const {
     std::vector<size_t> mine;
     for (size_t i = 0; i < step.batch.seqs.size(); ++i) {
-        if (layout_.attention == AttentionMode::kTensorParallel ||
-            dp_owner(step.batch.seqs[i].seq_id, layout_.ranks_per_stage) == local_) {
+        const int owner = i < step.owners.size() ? step.owners[i] : domain_of(step.batch.seqs[i].seq_id);
+        if (layout_.attention == AttentionMode::kTensorParallel || owner == local_) {
             mine.push_back(i);
         }
     }
@@ -216,6 +242,10 @@ Status Pipeline::receive_step(PipelineStep* step, std::vector<float>* hidden) {
         DS_RETURN_IF_ERROR(world_->recv(bytes.data(), len, comm::DataType::kByte, prev, kTagHeader));
     }
     DS_ASSIGN_OR_RETURN(*step, decode_step(bytes));
+    if (step->kind == StepKind::kStep) {
+        DS_RETURN_IF_ERROR(apply_kv_ops(step).with_context("step " + std::to_string(step->batch.step_id) +
+                                                          ": the coordinator's KV view disagrees with the job's"));
+    }
     hidden->clear();
     if (stage_ > 0 && step->kind == StepKind::kStep && step->error.empty()) {
         int64_t tokens = 0;
@@ -233,10 +263,6 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
     if (step.kind != StepKind::kStep) {
         if (!last) DS_RETURN_IF_ERROR(send_step(step, {}, layout_.rank_of(stage_ + 1, local_)));
         return ok_status();
-    }
-    for (uint64_t id : step.batch.release) {
-        model_->release(id);
-        samplers_.erase(id);
     }
     if (!step.error.empty()) {
         return forward_failure(step);
@@ -292,6 +318,15 @@ Status Pipeline::finish_last_stage(const PipelineStep& step, const std::vector<s
     StepReply reply;
     reply.step_id = step.batch.step_id;
     reply.result.step_id = step.batch.step_id;
+    {
+        const model::KvUsage u = model_->kv_usage();
+        ctl::KvReport k;
+        k.domain = static_cast<uint32_t>(layout_.attention == AttentionMode::kTensorParallel ? 0 : local_);
+        k.used_blocks = static_cast<uint64_t>(u.used_blocks());
+        k.cached_blocks = static_cast<uint64_t>(u.cached_blocks);
+        k.total_blocks = static_cast<uint64_t>(u.total_blocks);
+        reply.result.kv.push_back(k);
+    }
     if (!step.error.empty()) {
         reply.result.ok = 0;
         reply.result.error = step.error;
@@ -343,10 +378,14 @@ Status Pipeline::submit(const PipelineStep& step) {
     uint64_t len = bytes.size();
     DS_RETURN_IF_ERROR(stage_comm_->broadcast(&len, 8, comm::DataType::kByte, 0));
     DS_RETURN_IF_ERROR(stage_comm_->broadcast(const_cast<char*>(bytes.data()), len, comm::DataType::kByte, 0));
-    DS_RETURN_IF_ERROR(process(step, {}));
-    if (step.kind == StepKind::kStep) {
-        pending_.push_back(step);
+    if (step.kind != StepKind::kStep) {
+        return process(step, {});
     }
+    PipelineStep mine = step;
+    DS_RETURN_IF_ERROR(apply_kv_ops(&mine).with_context("step " + std::to_string(step.batch.step_id) +
+                                                        ": the coordinator's KV view disagrees with the job's"));
+    DS_RETURN_IF_ERROR(process(mine, {}));
+    pending_.push_back(std::move(mine));
     return ok_status();
 }
 
@@ -400,9 +439,7 @@ Status Pipeline::collect(bool block, bool* ready, StepReply* reply) {
                 int64_t rows = 0;
                 for (size_t i = 0; i < step.batch.seqs.size(); ++i) {
                     const bool theirs = layout_.attention == AttentionMode::kTensorParallel ||
-                                        layout_.rank_of(layout_.num_stages() - 1,
-                                                        dp_owner(step.batch.seqs[i].seq_id, layout_.ranks_per_stage)) ==
-                                            sender;
+                                        layout_.rank_of(layout_.num_stages() - 1, step.owners[i]) == sender;
                     if (!theirs) continue;
                     const auto m = step.logits_mode.empty() ? model::LogitsMode::kLast : step.logits_mode[i];
                     rows += m == model::LogitsMode::kAll ? chunk_tokens(step.batch.seqs[i])
@@ -416,6 +453,10 @@ Status Pipeline::collect(bool block, bool* ready, StepReply* reply) {
             }
         }
         parts[sender] = std::move(part);
+    }
+    for (auto& [sender, part] : parts) {
+        // Every answering rank reports its own KV domain.
+        merged.result.kv.insert(merged.result.kv.end(), part.result.kv.begin(), part.result.kv.end());
     }
     for (auto& [sender, part] : parts) {
         if (!part.result.ok) {
@@ -435,7 +476,7 @@ Status Pipeline::collect(bool block, bool* ready, StepReply* reply) {
         const ctl::SeqWork& w = step.batch.seqs[i];
         const int sender = layout_.attention == AttentionMode::kTensorParallel
                                ? result_senders().front()
-                               : layout_.rank_of(layout_.num_stages() - 1, dp_owner(w.seq_id, layout_.ranks_per_stage));
+                               : layout_.rank_of(layout_.num_stages() - 1, step.owners[i]);
         StepReply& part = parts[sender];
         if (step.return_logits) {
             const auto m = step.logits_mode.empty() ? model::LogitsMode::kLast : step.logits_mode[i];

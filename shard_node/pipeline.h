@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -36,6 +37,10 @@ struct PipelineStep {
     // Set when an earlier stage rejected the step before changing any state (bad positions, KV
     // exhausted): later stages skip it and the last stage reports the error in its reply.
     std::string error;
+    // Not on the wire: the data-parallel owner (local rank) of each sequence, resolved by each rank
+    // when it applies the step's KV operations (a sequence may be released before the leader
+    // collects the step's results, so the leader keeps the owners with the pending step).
+    std::vector<int> owners;
 };
 
 // What rank 0 gets back for one step.
@@ -63,6 +68,11 @@ public:
     int64_t in_flight() const { return static_cast<int64_t>(pending_.size()); }
     // Smallest KV pool (in blocks) over all ranks: the capacity the coordinator may schedule.
     int64_t min_kv_blocks() const { return min_kv_blocks_; }
+    // Independent KV pools (control protocol Hello.kv_domains): 1 with tensor-parallel attention,
+    // one per local rank with data-parallel attention.
+    int kv_domains() const {
+        return layout_.attention == AttentionMode::kDataParallel ? layout_.ranks_per_stage : 1;
+    }
 
     // Leader: runs stage-0 work for `step` and forwards it. Results are collected with collect().
     Status submit(const PipelineStep& step);
@@ -84,6 +94,14 @@ private:
     Status process(const PipelineStep& step, std::span<const float> hidden_in);
     Status receive_step(PipelineStep* step, std::vector<float>* hidden);
     Status send_step(const PipelineStep& step, std::span<const float> hidden, int peer);
+    // Applies the batch's releases and prefix-cache / preemption operations (StepBatch.kv) to this
+    // rank's KV pool and resolves step->owners. Called once per step on every rank, before the
+    // step's work. An operation the pool refuses means the coordinator's view of the KV state
+    // disagrees with the job's: a kProtocol error that ends the job (a new one starts empty).
+    Status apply_kv_ops(PipelineStep* step);
+    // The KV domain (data-parallel owner) of a sequence: the coordinator's choice (KvStart), or
+    // seq_id % ranks for sequences started without one (driver mode).
+    int domain_of(uint64_t seq_id) const;
     // The chunks this rank runs for `step` (TP: all; DP: the sequences it owns).
     std::vector<size_t> my_sequences(const PipelineStep& step) const;
     Status forward_failure(const PipelineStep& step);
@@ -99,6 +117,7 @@ private:
     std::shared_ptr<const model::Checkpoint> checkpoint_;
     std::unique_ptr<model::Engine> model_;
     std::map<uint64_t, std::unique_ptr<model::Sampler>> samplers_;
+    std::unordered_map<uint64_t, int> owners_;  // DP: sequence -> local rank serving it
     std::deque<PipelineStep> pending_;  // leader: steps submitted, replies not yet collected
     std::map<uint64_t, StepReply> local_replies_;  // leader on the last stage: its own parts
     comm::Request len_req_;             // leader: posted receive of a result length

@@ -42,7 +42,18 @@ StepBatch sample_batch() {
     d.start_pos = 17;
     d.tokens = {99};
     d.sample = 1;
-    b.seqs = {a, d};
+    // A new sequence starting from two cached blocks (start_pos 8 with blocks of 4).
+    SeqWork f;
+    f.seq_id = 13;
+    f.start_pos = 8;
+    f.tokens = {4, 4};
+    f.is_new = 1;
+    f.prompt = {1, 2, 3, 4, 5, 6, 7, 8, 4, 4};
+    b.seqs = {a, d, f};
+    b.kv.publish = {{.entry = 500, .seq_id = 12, .block_index = 3, .domain = 1}};
+    b.kv.preempt = {14};
+    b.kv.evict = {{.entry = 400, .domain = 0}, {.entry = 401, .domain = 1}};
+    b.kv.start = {{.seq_id = 13, .domain = 1, .prefix = {300, 301}}, {.seq_id = 11, .domain = 0, .prefix = {}}};
     return b;
 }
 
@@ -57,6 +68,8 @@ StepResult sample_result() {
     o.top_ids = {3, 4};
     o.top_logprobs = {-0.5f, -1.5f};
     r.outputs = {o};
+    r.kv = {{.domain = 0, .used_blocks = 10, .cached_blocks = 4, .total_blocks = 64},
+            {.domain = 1, .used_blocks = 3, .cached_blocks = 0, .total_blocks = 64}};
     return r;
 }
 
@@ -69,6 +82,7 @@ TEST(ProtocolTest, RoundTripsEveryMessage) {
     h.kv_blocks = 1000;
     h.vocab_size = 1024;
     h.job_id = "host:1";
+    h.kv_domains = 2;
     std::string f;
     encode(h, &f);
     auto h2 = decode_hello(payload_of(f, MessageType::kHello));
@@ -77,6 +91,7 @@ TEST(ProtocolTest, RoundTripsEveryMessage) {
     EXPECT_EQ(h2->plan_json, h.plan_json);
     EXPECT_EQ(h2->pipeline_stages, 2u);
     EXPECT_EQ(h2->job_id, "host:1");
+    EXPECT_EQ(h2->kv_domains, 2u);
 
     f.clear();
     StepBatch b = sample_batch();
@@ -85,13 +100,24 @@ TEST(ProtocolTest, RoundTripsEveryMessage) {
     ASSERT_TRUE(b2.ok()) << b2.status().to_string();
     EXPECT_EQ(b2->step_id, 42u);
     EXPECT_EQ(b2->release, b.release);
-    ASSERT_EQ(b2->seqs.size(), 2u);
+    ASSERT_EQ(b2->seqs.size(), 3u);
     EXPECT_EQ(b2->seqs[0].tokens, b.seqs[0].tokens);
     EXPECT_EQ(b2->seqs[0].prompt, b.seqs[0].prompt);
     EXPECT_EQ(b2->seqs[0].sampling.seed, 1234u);
     EXPECT_FLOAT_EQ(b2->seqs[0].sampling.top_p, 0.9f);
     EXPECT_EQ(b2->seqs[1].start_pos, 17u);
     EXPECT_EQ(b2->seqs[1].is_new, 0);
+    ASSERT_EQ(b2->kv.publish.size(), 1u);
+    EXPECT_EQ(b2->kv.publish[0].entry, 500u);
+    EXPECT_EQ(b2->kv.publish[0].block_index, 3u);
+    EXPECT_EQ(b2->kv.publish[0].domain, 1u);
+    EXPECT_EQ(b2->kv.preempt, (std::vector<uint64_t>{14}));
+    ASSERT_EQ(b2->kv.evict.size(), 2u);
+    EXPECT_EQ(b2->kv.evict[1].entry, 401u);
+    ASSERT_EQ(b2->kv.start.size(), 2u);
+    EXPECT_EQ(b2->kv.start[0].prefix, (std::vector<uint64_t>{300, 301}));
+    EXPECT_EQ(b2->kv.start[0].domain, 1u);
+    EXPECT_TRUE(b2->kv.start[1].prefix.empty());
 
     f.clear();
     encode(sample_result(), &f);
@@ -100,6 +126,9 @@ TEST(ProtocolTest, RoundTripsEveryMessage) {
     ASSERT_EQ(r2->outputs.size(), 1u);
     EXPECT_EQ(r2->outputs[0].top_ids, (std::vector<int32_t>{3, 4}));
     EXPECT_DOUBLE_EQ(r2->step_seconds, 0.25);
+    ASSERT_EQ(r2->kv.size(), 2u);
+    EXPECT_EQ(r2->kv[0].cached_blocks, 4u);
+    EXPECT_EQ(r2->kv[1].domain, 1u);
 
     f.clear();
     encode(Refuse{"nope"}, &f);
@@ -207,6 +236,15 @@ TEST(ProtocolTest, OutOfRangeValuesNameTheField) {
     b = sample_batch();
     b.seqs[1].seq_id = 11;
     check(b, "twice");
+    b = sample_batch();
+    b.kv.start[0].prefix.clear();  // seq 13 is new at position 8 without a cached prefix
+    check(b, "no cached prefix");
+    b = sample_batch();
+    b.kv.evict[0].domain = 70000;
+    check(b, "kv.evict.domain");
+    b = sample_batch();
+    b.kv.start[1].domain = 1u << 20;
+    check(b, "kv.start.domain");
 
     Hello h;
     h.pipeline_stages = 3;
@@ -217,6 +255,18 @@ TEST(ProtocolTest, OutOfRangeValuesNameTheField) {
     encode(h, &f);
     auto hr = decode_hello(f.substr(kFrameHeaderSize));
     EXPECT_NE(hr.status().message().find("hello.pipeline_stages"), std::string::npos);
+    h.pipeline_stages = 1;
+    h.kv_domains = 3;  // more KV pools than ranks
+    f.clear();
+    encode(h, &f);
+    hr = decode_hello(f.substr(kFrameHeaderSize));
+    EXPECT_NE(hr.status().message().find("hello.kv_domains"), std::string::npos) << hr.status().message();
+    StepResult res = sample_result();
+    res.kv[0].used_blocks = 65;  // more than the pool
+    f.clear();
+    encode(res, &f);
+    auto rr = decode_step_result(f.substr(kFrameHeaderSize));
+    EXPECT_NE(rr.status().message().find("kv report"), std::string::npos) << rr.status().message();
 }
 
 TEST(ProtocolTest, RandomGarbageNeverCrashes) {

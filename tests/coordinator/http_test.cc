@@ -81,10 +81,14 @@ TEST_F(CoordinatorHttpTest, ModelsAndMetrics) {
     EXPECT_EQ(m.json()["data"][0]["id"], "test-model");
     auto metrics = http_request(http_, "GET", "/metrics");
     ASSERT_EQ(metrics.status, 200);
-    for (const char* name : {"deepshard_queue_depth", "deepshard_running_sequences", "deepshard_kv_usage_ratio",
+    for (const char* name : {"deepshard_queued_requests", "deepshard_running_sequences", "deepshard_kv_usage_ratio",
                              "deepshard_prompt_tokens_total", "deepshard_generation_tokens_total",
                              "deepshard_time_to_first_token_seconds_bucket", "deepshard_inter_token_latency_seconds",
-                             "deepshard_step_seconds", "deepshard_shard_job_up 0"}) {
+                             "deepshard_step_seconds", "deepshard_shard_job_up 0", "deepshard_kv_capacity_blocks",
+                             "deepshard_kv_used_blocks", "deepshard_kv_cached_blocks",
+                             "deepshard_prefix_cache_query_tokens_total", "deepshard_prefix_cache_hit_tokens_total",
+                             "deepshard_preemptions_total", "deepshard_kv_view_mismatches_total 0",
+                             "deepshard_requests_finished_total{reason=\"error\"}"}) {
         EXPECT_NE(metrics.body.find(name), std::string::npos) << name;
     }
 }

@@ -211,6 +211,13 @@ HttpResponse http_request(uint16_t port, const std::string& method, const std::s
     return r;
 }
 
+double metric_value(const std::string& text, const std::string& name) {
+    const std::string key = "\n" + name + " ";
+    const auto at = ("\n" + text).find(key);
+    if (at == std::string::npos) return -1;
+    return std::stod(text.substr(at + key.size() - 1));
+}
+
 std::vector<std::string> sse_events(const std::string& body) {
     std::vector<std::string> out;
     std::stringstream ss(body);
@@ -291,6 +298,7 @@ void LiveCluster::start_shard_job(const std::string& log_name) {
                                  plan_, std::string("--coordinator"), "127.0.0.1:" + std::to_string(port("control"))}) {
         cmd.push_back(a);
     }
+    cmd.insert(cmd.end(), shard_args_.begin(), shard_args_.end());
     shard_ = std::make_unique<BackgroundProcess>(
         cmd, dir_ + "/" + log_name, std::vector<std::string>{"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
 }

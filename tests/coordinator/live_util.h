@@ -49,6 +49,9 @@ HttpResponse http_request(uint16_t port, const std::string& method, const std::s
                           const std::string& body = "", const std::vector<std::string>& headers = {},
                           std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
+// A Prometheus text sample's value ("name value" line, name may carry labels), or -1 when absent.
+double metric_value(const std::string& text, const std::string& name);
+
 // The `data:` payloads of an SSE body, in order ("[DONE]" included).
 std::vector<std::string> sse_events(const std::string& body);
 
@@ -84,6 +87,8 @@ public:
                                   const std::string& layout = "pp=2,tp=2", int ranks = 4);
     // Starts a shard job (replacing a previous one); its output goes to dir/log_name.
     void start_shard_job(const std::string& log_name = "shard.log");
+    // Extra deepshard-shard flags for the next start_shard_job (e.g. --kv-blocks 12).
+    void set_shard_args(std::vector<std::string> args) { shard_args_ = std::move(args); }
     void stop_shard_job() { shard_.reset(); }
     // Polls /health (bounded) until it answers `status`; waiting for 200 ends early when the shard
     // job has exited.
@@ -102,6 +107,7 @@ public:
 private:
     std::string model_, dir_, plan_;
     int ranks_ = 4;
+    std::vector<std::string> shard_args_;
     nlohmann::json ports_ = nlohmann::json::object();
     std::unique_ptr<BackgroundProcess> coordinator_;
     std::unique_ptr<BackgroundProcess> shard_;

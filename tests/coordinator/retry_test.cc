@@ -73,13 +73,7 @@ Outcome outcome_of(const HttpResponse& r, bool stream) {
     return o;
 }
 
-// A Prometheus sample's value ("name value" line), or -1.
-double metric(const std::string& text, const std::string& name) {
-    const std::string key = "\n" + name + " ";
-    const auto at = ("\n" + text).find(key);
-    if (at == std::string::npos) return -1;
-    return std::stod(text.substr(at + key.size() - 1));
-}
+double metric(const std::string& text, const std::string& name) { return metric_value(text, name); }
 
 class RetryTest : public ::testing::Test {
 protected:
@@ -180,7 +174,7 @@ TEST_F(RetryTest, KilledShardJobIsReplacedAndEveryRequestFinishesUnchanged) {
     cluster_.shard()->kill_now();  // mpirun and all four ranks
     EXPECT_TRUE(wait_health(503, seconds(60))) << "/health never reported the lost job\n" << logs();
     // The requests are back in the queue, waiting, not failed.
-    EXPECT_TRUE(wait_metrics([&](const std::string& m) { return metric(m, "deepshard_queue_depth") == n; },
+    EXPECT_TRUE(wait_metrics([&](const std::string& m) { return metric(m, "deepshard_queued_requests") == n; },
                              seconds(30)))
         << logs();
     // --retry accepts work while no job is registered.
@@ -190,7 +184,7 @@ TEST_F(RetryTest, KilledShardJobIsReplacedAndEveryRequestFinishesUnchanged) {
         k.push_back({false, true});
         return k;
     }();
-    EXPECT_TRUE(wait_metrics([&](const std::string& m) { return metric(m, "deepshard_queue_depth") == n + 1; },
+    EXPECT_TRUE(wait_metrics([&](const std::string& m) { return metric(m, "deepshard_queued_requests") == n + 1; },
                              seconds(30)))
         << logs();
     for (size_t i = 0; i < inflight.size(); ++i) {

@@ -25,9 +25,9 @@ struct Sink : SequenceSink {
     void on_restart() override { ++restarts; }
 };
 
-std::vector<int32_t> iota_prompt(int n) {
+std::vector<int32_t> iota_prompt(int n, int first = 10) {
     std::vector<int32_t> p;
-    for (int i = 0; i < n; ++i) p.push_back(10 + i);
+    for (int i = 0; i < n; ++i) p.push_back(first + i);
     return p;
 }
 
@@ -53,10 +53,12 @@ protected:
         o.vocab_size = 1000;
         return o;
     }
-    uint64_t add(Scheduler& s, int prompt, int64_t max_tokens, std::shared_ptr<Sink>* sink_out = nullptr) {
+    // Prompts of different requests differ (unless `first` says otherwise): no accidental cache hits.
+    uint64_t add(Scheduler& s, int prompt, int64_t max_tokens, std::shared_ptr<Sink>* sink_out = nullptr,
+                 int first = -1) {
         auto sink = std::make_shared<Sink>();
         SequenceSpec spec;
-        spec.prompt = iota_prompt(prompt);
+        spec.prompt = iota_prompt(prompt, first >= 0 ? first : 10 + 100 * next_prompt_++);
         spec.max_tokens = max_tokens;
         spec.sink = sink;
         auto id = s.submit(std::move(spec), now_);
@@ -83,6 +85,7 @@ protected:
         return n;
     }
     Clock::time_point now_ = Clock::now();
+    int next_prompt_ = 0;
 };
 
 TEST_F(SchedulerTest, NothingWithoutAShardJob) {
@@ -147,17 +150,21 @@ TEST_F(SchedulerTest, SequenceNeverInTwoBatchesInFlight) {
 }
 
 TEST_F(SchedulerTest, FcfsHeadOfLineWaitsForKv) {
-    Scheduler s(opts());
+    SchedulerOptions o = opts();
+    o.token_budget = 64;
+    o.prefill_chunk = 64;
+    Scheduler s(o);
     s.attach(cap(10));  // 10 blocks of 4 tokens
+    auto first = add(s, 12, 20);            // 3 blocks for its prompt
     std::shared_ptr<Sink> big_sink;
-    auto first = add(s, 4, 20);             // 24 tokens -> 6 blocks
-    auto big = add(s, 4, 20, &big_sink);    // 6 blocks: does not fit beside the first
+    auto big = add(s, 32, 2, &big_sink);    // 8 blocks: does not fit beside the first
     auto small = add(s, 2, 2);              // 1 block: would fit, but must not overtake
     auto b = s.next_batch(now_);
     ASSERT_TRUE(b.has_value());
     ASSERT_EQ(b->seqs.size(), 1u);
     EXPECT_EQ(b->seqs[0].seq_id, first);
     EXPECT_EQ(s.stats().queued, 2u);
+    EXPECT_EQ(s.stats().kv_blocks_used, 3u);  // the prompt's blocks only, not max_tokens'
     ASSERT_TRUE(s.on_result(answer(*b, 1), now_).ok());  // EOS: first finishes, frees its blocks
     auto b2 = s.next_batch(now_);
     ASSERT_TRUE(b2.has_value());
@@ -169,15 +176,42 @@ TEST_F(SchedulerTest, FcfsHeadOfLineWaitsForKv) {
     EXPECT_TRUE(small_in);  // admitted after the big one, in arrival order
 }
 
+// A running prefill's remaining prompt blocks are spoken for: the next request is not admitted into
+// them (it would only be preempted again before the prefill ends).
+TEST_F(SchedulerTest, AdmissionLeavesRoomForRunningPrefills) {
+    Scheduler s(opts());  // prefill chunks of 4 tokens, 8 tokens per batch
+    s.attach(cap(5));
+    auto a = add(s, 16, 1);  // 4 blocks, prefilled over 4 steps
+    auto b = add(s, 8, 2);   // 2 blocks: the pool has room for them only once a is done
+    for (int i = 0; i < 4; ++i) {
+        auto batch = s.next_batch(now_);
+        ASSERT_TRUE(batch.has_value());
+        ASSERT_EQ(batch->seqs.size(), 1u) << "batch " << i;
+        EXPECT_EQ(batch->seqs[0].seq_id, a);
+        ASSERT_TRUE(s.on_result(answer(*batch, 5), now_).ok());
+    }
+    auto batch = s.next_batch(now_);
+    ASSERT_TRUE(batch.has_value());
+    ASSERT_EQ(batch->seqs.size(), 1u);
+    EXPECT_EQ(batch->seqs[0].seq_id, b);
+    EXPECT_EQ(s.stats().preemptions, 0u);
+}
+
 TEST_F(SchedulerTest, RejectsWhatCanNeverFit) {
     Scheduler s(opts());
     s.attach(cap(2));
+    // max_tokens reserves nothing: a long generation is admitted...
+    SequenceSpec fits;
+    fits.prompt = iota_prompt(4);
+    fits.max_tokens = 1000;
+    EXPECT_TRUE(s.submit(std::move(fits), now_).ok());
+    // ...but a prompt larger than the whole pool can never run.
     SequenceSpec spec;
-    spec.prompt = iota_prompt(4);
-    spec.max_tokens = 20;
+    spec.prompt = iota_prompt(9);
     auto r = s.submit(std::move(spec), now_);
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find("KV blocks"), std::string::npos) << r.status().message();
     SequenceSpec long_prompt;
     long_prompt.prompt = iota_prompt(64);
     auto r2 = s.submit(std::move(long_prompt), now_);
@@ -296,6 +330,172 @@ TEST_F(SchedulerTest, ShardLossRequeuesWithRetry) {
     EXPECT_EQ(again->seqs[0].seq_id, id);
     EXPECT_EQ(again->seqs[0].is_new, 1);  // restarts from its prompt
     EXPECT_EQ(again->seqs[0].start_pos, 0u);
+    // The new job's cache is empty, and so is the mirror: no start from a cached prefix.
+    ASSERT_EQ(again->kv.start.size(), 1u);
+    EXPECT_TRUE(again->kv.start[0].prefix.empty());
+    EXPECT_TRUE(again->kv.publish.empty());
+    EXPECT_EQ(s.stats().kv_blocks_cached, 0u);
+}
+
+// Finishes a batch whose every sampled sequence gets `token`, then builds the next.
+std::optional<ctl::StepBatch> step(Scheduler& s, const ctl::StepBatch& b, int32_t token, Clock::time_point now) {
+    ctl::StepResult r;
+    r.step_id = b.step_id;
+    for (const auto& w : b.seqs) {
+        if (w.sample) r.outputs.push_back({.seq_id = w.seq_id, .token = token});
+    }
+    EXPECT_TRUE(s.on_result(r, now).ok());
+    return s.next_batch(now);
+}
+
+TEST_F(SchedulerTest, PrefixHitStartsPastTheCachedBlocksButComputesTheLastToken) {
+    Scheduler s(opts());
+    s.attach(cap(100));
+    const auto prompt = iota_prompt(8, 500);  // two full blocks of 4
+    auto a = add(s, 8, 1, nullptr, 500);
+    auto b1 = s.next_batch(now_);
+    ASSERT_TRUE(b1.has_value());
+    EXPECT_EQ(b1->kv.start.size(), 1u);
+    EXPECT_TRUE(b1->kv.start[0].prefix.empty());
+    ASSERT_EQ(b1->seqs[0].tokens.size(), 4u);
+    auto b2 = step(s, *b1, 7, now_);
+    ASSERT_TRUE(b2.has_value());
+    ASSERT_EQ(b2->kv.publish.size(), 1u);  // the first block is cached as soon as it is computed
+    EXPECT_EQ(b2->kv.publish[0].seq_id, a);
+    // The same prompt again: only the first block comes from the cache (the last token of the
+    // prompt must be computed to sample), and the new sequence starts there with is_new.
+    auto same = add(s, 8, 1, nullptr, 500);
+    std::vector<int32_t> longer = prompt;
+    longer.insert(longer.end(), {1, 2, 3});
+    auto sink = std::make_shared<Sink>();
+    SequenceSpec spec;
+    spec.prompt = longer;
+    spec.max_tokens = 1;
+    spec.sink = sink;
+    auto ext = s.submit(std::move(spec), now_);
+    ASSERT_TRUE(ext.ok());
+    auto b3 = step(s, *b2, 9, now_);  // a's second block computed: published in b3; a finishes
+    ASSERT_TRUE(b3.has_value());
+    EXPECT_EQ(b3->release, (std::vector<uint64_t>{a}));
+    ASSERT_EQ(b3->kv.publish.size(), 1u);
+    EXPECT_EQ(b3->kv.publish[0].block_index, 1u);
+    ASSERT_EQ(b3->kv.start.size(), 2u);
+    EXPECT_EQ(b3->kv.start[0].seq_id, same);
+    EXPECT_EQ(b3->kv.start[0].prefix, (std::vector<uint64_t>{b2->kv.publish[0].entry}));
+    EXPECT_EQ(b3->kv.start[1].seq_id, *ext);
+    EXPECT_EQ(b3->kv.start[1].prefix,
+              (std::vector<uint64_t>{b2->kv.publish[0].entry, b3->kv.publish[0].entry}));
+    ASSERT_EQ(b3->seqs.size(), 2u);
+    EXPECT_EQ(b3->seqs[0].start_pos, 4u);
+    EXPECT_EQ(b3->seqs[0].tokens, std::vector<int32_t>(prompt.begin() + 4, prompt.end()));
+    EXPECT_EQ(b3->seqs[0].is_new, 1);
+    EXPECT_EQ(b3->seqs[0].prompt, prompt);  // the sampler still sees the whole prompt
+    EXPECT_EQ(b3->seqs[1].start_pos, 8u);
+    EXPECT_EQ(b3->seqs[1].tokens, (std::vector<int32_t>{1, 2, 3}));
+    const SchedulerStats st = s.stats();
+    EXPECT_EQ(st.prefix_query_tokens, 8u + 8u + 11u);
+    EXPECT_EQ(st.prefix_hit_tokens, 4u + 8u);
+    EXPECT_EQ(st.prompt_tokens, 8u + 4u + 3u);
+}
+
+TEST_F(SchedulerTest, PreemptsTheNewestSequenceAndResumesItWithoutLosingTokens) {
+    SchedulerOptions o = opts();
+    o.prefill_chunk = 8;
+    Scheduler s(o);
+    s.attach(cap(6));  // 24 token positions for two sequences that want up to 24 each
+    std::shared_ptr<Sink> a_sink, b_sink;
+    auto a = add(s, 4, 20, &a_sink);
+    auto b = add(s, 4, 20, &b_sink);
+    auto batch = s.next_batch(now_);
+    ASSERT_TRUE(batch.has_value());
+    bool preempted = false, resumed = false;
+    int32_t token = 100;
+    for (int i = 0; i < 200 && batch; ++i) {
+        if (!batch->kv.preempt.empty()) {
+            EXPECT_EQ(batch->kv.preempt, (std::vector<uint64_t>{b}));  // the newer one
+            preempted = true;
+        }
+        for (const auto& st : batch->kv.start) {
+            if (st.seq_id == b && preempted) resumed = true;
+        }
+        for (const auto& w : batch->seqs) {
+            if (w.seq_id == b && preempted && resumed) {
+                EXPECT_EQ(w.is_new, 0);  // its sampler is kept
+            }
+        }
+        batch = step(s, *batch, token++, now_);
+    }
+    EXPECT_TRUE(preempted);
+    EXPECT_TRUE(resumed);
+    EXPECT_EQ(a_sink->finished, FinishReason::kLength);
+    EXPECT_EQ(b_sink->finished, FinishReason::kLength);
+    EXPECT_EQ(a_sink->tokens.size(), 20u);
+    EXPECT_EQ(b_sink->tokens.size(), 20u);  // nothing lost, nothing repeated by the recomputation
+    EXPECT_GE(s.stats().preemptions, 1u);
+    EXPECT_GT(s.stats().recomputed_tokens, 0u);
+    EXPECT_EQ(s.stats().kv_exhausted, 0u);
+    (void)a;
+}
+
+TEST_F(SchedulerTest, ASequenceLargerThanThePoolEndsWithLength) {
+    Scheduler s(opts());
+    s.attach(cap(2));  // 8 positions
+    std::shared_ptr<Sink> sink;
+    add(s, 4, 100, &sink);
+    auto batch = s.next_batch(now_);
+    for (int i = 0; i < 50 && batch; ++i) batch = step(s, *batch, 50, now_);
+    EXPECT_EQ(sink->finished, FinishReason::kLength);
+    EXPECT_EQ(sink->tokens.size(), 5u);  // positions 0..7 computed, the 9th token sampled
+    EXPECT_EQ(s.stats().kv_exhausted, 1u);
+    EXPECT_TRUE(s.idle());
+}
+
+TEST_F(SchedulerTest, DataParallelRoutesToTheDomainHoldingThePrefix) {
+    Scheduler s(opts());
+    Capacity c = cap(20);
+    c.kv_domains = 2;
+    s.attach(c);
+    add(s, 8, 1, nullptr, 300);
+    auto b1 = s.next_batch(now_);
+    ASSERT_TRUE(b1.has_value());
+    ASSERT_EQ(b1->kv.start.size(), 1u);
+    const uint32_t home = b1->kv.start[0].domain;
+    auto b2 = step(s, *b1, 5, now_);
+    ASSERT_TRUE(b2.has_value());
+    auto b3 = step(s, *b2, 5, now_);  // the first sequence is done, its blocks cached in `home`
+    EXPECT_FALSE(b3.has_value());
+    // The same prefix goes home although the other domain is emptier (it holds no cache)...
+    add(s, 6, 1, nullptr, 300);
+    // ...and an unrelated prompt goes to the domain with the most room.
+    add(s, 6, 1, nullptr, 900);
+    auto b4 = s.next_batch(now_);
+    ASSERT_TRUE(b4.has_value());
+    ASSERT_EQ(b4->kv.start.size(), 2u);
+    EXPECT_EQ(b4->kv.start[0].domain, home);
+    EXPECT_EQ(b4->kv.start[0].prefix.size(), 1u);
+    EXPECT_EQ(b4->kv.start[1].domain, 1 - home);
+    EXPECT_TRUE(b4->kv.start[1].prefix.empty());
+}
+
+TEST_F(SchedulerTest, EvictsCachedBlocksOnlyWhenNoneIsFree) {
+    Scheduler s(opts());
+    s.attach(cap(4));
+    add(s, 8, 1, nullptr, 100);  // leaves 2 cached blocks
+    auto b = s.next_batch(now_);
+    for (int i = 0; i < 10 && b; ++i) b = step(s, *b, 5, now_);
+    EXPECT_EQ(s.stats().kv_blocks_cached, 2u);
+    add(s, 8, 1, nullptr, 200);  // needs 2 blocks: the 2 free ones, no eviction
+    b = s.next_batch(now_);
+    ASSERT_TRUE(b.has_value());
+    EXPECT_TRUE(b->kv.evict.empty());
+    for (int i = 0; i < 10 && b; ++i) b = step(s, *b, 5, now_);
+    EXPECT_EQ(s.stats().kv_evicted_blocks, 0u);
+    EXPECT_EQ(s.stats().kv_blocks_cached, 4u);
+    add(s, 4, 1, nullptr, 300);  // one block, none free: the least recently used leaf goes
+    b = s.next_batch(now_);
+    ASSERT_TRUE(b.has_value());
+    EXPECT_EQ(b->kv.evict.size(), 1u);
+    EXPECT_EQ(s.stats().kv_evicted_blocks, 1u);
 }
 
 }  // namespace

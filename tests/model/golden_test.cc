@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -198,6 +199,54 @@ TEST_P(GoldenTest, IncrementalEqualsPrefillAndBatchesMix) {
     model->release(2);
     EXPECT_EQ(model->kv_usage().free_blocks, model->kv_usage().total_blocks);
     EXPECT_EQ(model->kv_usage().sequences, 0);
+}
+
+// Prefix caching at the engine: sequence 2 starts from sequence 1's published prompt blocks and
+// computes only the rest. Its logits are those of a cold prefill, bit for bit (the kernels compute
+// each token's row independently of how the batch was chunked), so greedy outputs cannot change.
+TEST_P(GoldenTest, ForkFromCachedPrefixEqualsColdPrefill) {
+    auto model = make();
+    ASSERT_NE(model, nullptr);
+    const auto prompt = tokens_["tokens"].get<std::vector<int32_t>>();
+    const int64_t T = static_cast<int64_t>(prompt.size());
+    const int64_t V = ckpt_->config().vocab_size;
+    const int64_t bs = model->kv_usage().block_size;
+    ASSERT_GE(T, 2 * bs + 1);
+
+    SeqChunk cold{.seq_id = 1, .tokens = prompt, .num_tokens = T, .start_pos = 0, .logits = LogitsMode::kAll};
+    auto ref = model->step(std::span<const SeqChunk>(&cold, 1));
+    ASSERT_TRUE(ref.ok()) << ref.status().to_string();
+    KvBlockManager& blocks = model->kv_blocks();
+    const int64_t cached = (T - 1) / bs;  // full blocks, leaving at least one token to compute
+    std::vector<uint64_t> entries;
+    for (int64_t k = 0; k < cached; ++k) {
+        ASSERT_TRUE(blocks.publish(1000 + k, 1, k).ok());
+        entries.push_back(1000 + k);
+    }
+    model->release(1);
+    EXPECT_EQ(model->kv_usage().cached_blocks, cached);
+
+    ASSERT_TRUE(blocks.fork(2, entries).ok());
+    const int64_t start = cached * bs;
+    // Writing into the cached prefix is refused before anything changes.
+    SeqChunk overwrite{.seq_id = 2, .tokens = std::span<const int32_t>(prompt.data() + start - 1, T - start + 1),
+                       .num_tokens = T - start + 1, .start_pos = start - 1, .logits = LogitsMode::kAll};
+    EXPECT_EQ(model->step(std::span<const SeqChunk>(&overwrite, 1)).status().code(), StatusCode::kInvalidArgument);
+    SeqChunk warm{.seq_id = 2, .tokens = std::span<const int32_t>(prompt.data() + start, T - start),
+                  .num_tokens = T - start, .start_pos = start, .logits = LogitsMode::kAll};
+    auto out = model->step(std::span<const SeqChunk>(&warm, 1));
+    ASSERT_TRUE(out.ok()) << out.status().to_string();
+    ASSERT_EQ(out->rows, T - start);
+    for (int64_t i = 0; i < T - start; ++i) {
+        const float* a = out->logits.data() + i * V;
+        const float* b = ref->logits.data() + (start + i) * V;
+        ASSERT_EQ(std::memcmp(a, b, static_cast<size_t>(V) * sizeof(float)), 0) << "position " << start + i;
+    }
+    // The fork took no new blocks for the prefix: only the computed tail.
+    EXPECT_EQ(model->kv_usage().used_blocks(), cached + (T - start + bs - 1) / bs);
+    model->release(2);
+    for (int64_t k = 0; k < cached; ++k) ASSERT_TRUE(blocks.evict(1000 + k).ok());
+    EXPECT_EQ(model->kv_usage().free_blocks, model->kv_usage().total_blocks);
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, GoldenTest, testing::Values("tiny-bf16", "small-fp8"),

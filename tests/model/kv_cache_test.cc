@@ -56,6 +56,64 @@ TEST(KvBlockManagerTest, ReserveReleaseCapacity) {
     EXPECT_EQ(m->free_blocks(), 0);
 }
 
+// Prefix caching: a published block is shared by reference count; a fork starts from cached
+// blocks; the pool gets a block back only when neither a sequence nor a cache entry holds it.
+TEST(KvBlockManagerTest, SharedBlocksAreReferenceCounted) {
+    auto m = KvBlockManager::create(6, 4);
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(m->reserve(1, 10).ok());  // blocks 0, 1, 2 (the last one partly filled)
+    const std::vector<int32_t> a = m->block_table(1);
+    ASSERT_TRUE(m->publish(100, 1, 0).ok());
+    ASSERT_TRUE(m->publish(101, 1, 1).ok());
+    EXPECT_EQ(m->cached_blocks(), 2);
+    EXPECT_EQ(m->refs(a[0]), 2);
+    EXPECT_EQ(m->used_blocks(), 3);  // sharing allocates nothing
+
+    // Sequence 2 starts from the two cached blocks: same physical blocks, then its own.
+    const std::vector<uint64_t> prefix = {100, 101};
+    ASSERT_TRUE(m->fork(2, prefix).ok());
+    EXPECT_EQ(m->capacity(2), 8);
+    EXPECT_FALSE(m->writable(2, 4));  // inside the shared prefix
+    EXPECT_TRUE(m->writable(2, 8));
+    ASSERT_TRUE(m->reserve(2, 9).ok());
+    EXPECT_EQ(m->block_table(2)[0], a[0]);
+    EXPECT_EQ(m->block_table(2)[1], a[1]);
+    EXPECT_NE(m->block_table(2)[2], a[2]);
+    EXPECT_EQ(m->refs(a[1]), 3);
+    EXPECT_EQ(m->used_blocks(), 4);
+
+    // Releasing the first sequence frees only its private block; the cache keeps the shared ones.
+    m->release(1);
+    EXPECT_EQ(m->used_blocks(), 3);
+    EXPECT_EQ(m->refs(a[0]), 2);
+    // Evicting an entry a sequence still uses keeps the block until that sequence ends.
+    ASSERT_TRUE(m->evict(101).ok());
+    EXPECT_EQ(m->used_blocks(), 3);
+    m->release(2);
+    EXPECT_EQ(m->used_blocks(), 1);  // block a[0], held by entry 100 alone
+    ASSERT_TRUE(m->evict(100).ok());
+    EXPECT_EQ(m->free_blocks(), 6);
+    EXPECT_EQ(m->cached_blocks(), 0);
+}
+
+TEST(KvBlockManagerTest, BadCacheOperationsChangeNothing) {
+    auto m = KvBlockManager::create(4, 4);
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(m->reserve(1, 4).ok());
+    EXPECT_EQ(m->publish(7, 9, 0).code(), StatusCode::kInvalidArgument);  // unknown sequence
+    EXPECT_EQ(m->publish(7, 1, 1).code(), StatusCode::kInvalidArgument);  // past its table
+    ASSERT_TRUE(m->publish(7, 1, 0).ok());
+    EXPECT_EQ(m->publish(7, 1, 0).code(), StatusCode::kInvalidArgument);  // duplicate id
+    const std::vector<uint64_t> bad = {7, 8};
+    EXPECT_EQ(m->fork(2, bad).code(), StatusCode::kInvalidArgument);  // entry 8 unknown
+    EXPECT_FALSE(m->has(2));
+    EXPECT_EQ(m->refs(m->block_table(1)[0]), 2);
+    const std::vector<uint64_t> good = {7};
+    EXPECT_EQ(m->fork(1, good).code(), StatusCode::kInvalidArgument);  // already holds blocks
+    EXPECT_EQ(m->evict(8).code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(m->used_blocks(), 1);
+}
+
 TEST(KvBlockManagerTest, BadSizesAreErrors) {
     EXPECT_EQ(KvBlockManager::create(0, 4).status().code(), StatusCode::kResourceExhausted);
     EXPECT_EQ(KvBlockManager::create(4, 0).status().code(), StatusCode::kInvalidArgument);
