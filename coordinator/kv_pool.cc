@@ -6,7 +6,7 @@
 
 namespace deepshard::coordinator {
 
-namespace ctl = comm::control;
+namespace ctl = deepshard::control;
 
 KvDomain::KvDomain(uint32_t id, uint64_t total_blocks, uint32_t block_size, uint64_t* next_entry)
     : id_(id), total_(total_blocks), block_size_(block_size), next_entry_(next_entry) {}

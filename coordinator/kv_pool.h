@@ -33,7 +33,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "comm/control/protocol.h"
+#include "control/protocol.h"
 
 namespace deepshard::coordinator {
 
@@ -71,12 +71,12 @@ public:
     // Caches the full blocks of `seq` among positions [0, computed) of `tokens` that are not in the
     // tree yet, appending one KvPublish per new node; pins existing duplicates instead.
     void publish(uint64_t seq, std::span<const int32_t> tokens, int64_t computed,
-                 std::vector<comm::control::KvPublish>* ops);
+                 std::vector<deepshard::control::KvPublish>* ops);
     // The sequence leaves the pool (finished or preempted): its private blocks are free, its chain
     // unpinned (and marked recently used).
     void drop(uint64_t seq);
     // Evicts the least recently used unpinned leaf; false when there is none.
-    bool evict_one(std::vector<comm::control::KvEvict>* ops);
+    bool evict_one(std::vector<deepshard::control::KvEvict>* ops);
 
 private:
     struct Node {

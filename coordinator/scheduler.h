@@ -174,11 +174,11 @@ private:
     };
     struct InFlightBatch {
         std::vector<InFlightSeq> members;
-        std::vector<comm::control::KvReport> expected;  // per domain, after this batch
+        std::vector<deepshard::control::KvReport> expected;  // per domain, after this batch
     };
     // What the batch being built holds so far.
     struct Building {
-        comm::control::StepBatch batch;
+        deepshard::control::StepBatch batch;
         std::vector<InFlightSeq> members;
         int64_t left = 0;
         size_t max_seqs = 0;
@@ -199,8 +199,8 @@ private:
     void insert_running(uint64_t id);
     void requeue(uint64_t id);
     void publish(Seq& s);
-    void check_kv_report(uint64_t step_id, const std::vector<comm::control::KvReport>& expected,
-                         const std::vector<comm::control::KvReport>& got);
+    void check_kv_report(uint64_t step_id, const std::vector<deepshard::control::KvReport>& expected,
+                         const std::vector<deepshard::control::KvReport>& got);
 
     SchedulerOptions options_;
     std::optional<Capacity> capacity_;
@@ -214,7 +214,7 @@ private:
     std::vector<uint64_t> running_;           // resident, in arrival order
     std::map<uint64_t, InFlightBatch> in_flight_;
     std::vector<uint64_t> pending_release_;
-    comm::control::KvOps pending_ops_;        // decided, sent with the next batch
+    deepshard::control::KvOps pending_ops_;        // decided, sent with the next batch
     SchedulerStats counters_;                 // the cumulative fields
 };
 

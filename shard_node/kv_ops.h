@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <functional>
 
-#include "comm/control/protocol.h"
+#include "control/protocol.h"
 #include "model/kv_blocks.h"
 
 namespace deepshard::shard_node {
@@ -16,7 +16,7 @@ namespace deepshard::shard_node {
 // `drop_kv` releases a sequence's cache through its engine (Engine::release). Returns kProtocol
 // naming the operation when the pool refuses one (the coordinator's view disagrees with the job's);
 // the pool may then be partly changed, and the job must not continue.
-Status apply_kv_ops(const comm::control::StepBatch& batch, uint32_t domain, uint32_t domains,
+Status apply_kv_ops(const deepshard::control::StepBatch& batch, uint32_t domain, uint32_t domains,
                     model::KvBlockManager& blocks, const std::function<void(uint64_t)>& drop_kv);
 
 }  // namespace deepshard::shard_node

@@ -20,7 +20,7 @@
 namespace deepshard::coordinator {
 namespace {
 
-namespace ctl = comm::control;
+namespace ctl = deepshard::control;
 
 std::vector<int32_t> seq_tokens(int n, int first) {
     std::vector<int32_t> v;
