@@ -28,6 +28,7 @@
 
 #include "common/status.h"
 #include "model/checkpoint.h"
+#include "model/sampling.h"
 #include "model/shard_weights.h"
 
 namespace deepshard::model {
@@ -70,7 +71,9 @@ struct ForwardHooks {
         on_routing;
 };
 
-enum class LogitsMode { kNone, kLast, kAll };
+// kSample: the engine samples the chunk's last position itself with `SeqChunk::sampler` (the CUDA
+// engine on the device, copying back only the decision) and returns no logits row for it.
+enum class LogitsMode { kNone, kLast, kAll, kSample };
 
 struct SeqChunk {
     uint64_t seq_id = 0;
@@ -78,21 +81,40 @@ struct SeqChunk {
     int64_t num_tokens = 0;           // == tokens.size() when tokens are given
     int64_t start_pos = 0;            // absolute position of the first new token
     LogitsMode logits = LogitsMode::kLast;
+    // kSample: the sequence's sampler (parameters, seeded RNG, history); the engine draws its step key
+    // and records nothing (the caller accept()s the token).
+    Sampler* sampler = nullptr;
 };
 
 struct StepOutput {
-    // Rows of logits in chunk order: one per chunk for kLast, num_tokens for kAll, none for kNone.
+    // Rows of logits in chunk order: one per chunk for kLast, num_tokens for kAll, none for kNone/kSample.
     std::vector<float> logits;
     int64_t rows = 0;
     int64_t vocab = 0;
+    // One result per kSample chunk, in chunk order.
+    std::vector<SampleResult> samples;
     // Hidden states leaving this shard [tokens, hidden] when it has no head (pipeline output).
     std::vector<float> hidden;
 };
+
+// Activation precision of the CUDA engine (the CPU engine is always exact).
+enum class Precision {
+    kDefault,  // the engine's choice: kFast on CUDA
+    kExact,    // fp32 activations and KV cache, weights dequantized exactly (the CPU engine's math)
+    kFast,     // BF16 KV cache; FP8 x FP8 block-scaled GEMMs on Hopper, BF16 tensor cores elsewhere
+};
+const char* precision_name(Precision p);
+StatusOr<Precision> parse_precision(std::string_view name);  // "default" | "exact" | "fast"
 
 struct EngineOptions {
     int64_t kv_budget_bytes = int64_t{1} << 30;
     int64_t kv_block_size = 16;
     int device_ordinal = 0;  // CUDA device of this rank (ignored by the CPU engine)
+    // CUDA engine only (0 = its default).
+    Precision precision = Precision::kDefault;
+    int64_t max_step_tokens = 0;  // tokens per device pass (longer steps run in several passes)
+    int64_t max_seqs = 0;         // sequences per pass; also the largest decode graph bucket
+    bool cuda_graphs = true;      // capture decode steps as CUDA graphs
 };
 
 // KV cache use, in the engine's own storage units.

@@ -130,6 +130,17 @@ __global__ void quantize_fp8_kernel(const float* x, int64_t m, int64_t m_pad, in
     }
 }
 
+__global__ void bf16_to_f32_kernel(const uint16_t* x, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy,
+                                   bool accumulate) {
+    const int64_t total = m * n;
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = idx / n, c = idx % n;
+        const float v = decode_bf16(x[r * ldx + c]);
+        y[r * ldy + c] = accumulate ? y[r * ldy + c] + v : v;
+    }
+}
+
 __global__ void silu_mul_kernel(const float* gate, const float* up, int64_t n, float* out) {
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -306,6 +317,17 @@ Status quantize_fp8_act(const float* x, int64_t m, int64_t m_pad, int64_t k, int
     quantize_fp8_kernel<<<grid_for(m_pad * (k / 128), kThreads / 32, 1 << 16), kThreads, 0, stream>>>(
         x, m, m_pad, k, ldx, q, scale, m_major);
     DS_CUDA_RETURN_IF_LAUNCH_ERROR("quantize_fp8_kernel");
+    return ok_status();
+}
+
+Status bf16_to_f32(const uint16_t* x, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
+                   cudaStream_t stream) {
+    if (m < 0 || n <= 0 || ldx < n || ldy < n || (m > 0 && (x == nullptr || y == nullptr))) {
+        return bad_arg("bf16_to_f32", "need m >= 0, n > 0, ldx/ldy >= n and non-null pointers");
+    }
+    if (m == 0) return ok_status();
+    bf16_to_f32_kernel<<<grid_for(m * n, kThreads, 1 << 16), kThreads, 0, stream>>>(x, m, n, ldx, y, ldy, accumulate);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("bf16_to_f32_kernel");
     return ok_status();
 }
 

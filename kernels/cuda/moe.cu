@@ -135,7 +135,8 @@ __global__ void __launch_bounds__(kRouteWarps * 32)
 constexpr int kGroupThreads = 1024;
 
 __global__ void __launch_bounds__(kGroupThreads)
-    group_kernel(const int32_t* experts, const float* weights, int64_t P, int64_t K, int32_t E, int32_t item_rows,
+    group_kernel(const int32_t* experts, const float* weights, int64_t P, int64_t K, int32_t E, const uint8_t* held,
+                 int32_t item_rows,
                  int32_t* offsets, int32_t* pair_token, float* pair_weight, int32_t* pair_pos, MoeItem* items,
                  int32_t* num_items) {
     __shared__ int32_t s_off[kMaxWarpRouteExperts + 1];
@@ -144,7 +145,7 @@ __global__ void __launch_bounds__(kGroupThreads)
     __syncthreads();
     for (int64_t i = tid; i < P; i += kGroupThreads) {
         const int32_t e = experts[i];
-        if (e >= 0 && e < E) {
+        if (e >= 0 && e < E && (held == nullptr || held[e] != 0)) {
             atomicAdd(&s_off[e + 1], 1);
         } else {
             pair_pos[i] = -1;
@@ -158,6 +159,7 @@ __global__ void __launch_bounds__(kGroupThreads)
     for (int32_t e = tid; e <= E; e += kGroupThreads) offsets[e] = s_off[e];
     // Stable placement: a warp per expert walks the pairs in order, 32 at a time.
     for (int32_t e = warp; e < E; e += kGroupThreads / 32) {
+        if (held != nullptr && held[e] == 0) continue;  // warp-uniform
         int32_t at = s_off[e];
         for (int64_t base = 0; base < P; base += 32) {
             const int64_t i = base + lane;
@@ -242,8 +244,8 @@ Status moe_route_warp(const float* logits, int64_t T, int64_t ld, const float* b
 }
 
 Status moe_group(const int32_t* experts, const float* weights, int64_t T, int64_t K, int32_t num_experts,
-                 int32_t item_rows, int32_t* offsets, int32_t* pair_token, float* pair_weight, int32_t* pair_pos,
-                 MoeItem* items, int32_t* num_items, cudaStream_t stream) {
+                 const uint8_t* expert_held, int32_t item_rows, int32_t* offsets, int32_t* pair_token,
+                 float* pair_weight, int32_t* pair_pos, MoeItem* items, int32_t* num_items, cudaStream_t stream) {
     if (T < 0 || K <= 0 || K > kMaxRouteTopK || num_experts <= 0 || num_experts > kMaxWarpRouteExperts ||
         item_rows <= 0 || T * K > (int64_t{1} << 24)) {
         return bad_arg("moe_group", "need T >= 0, 0 < K <= " + std::to_string(kMaxRouteTopK) + ", 0 < experts <= " +
@@ -254,7 +256,8 @@ Status moe_group(const int32_t* experts, const float* weights, int64_t T, int64_
                    pair_pos == nullptr))) {
         return bad_arg("moe_group", "null pointer");
     }
-    group_kernel<<<1, kGroupThreads, 0, stream>>>(experts, weights, T * K, K, num_experts, item_rows, offsets,
+    group_kernel<<<1, kGroupThreads, 0, stream>>>(experts, weights, T * K, K, num_experts, expert_held, item_rows,
+                                                  offsets,
                                                   pair_token, pair_weight, pair_pos, items, num_items);
     DS_CUDA_RETURN_IF_LAUNCH_ERROR("group_kernel");
     return ok_status();

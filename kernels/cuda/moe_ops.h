@@ -46,11 +46,12 @@ inline int64_t moe_max_items(int64_t pairs, int64_t num_experts, int64_t item_ro
 // [E + 1], for each permuted row p: pair_token[p] (its token) and pair_weight[p] (its routing weight),
 // tokens of an expert in increasing token order; pair_pos[t * K + k] = the permuted row of pair (t, k).
 // Also builds the work list: items (capacity moe_max_items(T * K, E, item_rows)) and *num_items.
-// Experts outside [0, E) are dropped (their pair_pos is -1); the launcher bounds everything else.
-// One block (device-side counting sort; T * K <= 1 << 24).
+// Pairs routed to experts outside [0, E) or not held here (expert_held[e] == 0; nullptr = all held) are
+// dropped (pair_pos -1: the CPU twin skips experts it does not hold). One block (device-side counting
+// sort; T * K <= 1 << 24).
 Status moe_group(const int32_t* experts, const float* weights, int64_t T, int64_t K, int32_t num_experts,
-                 int32_t item_rows, int32_t* offsets, int32_t* pair_token, float* pair_weight, int32_t* pair_pos,
-                 MoeItem* items, int32_t* num_items, cudaStream_t stream);
+                 const uint8_t* expert_held, int32_t item_rows, int32_t* offsets, int32_t* pair_token,
+                 float* pair_weight, int32_t* pair_pos, MoeItem* items, int32_t* num_items, cudaStream_t stream);
 
 // out[t, :] = sum over k in ascending expert id of weight[t, k] * y[pair_pos[t * K + k], :] (rows of
 // y: ldy apart), accumulated from zero in that order (the CPU order is "zero, add the experts in id
