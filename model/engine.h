@@ -60,6 +60,19 @@ public:
                        std::span<const float> weights, int64_t K, const LocalExpert& local_expert, float* out) = 0;
 };
 
+// Collectives over DEVICE memory for the CUDA engine (NCCL inside a tensor-parallel stage; see
+// comm/communicator.h MemorySpace), enqueued on the engine's stream (a cudaStream_t passed as void*):
+// nothing synchronizes with the host, so they are captured in the decode graph. Deadlines are the
+// owner's watchdog's business (comm/nccl/watchdog.h).
+class DeviceCollectives {
+public:
+    virtual ~DeviceCollectives() = default;
+    virtual Status allreduce_sum(float* data, int64_t n, void* stream) = 0;
+    // full[rows, vocab_local * ranks] = each rank's local[rows, vocab_local] side by side (rank order).
+    virtual Status allgather_vocab(const float* local, int64_t rows, int64_t vocab_local, float* full,
+                                   void* stream) = 0;
+};
+
 // Optional observers for tests and debugging (nullptr = off).
 struct ForwardHooks {
     // After the embedding (layer = -1) and after each block: the residual stream [tokens, hidden].
@@ -155,6 +168,8 @@ public:
     void set_reducer(TpReducer* reducer) { reducer_ = reducer; }
     void set_hooks(ForwardHooks* hooks) { hooks_ = hooks; }
     void set_moe_exchange(MoeExchange* exchange) { exchange_ = exchange; }
+    // Device engines only: TP collectives on device memory (preferred over set_reducer when both are set).
+    void set_device_collectives(DeviceCollectives* c) { device_collectives_ = c; }
 
 protected:
     explicit Engine(std::shared_ptr<const ShardWeights> weights) : weights_(std::move(weights)) {}
@@ -162,6 +177,7 @@ protected:
     TpReducer* reducer_ = nullptr;
     ForwardHooks* hooks_ = nullptr;
     MoeExchange* exchange_ = nullptr;
+    DeviceCollectives* device_collectives_ = nullptr;
 };
 
 // The engine for `device` over `weights` (kInvalidArgument / kUnavailable naming the device when this

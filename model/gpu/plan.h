@@ -28,7 +28,12 @@ struct EngineDims {
     bool has_embedding = false, has_head = false;
     int64_t num_layers = 0;
     int64_t qk() const { return nope + rope; }
-    int64_t mlp_inter() const { return dense_inter > shared_inter ? dense_inter : shared_inter; }
+    // Width of the dense MLP buffers: dense, shared, and routed experts run one at a time through them
+    // (expert parallelism over a host exchange).
+    int64_t mlp_inter() const {
+        const int64_t a = dense_inter > shared_inter ? dense_inter : shared_inter;
+        return a > moe_inter ? a : moe_inter;
+    }
 };
 EngineDims dims_of(const ShardWeights& w);
 
