@@ -178,7 +178,7 @@ Status Fp8Gemm::gemm(const WeightView& w, const float* scales, const float* x, i
     DS_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(handle_->get(), p->d.op, &alpha, w.data, p->d.a, q, p->d.b, &beta, ob,
                                              p->d.c, ob, p->d.c, &p->algo, handle_->workspace(),
                                              handle_->workspace_bytes(), stream));
-    return bf16_to_f32(ob, m, n, n, y, ldy, accumulate, stream);
+    return widen_bf16(ob, m, n, n, y, ldy, accumulate, stream);
 }
 
 // One candidate configuration on a small problem: m = 12 (padded rows), n = 256 (2 row blocks),

@@ -59,7 +59,7 @@ Status quantize_fp8_act(const float* x, int64_t m, int64_t m_pad, int64_t k, int
                         bool m_major, cudaStream_t stream);
 
 // y[i, j] (+)= float(x[i, j]) for a BF16 matrix x [m, n] (row strides ldx, ldy).
-Status bf16_to_f32(const uint16_t* x, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
+Status widen_bf16(const uint16_t* x, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
                    cudaStream_t stream);
 
 // out[i] = silu(gate[i]) * up[i] (silu_mul twin). out may alias gate or up.

@@ -320,10 +320,10 @@ Status quantize_fp8_act(const float* x, int64_t m, int64_t m_pad, int64_t k, int
     return ok_status();
 }
 
-Status bf16_to_f32(const uint16_t* x, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
+Status widen_bf16(const uint16_t* x, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
                    cudaStream_t stream) {
     if (m < 0 || n <= 0 || ldx < n || ldy < n || (m > 0 && (x == nullptr || y == nullptr))) {
-        return bad_arg("bf16_to_f32", "need m >= 0, n > 0, ldx/ldy >= n and non-null pointers");
+        return bad_arg("widen_bf16", "need m >= 0, n > 0, ldx/ldy >= n and non-null pointers");
     }
     if (m == 0) return ok_status();
     bf16_to_f32_kernel<<<grid_for(m * n, kThreads, 1 << 16), kThreads, 0, stream>>>(x, m, n, ldx, y, ldy, accumulate);
