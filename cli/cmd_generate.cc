@@ -19,6 +19,7 @@ struct GenerateArgs {
     int64_t kv_budget_mb = 1024;
     bool no_preload = false;
     std::string device = "cpu";
+    std::string precision = "default";
 };
 
 Status run_generate(const GenerateArgs& args) {
@@ -31,6 +32,7 @@ Status run_generate(const GenerateArgs& args) {
     DS_ASSIGN_OR_RETURN(model::Device device, model::parse_device(args.device));
     model::EngineOptions opt;
     opt.kv_budget_bytes = args.kv_budget_mb << 20;
+    DS_ASSIGN_OR_RETURN(opt.precision, model::parse_precision(args.precision));
     DS_ASSIGN_OR_RETURN(auto engine, model::create_engine(device, ckpt, model::ShardSpec{}, opt));
     model::StepFn step = [&](std::span<const model::SeqChunk> chunks) { return engine->step(chunks); };
     return model::run_generate_session(args.options, *ckpt, step);
@@ -47,6 +49,9 @@ void register_generate(CLI::App& app, int* exit_code) {
     cmd->add_flag("--no-preload", args->no_preload, "do not fault the weights in before running");
     cmd->add_option("--device", args->device, "compute device: cpu (the exact reference) or cuda")
         ->check(CLI::IsMember({"cpu", "cuda"}));
+    cmd->add_option("--precision", args->precision,
+                    "cuda: exact (fp32 activations and KV, the CPU's math) or fast (BF16 KV, FP8/BF16 GEMMs; default)")
+        ->check(CLI::IsMember({"default", "exact", "fast"}));
     cmd->callback([args, exit_code] {
         Status s = run_generate(*args);
         if (!s.ok()) {

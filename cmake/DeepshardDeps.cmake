@@ -27,9 +27,12 @@ if(NOT DEEPSHARD_CUDA STREQUAL "OFF")
   if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
     set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
   endif()
-  # A100 (sm_80) and Hopper (sm_90) by default; -DCMAKE_CUDA_ARCHITECTURES=90 builds one (faster).
-  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-    set(CMAKE_CUDA_ARCHITECTURES "80;90" CACHE STRING "CUDA architectures to build")
+  # Default targets: A100 (sm_80) and Hopper with its architecture-specific instructions (sm_90a:
+  # wgmma / setmaxnreg; the kernels guard them by __CUDA_ARCH_FEAT_SM90_ALL). A user value
+  # (-DCMAKE_CUDA_ARCHITECTURES=90a, =native, ...) wins; it must be set before enable_language,
+  # which would otherwise cache the compiler's own default.
+  if(NOT DEFINED CACHE{CMAKE_CUDA_ARCHITECTURES})
+    set(CMAKE_CUDA_ARCHITECTURES "80;90a" CACHE STRING "CUDA architectures (default 80;90a)")
   endif()
   include(CheckLanguage)
   check_language(CUDA)

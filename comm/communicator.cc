@@ -243,4 +243,14 @@ std::vector<size_t> exclusive_prefix_sum(std::span<const size_t> counts) {
     return displs;
 }
 
+const char* memory_space_name(MemorySpace m) {
+    return m == MemorySpace::kHost ? "host" : "device";
+}
+
+Status PointToPoint::require_memory(MemorySpace m, std::string_view user) const {
+    if (memory_space() == m) return ok_status();
+    return invalid_argument(std::string(user) + " needs a communicator on " + memory_space_name(m) + " memory; '" +
+                            std::string(backend()) + "' takes " + memory_space_name(memory_space()) + " memory");
+}
+
 }  // namespace deepshard::comm

@@ -4,8 +4,11 @@
 // Backends: comm/mpi (MpiComm, full Communicator), comm/ucx (UcxP2p, PointToPoint only, for
 // stage-to-stage activations). MoE dispatch/combine (comm/ep) is built on Communicator::alltoallv.
 //
-// Buffers: plain host memory owned by the caller. Element counts are in elements of the given
-// DataType (kFloat32 = 4 bytes, kByte = 1 byte), never in bytes unless the type is kByte.
+// Buffers: owned by the caller, in the memory the backend says it takes (memory_space()): host memory
+// for comm/mpi and comm/ucx, device memory of the communicator's GPU for comm/nccl. A caller that holds
+// host data must not hand it to a device backend (or the reverse): check memory_space(), as
+// require_memory() does. Element counts are in elements of the given DataType (kFloat32 = 4 bytes,
+// kByte = 1 byte), never in bytes unless the type is kByte.
 // For an asynchronous operation the caller keeps every buffer (and nothing else: counts and
 // displacements are copied) alive and untouched until the Request completes.
 //
@@ -41,6 +44,10 @@ using Deadline = Clock::time_point;
 using Millis = std::chrono::milliseconds;
 
 enum class DataType { kFloat32, kByte };
+
+// Where a backend's buffers live.
+enum class MemorySpace { kHost, kDevice };
+const char* memory_space_name(MemorySpace m);  // "host" / "device"
 size_t data_type_size(DataType t);
 const char* data_type_name(DataType t);
 
@@ -138,6 +145,10 @@ public:
     virtual int rank() const = 0;
     virtual int size() const = 0;
     virtual std::string_view backend() const = 0;
+    // The memory every buffer passed to this communicator must be in.
+    virtual MemorySpace memory_space() const = 0;
+    // kInvalidArgument naming `user`, the backend and both spaces unless memory_space() == m.
+    Status require_memory(MemorySpace m, std::string_view user) const;
 
     Millis timeout() const { return timeout_; }
     void set_timeout(Millis timeout) { timeout_ = timeout; }

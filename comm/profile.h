@@ -52,6 +52,7 @@ public:
     int rank() const override { return inner_->rank(); }
     int size() const override { return inner_->size(); }
     std::string_view backend() const override { return inner_->backend(); }
+    MemorySpace memory_space() const override { return inner_->memory_space(); }
 
     StatusOr<Request> isend(const void* buf, size_t count, DataType type, int peer, Tag tag) override;
     StatusOr<Request> irecv(void* buf, size_t count, DataType type, int peer, Tag tag) override;

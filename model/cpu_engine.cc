@@ -319,16 +319,25 @@ StatusOr<StepOutput> CpuEngine::step(std::span<const SeqChunk> chunks, std::span
         result.hidden.assign(h, h + T * H);
         return result;
     }
-    // Rows that need logits.
+    // Rows that need logits; a kSample chunk's row is sampled here and not returned.
     std::vector<int64_t> rows;
+    std::vector<Sampler*> row_sampler;
     {
         int64_t t = 0;
         for (const SeqChunk& ch : chunks) {
             const int64_t n = ch.tokens.empty() ? ch.num_tokens : static_cast<int64_t>(ch.tokens.size());
             if (ch.logits == LogitsMode::kAll) {
-                for (int64_t i = 0; i < n; ++i) rows.push_back(t + i);
-            } else if (ch.logits == LogitsMode::kLast) {
+                for (int64_t i = 0; i < n; ++i) {
+                    rows.push_back(t + i);
+                    row_sampler.push_back(nullptr);
+                }
+            } else if (ch.logits == LogitsMode::kLast || ch.logits == LogitsMode::kSample) {
+                if (ch.logits == LogitsMode::kSample && ch.sampler == nullptr) {
+                    return invalid_argument("step: sequence " + std::to_string(ch.seq_id) +
+                                            " asks for sampling without a sampler");
+                }
                 rows.push_back(t + n - 1);
+                row_sampler.push_back(ch.logits == LogitsMode::kSample ? ch.sampler : nullptr);
             }
             t += n;
         }
@@ -354,6 +363,19 @@ StatusOr<StepOutput> CpuEngine::step(std::span<const SeqChunk> chunks, std::span
             DS_RETURN_IF_ERROR(reducer_->allgather_vocab(result.logits.data(), R, c.vocab_size));
         }
     }
+    // Sample the kSample rows and keep only the others.
+    int64_t kept = 0;
+    for (int64_t i = 0; i < R; ++i) {
+        float* row = result.logits.data() + i * c.vocab_size;
+        if (row_sampler[i] != nullptr) {
+            result.samples.push_back(row_sampler[i]->sample(std::span<const float>(row, c.vocab_size)));
+            continue;
+        }
+        if (kept != i) std::copy(row, row + c.vocab_size, result.logits.data() + kept * c.vocab_size);
+        ++kept;
+    }
+    result.rows = kept;
+    result.logits.resize(static_cast<size_t>(kept * c.vocab_size));
     return result;
 }
 

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "model/cpu_engine.h"
+#include "model/cuda_engine.h"
 
 namespace deepshard::model {
 
@@ -24,6 +25,25 @@ StatusOr<Device> parse_device(std::string_view name) {
     return invalid_argument("device must be \"cpu\" or \"cuda\", got \"" + std::string(name) + "\"");
 }
 
+const char* precision_name(Precision p) {
+    switch (p) {
+        case Precision::kDefault:
+            return "default";
+        case Precision::kExact:
+            return "exact";
+        case Precision::kFast:
+            return "fast";
+    }
+    return "?";
+}
+
+StatusOr<Precision> parse_precision(std::string_view name) {
+    if (name == "default") return Precision::kDefault;
+    if (name == "exact") return Precision::kExact;
+    if (name == "fast") return Precision::kFast;
+    return invalid_argument("precision must be \"default\", \"exact\" or \"fast\", got \"" + std::string(name) + "\"");
+}
+
 StatusOr<std::unique_ptr<Engine>> create_engine(Device device, std::shared_ptr<const ShardWeights> weights,
                                                 const EngineOptions& options) {
     switch (device) {
@@ -32,8 +52,11 @@ StatusOr<std::unique_ptr<Engine>> create_engine(Device device, std::shared_ptr<c
             return std::unique_ptr<Engine>(std::move(e));
         }
         case Device::kCuda:
-            // TODO(cuda-engine): #10 register the CUDA engine here under DS_WITH_CUDA.
+#if defined(DS_WITH_CUDA_ENGINE)
+            return create_cuda_engine(std::move(weights), options);
+#else
             return unavailable("device cuda: this build of deepshard has no CUDA engine (run with --device cpu)");
+#endif
     }
     return invalid_argument("unknown device");
 }

@@ -29,6 +29,7 @@
 #include "common/status.h"
 #include "model/checkpoint.h"
 #include "model/kv_blocks.h"
+#include "model/sampling.h"
 #include "model/shard_weights.h"
 
 namespace deepshard::model {
@@ -60,6 +61,19 @@ public:
                        std::span<const float> weights, int64_t K, const LocalExpert& local_expert, float* out) = 0;
 };
 
+// Collectives over DEVICE memory for the CUDA engine (NCCL inside a tensor-parallel stage; see
+// comm/communicator.h MemorySpace), enqueued on the engine's stream (a cudaStream_t passed as void*):
+// nothing synchronizes with the host, so they are captured in the decode graph. Deadlines are the
+// owner's watchdog's business (comm/nccl/watchdog.h).
+class DeviceCollectives {
+public:
+    virtual ~DeviceCollectives() = default;
+    virtual Status allreduce_sum(float* data, int64_t n, void* stream) = 0;
+    // full[rows, vocab_local * ranks] = each rank's local[rows, vocab_local] side by side (rank order).
+    virtual Status allgather_vocab(const float* local, int64_t rows, int64_t vocab_local, float* full,
+                                   void* stream) = 0;
+};
+
 // Optional observers for tests and debugging (nullptr = off).
 struct ForwardHooks {
     // After the embedding (layer = -1) and after each block: the residual stream [tokens, hidden].
@@ -71,7 +85,9 @@ struct ForwardHooks {
         on_routing;
 };
 
-enum class LogitsMode { kNone, kLast, kAll };
+// kSample: the engine samples the chunk's last position itself with `SeqChunk::sampler` (the CUDA
+// engine on the device, copying back only the decision) and returns no logits row for it.
+enum class LogitsMode { kNone, kLast, kAll, kSample };
 
 struct SeqChunk {
     uint64_t seq_id = 0;
@@ -79,22 +95,41 @@ struct SeqChunk {
     int64_t num_tokens = 0;           // == tokens.size() when tokens are given
     int64_t start_pos = 0;            // absolute position of the first new token
     LogitsMode logits = LogitsMode::kLast;
+    // kSample: the sequence's sampler (parameters, seeded RNG, history); the engine draws its step key
+    // and records nothing (the caller accept()s the token).
+    Sampler* sampler = nullptr;
 };
 
 struct StepOutput {
-    // Rows of logits in chunk order: one per chunk for kLast, num_tokens for kAll, none for kNone.
+    // Rows of logits in chunk order: one per chunk for kLast, num_tokens for kAll, none for kNone/kSample.
     std::vector<float> logits;
     int64_t rows = 0;
     int64_t vocab = 0;
+    // One result per kSample chunk, in chunk order.
+    std::vector<SampleResult> samples;
     // Hidden states leaving this shard [tokens, hidden] when it has no head (pipeline output).
     std::vector<float> hidden;
 };
+
+// Activation precision of the CUDA engine (the CPU engine is always exact).
+enum class Precision {
+    kDefault,  // the engine's choice: kFast on CUDA
+    kExact,    // fp32 activations and KV cache, weights dequantized exactly (the CPU engine's math)
+    kFast,     // BF16 KV cache; FP8 x FP8 block-scaled GEMMs on Hopper, BF16 tensor cores elsewhere
+};
+const char* precision_name(Precision p);
+StatusOr<Precision> parse_precision(std::string_view name);  // "default" | "exact" | "fast"
 
 struct EngineOptions {
     int64_t kv_budget_bytes = int64_t{1} << 30;
     int64_t kv_block_size = 16;
     int64_t kv_max_blocks = 0;  // caps the pool (tests, tuning); 0 = as many blocks as the budget holds
     int device_ordinal = 0;  // CUDA device of this rank (ignored by the CPU engine)
+    // CUDA engine only (0 = its default).
+    Precision precision = Precision::kDefault;
+    int64_t max_step_tokens = 0;  // tokens per device pass (longer steps run in several passes)
+    int64_t max_seqs = 0;         // sequences per pass; also the largest decode graph bucket
+    bool cuda_graphs = true;      // capture decode steps as CUDA graphs
 };
 
 // KV cache use, in the engine's own storage units.
@@ -141,6 +176,8 @@ public:
     void set_reducer(TpReducer* reducer) { reducer_ = reducer; }
     void set_hooks(ForwardHooks* hooks) { hooks_ = hooks; }
     void set_moe_exchange(MoeExchange* exchange) { exchange_ = exchange; }
+    // Device engines only: TP collectives on device memory (preferred over set_reducer when both are set).
+    void set_device_collectives(DeviceCollectives* c) { device_collectives_ = c; }
 
 protected:
     explicit Engine(std::shared_ptr<const ShardWeights> weights) : weights_(std::move(weights)) {}
@@ -148,6 +185,7 @@ protected:
     TpReducer* reducer_ = nullptr;
     ForwardHooks* hooks_ = nullptr;
     MoeExchange* exchange_ = nullptr;
+    DeviceCollectives* device_collectives_ = nullptr;
 };
 
 // The engine for `device` over `weights` (kInvalidArgument / kUnavailable naming the device when this

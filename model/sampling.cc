@@ -157,10 +157,14 @@ void Sampler::accept(int32_t token) {
 
 SampleResult Sampler::sample(std::span<const float> logits) {
     DS_CHECK(!logits.empty()) << "Sampler::sample: empty logits";
+    // Drawn every call, greedy or not, so a step's noise depends only on (seed, step index).
+    return sample_with_key(logits, step_rng_());
+}
+
+SampleResult Sampler::sample_with_key(std::span<const float> logits, uint64_t step_key) {
+    DS_CHECK(!logits.empty()) << "Sampler::sample: empty logits";
     const int64_t V = static_cast<int64_t>(logits.size());
     const auto in_vocab = [V](int32_t id) { return id >= 0 && id < V; };
-    // Drawn every call, greedy or not, so a step's noise depends only on (seed, step index).
-    const uint64_t step_key = step_rng_();
 
     Scratch& sc = scratch();
     sc.logits.assign(logits.begin(), logits.end());

@@ -83,8 +83,18 @@ public:
     // the token: call accept() with the token actually appended (it may differ, e.g. when forced).
     SampleResult sample(std::span<const float> logits);
 
+    // sample() with the step key given: sample(l) == sample_with_key(l, next_step_key()). For samplers
+    // that run elsewhere (the CUDA engine's device sampler draws the key here and decides on the GPU).
+    SampleResult sample_with_key(std::span<const float> logits, uint64_t step_key);
+    // Draws the next step's key from the seeded RNG (what sample() does first).
+    uint64_t next_step_key() { return step_rng_(); }
+
     // Appends a token to the history that the penalties see.
     void accept(int32_t token);
+
+    // The history the penalties use: distinct prompt + generated ids, and generated id -> count.
+    const std::unordered_set<int32_t>& seen() const { return seen_; }
+    const std::unordered_map<int32_t, int32_t>& generated() const { return generated_; }
 
     const SamplingParams& params() const { return params_; }
     uint64_t seed() const { return seed_; }  // the effective seed (random when !has_seed)

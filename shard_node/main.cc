@@ -36,6 +36,7 @@ struct ShardArgs {
     int64_t timeout_ms = 0;
     int64_t connect_timeout_ms = 30000;
     std::string device;  // empty: the plan's device for this rank
+    std::string precision = "default";
 };
 
 // Steps of the distributed model as a model::StepFn: one batch through the pipeline, logits back.
@@ -82,6 +83,7 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
     opt.kv_block_size = args.kv_block_size;
     opt.kv_max_blocks = args.kv_blocks;
     opt.device_ordinal = rd.ordinal;
+    DS_ASSIGN_OR_RETURN(opt.precision, model::parse_precision(args.precision));
     DS_ASSIGN_OR_RETURN(auto pipeline, Pipeline::create(world, layout, ckpt, rd.device, opt));
     DS_ASSIGN_OR_RETURN(model::LoadStats ls, pipeline->engine().prepare());
     spdlog::info("rank {}: stage {} local {} on {} loaded {:.1f} MB of weights in {:.2f} s ({:.2f} GB/s)",
@@ -130,6 +132,8 @@ int main(int argc, char** argv) {
         ->check(CLI::NonNegativeNumber);
     app.add_option("--device", args.device, "compute device of every rank, overriding the plan (cpu | cuda)")
         ->check(CLI::IsMember({"cpu", "cuda"}));
+    app.add_option("--precision", args.precision, "cuda ranks: exact or fast (default) activation precision")
+        ->check(CLI::IsMember({"default", "exact", "fast"}));
     app.add_option("--timeout-ms", args.timeout_ms, "deadline of every communication (default DS_COMM_TIMEOUT_MS)");
     app.add_option("--connect-timeout-ms", args.connect_timeout_ms, "deadline to register with the coordinator");
     model::add_generate_options(&app, &args.options);

@@ -268,6 +268,10 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
         return forward_failure(step);
     }
     const std::vector<size_t> mine = my_sequences(step);
+    // The rank that answers for the last stage samples: its engine does it (on the device for CUDA),
+    // with this rank's per-sequence samplers; the stage's other ranks only compute the rows.
+    const bool samples_here =
+        last && step.logits_mode.empty() && !(layout_.attention == AttentionMode::kTensorParallel && local_ != 0);
     std::vector<model::SeqChunk> chunks;
     for (size_t i : mine) {
         const ctl::SeqWork& w = step.batch.seqs[i];
@@ -280,6 +284,15 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
             c.logits = step.logits_mode[i];
         } else {
             c.logits = w.sample ? model::LogitsMode::kLast : model::LogitsMode::kNone;
+        }
+        if (samples_here) {
+            if (w.is_new || samplers_.count(w.seq_id) == 0) {
+                samplers_[w.seq_id] = std::make_unique<model::Sampler>(to_params(w.sampling), w.prompt);
+            }
+            if (w.sample) {
+                c.logits = model::LogitsMode::kSample;
+                c.sampler = samplers_[w.seq_id].get();
+            }
         }
         chunks.push_back(c);
     }
@@ -335,17 +348,17 @@ Status Pipeline::finish_last_stage(const PipelineStep& step, const std::vector<s
         reply.rows = out.rows;
         reply.vocab = out.vocab;
     } else {
-        int64_t row = 0;
+        // The engine sampled every kSample chunk (process() set them), in chunk order.
+        size_t next = 0;
         for (size_t i : mine) {
             const ctl::SeqWork& w = step.batch.seqs[i];
-            if (w.is_new || samplers_.count(w.seq_id) == 0) {
-                samplers_[w.seq_id] = std::make_unique<model::Sampler>(to_params(w.sampling), w.prompt);
-            }
             if (!w.sample) continue;
-            model::Sampler& s = *samplers_[w.seq_id];
-            model::SampleResult r = s.sample(std::span<const float>(out.logits.data() + row * out.vocab, out.vocab));
-            s.accept(r.token);
-            ++row;
+            if (next >= out.samples.size()) {
+                return internal_error("the engine returned " + std::to_string(out.samples.size()) +
+                                      " sampled tokens for more sampled sequences");
+            }
+            const model::SampleResult& r = out.samples[next++];
+            samplers_[w.seq_id]->accept(r.token);
             ctl::SeqOutput o;
             o.seq_id = w.seq_id;
             o.token = r.token;

@@ -4,6 +4,9 @@
 // Also the peak resident memory against mapped weights + KV pool (nothing else should be there).
 //
 // Usage: engine_bench --model DIR [--batches 1,8] [--prefill 256] [--decode 16] [--reps 3] [--kv-mb 256]
+//                     [--device cpu|cuda] [--precision default|exact|fast]
+// With --device cuda the decode steps sample greedily on the device (LogitsMode::kSample), as the
+// shard job does, so no vocabulary of logits crosses PCIe per token.
 // Prints a table and one JSON line per measurement (prefixed "JSON ").
 #include <algorithm>
 #include <cstdio>
@@ -34,6 +37,8 @@ struct Args {
     int reps = 3;
     int64_t kv_mb = 256;
     int64_t stream_mb = 256;
+    dm::Device device = dm::Device::kCpu;
+    dm::Precision precision = dm::Precision::kDefault;
 };
 
 [[noreturn]] void die(const std::string& msg) {
@@ -69,6 +74,14 @@ Args parse(int argc, char** argv) {
             a.kv_mb = std::atoll(next().c_str());
         } else if (k == "--stream-mb") {
             a.stream_mb = std::atoll(next().c_str());
+        } else if (k == "--device") {
+            auto d = dm::parse_device(next());
+            if (!d.ok()) die(d.status().to_string());
+            a.device = *d;
+        } else if (k == "--precision") {
+            auto p = dm::parse_precision(next());
+            if (!p.ok()) die(p.status().to_string());
+            a.precision = *p;
         } else {
             die("unknown argument " + k);
         }
@@ -91,7 +104,8 @@ std::vector<int32_t> random_tokens(int n, int64_t vocab, uint32_t seed) {
 std::unique_ptr<dm::Engine> make_model(const std::shared_ptr<const dm::Checkpoint>& ck, const Args& a) {
     dm::EngineOptions opt;
     opt.kv_budget_bytes = a.kv_mb << 20;
-    auto t = dm::create_engine(dm::Device::kCpu, ck, dm::ShardSpec{}, opt);
+    opt.precision = a.precision;
+    auto t = dm::create_engine(a.device, ck, dm::ShardSpec{}, opt);
     if (!t.ok()) {
         die(t.status().to_string());
     }
@@ -126,7 +140,8 @@ int main(int argc, char** argv) {
     }
     const dm::LoadStats load = *prepared;
     const int64_t bytes_per_token = model->weights().weight_bytes_per_token();
-    std::printf("engine_bench: model=%s isa=%s threads=%d\n", a.model.c_str(),
+    std::printf("engine_bench: model=%s device=%s precision=%s isa=%s threads=%d\n", a.model.c_str(),
+                dm::device_name(a.device), dm::precision_name(a.precision),
                 deepshard::kernels::isa_name(deepshard::kernels::active_isa()), threads);
     std::printf("STREAM triad: %.2f GB/s   weights faulted in: %.2f GB at %.2f GB/s\n", triad, load.bytes / 1e9,
                 load.gb_per_s());
@@ -192,12 +207,18 @@ int main(int argc, char** argv) {
             for (int b = 0; b < B; ++b) {
                 cur[b] = static_cast<int32_t>(7 + b);
             }
+            // On a device, greedy samplers run there (kSample), as in the shard job.
+            const bool on_device = a.device != dm::Device::kCpu;
+            std::vector<std::unique_ptr<dm::Sampler>> samplers;
+            for (int b = 0; b < B; ++b) samplers.push_back(std::make_unique<dm::Sampler>(dm::SamplingParams{}, prompts[b]));
             const double t0 = db::now_seconds();
             for (int s = 0; s < a.decode; ++s) {
                 for (int b = 0; b < B; ++b) {
                     chunks[b].tokens = std::span<const int32_t>(&cur[b], 1);
                     chunks[b].num_tokens = 1;
                     chunks[b].start_pos = 32 + s;
+                    chunks[b].logits = on_device ? dm::LogitsMode::kSample : dm::LogitsMode::kLast;
+                    chunks[b].sampler = on_device ? samplers[b].get() : nullptr;
                 }
                 auto out = model->step(chunks);
                 if (!out.ok()) {
@@ -205,6 +226,11 @@ int main(int argc, char** argv) {
                 }
                 check_logits(*out);
                 for (int b = 0; b < B; ++b) {  // greedy, so the step depends on the last one
+                    if (on_device) {
+                        cur[b] = out->samples[b].token;
+                        samplers[b]->accept(cur[b]);
+                        continue;
+                    }
                     const float* row = out->logits.data() + static_cast<int64_t>(b) * out->vocab;
                     cur[b] = static_cast<int32_t>(std::max_element(row, row + out->vocab) - row);
                 }
@@ -234,7 +260,8 @@ int main(int argc, char** argv) {
         std::printf("JSON %s\n", j.dump().c_str());
     }
 
-    const int64_t kv_bytes = model->kv_usage().total_blocks * model->kv_usage().block_bytes;
+    const int64_t kv_bytes =
+        a.device == dm::Device::kCpu ? model->kv_usage().total_blocks * model->kv_usage().block_bytes : 0;
     const int64_t peak = db::peak_rss_bytes();
     std::printf("peak RSS %.1f MB = mapped weights resident %.1f MB + KV pool %.1f MB + other %.1f MB\n", peak / 1e6,
                 ck->resident_bytes() / 1e6, kv_bytes / 1e6,

@@ -50,6 +50,7 @@ public:
     int rank() const override { return rank_; }
     int size() const override { return size_; }
     std::string_view backend() const override { return "mpi"; }
+    MemorySpace memory_space() const override { return MemorySpace::kHost; }
 
     StatusOr<Request> isend(const void* buf, size_t count, DataType type, int peer, Tag tag) override;
     StatusOr<Request> irecv(void* buf, size_t count, DataType type, int peer, Tag tag) override;

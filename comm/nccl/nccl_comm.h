@@ -63,6 +63,7 @@ public:
     int rank() const override { return rank_; }
     int size() const override { return size_; }
     std::string_view backend() const override { return "nccl"; }
+    MemorySpace memory_space() const override { return MemorySpace::kDevice; }
 
     StatusOr<Request> isend(const void* buf, size_t count, DataType type, int peer, Tag tag) override;
     StatusOr<Request> irecv(void* buf, size_t count, DataType type, int peer, Tag tag) override;

@@ -112,6 +112,7 @@ public:
     int rank() const override { return rank_; }
     int size() const override { return size_; }
     std::string_view backend() const override { return "ucx"; }
+    MemorySpace memory_space() const override { return MemorySpace::kHost; }
     bool poisoned() const;
 
     StatusOr<Request> isend(const void* buf, size_t count, DataType type, int peer, Tag tag) override;

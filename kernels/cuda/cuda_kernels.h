@@ -33,6 +33,35 @@ Status embedding(const WeightView& w, const int32_t* rows, int64_t n, float* out
 Status rmsnorm(const float* x, int64_t m, int64_t n, int64_t ldx, const float* w, float eps, float* y, int64_t ldy,
                cudaStream_t stream);
 
+// h[i, :] += delta[i, :] (skipped when delta is null), then y[i, :] = rmsnorm(h[i, :]) * w: the residual
+// connection fused with the RMSNorm that follows it (twins: residual_add then rmsnorm). Row strides n.
+// y must not alias h.
+Status add_rmsnorm(float* h, const float* delta, int64_t m, int64_t n, const float* w, float eps, float* y,
+                   cudaStream_t stream);
+
+// h[i] += x[i] (residual_add twin).
+Status residual_add(float* h, const float* x, int64_t n, cudaStream_t stream);
+
+// out[i, :] = x[rows[i], :] for i < n, cols values (gather_tokens twin; rows: device int32).
+Status gather_tokens(const float* x, int64_t ldx, const int32_t* rows, int64_t n, int64_t cols, float* out,
+                     int64_t ldo, cudaStream_t stream);
+
+// y[rows[i], :] += w[i] * src[i, :] for i < n in increasing i per element (scatter_add_weighted twin,
+// same accumulation order; rows may repeat).
+Status scatter_add_weighted(const float* src, int64_t lds, int64_t n, int64_t cols, const int32_t* rows,
+                            const float* w, float* y, int64_t ldy, cudaStream_t stream);
+
+// FP8 activations with 1x128 block scales (DeepSeek's act_quant): for row i < m and column block
+// b < k / 128, s = amax / 448 (1 for an all-zero block) and q[i, c] = e4m3(x[i, c] / s) (encode_e4m3).
+// Rows [m, m_pad) are written as zeros with scale 1 (cuBLASLt wants the token count padded).
+// q: [m_pad, k] dense. Scales: m_major ? scale[b * m_pad + i] : scale[i * (k / 128) + b]. k % 128 == 0.
+Status quantize_fp8_act(const float* x, int64_t m, int64_t m_pad, int64_t k, int64_t ldx, uint8_t* q, float* scale,
+                        bool m_major, cudaStream_t stream);
+
+// y[i, j] (+)= float(x[i, j]) for a BF16 matrix x [m, n] (row strides ldx, ldy).
+Status widen_bf16(const uint16_t* x, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
+                   cudaStream_t stream);
+
 // out[i] = silu(gate[i]) * up[i] (silu_mul twin). out may alias gate or up.
 Status silu_mul(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream);
 
@@ -74,6 +103,13 @@ Status validate_route_params(const RouteParams& params);
 // larger m a 64x64-tiled kernel with the dequantized weight tile in shared memory.
 Status matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy, bool accumulate,
               cudaStream_t stream);
+
+// y[m, n] = x[m, k] * W^T (+ y when accumulate) on BF16 tensor cores (matmul_tc.cu: the A100 path for
+// batches past the GEMV): x rounded to BF16, W dequantized in the kernel (FP8: e4m3 * block scale, then
+// rounded to BF16, as DeepSeek's weight_dequant), fp32 accumulation. 64x64 tiles. Needs sm_80+
+// (kUnavailable naming the device otherwise).
+Status matmul_tc(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy, bool accumulate,
+                 cudaStream_t stream);
 
 // ---- cuBLASLt BF16 path (cublaslt_gemm.cc): the H100 path of the official reference ----
 

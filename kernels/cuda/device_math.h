@@ -118,6 +118,37 @@ DS_HD uint16_t encode_bf16(float f) {
     return static_cast<uint16_t>((bits + rounding) >> 16);
 }
 
+// Round-to-nearest-even float -> e4m3fn, saturating at +-448, NaN -> 0x7F: exactly deepshard::f32_to_e4m3
+// (common/dtype.h), the cast the DeepSeek release quantized with; used for FP8 activations.
+DS_HD uint8_t encode_e4m3(float f) {
+    const uint32_t bits = f32_to_bits(f);
+    const uint32_t abs_bits = bits & 0x7fffffffu;
+    if (abs_bits > 0x7f800000u) {
+        return 0x7f;
+    }
+    const uint8_t sign = (bits >> 24) & 0x80;
+    const float a = bits_to_f32(abs_bits);
+    if (a >= 448.0f) {
+        return sign | 0x7e;
+    }
+    if (a < 0.015625f) {
+        // Subnormal range (below 2^-6): multiples of 2^-9. a * 512 is exact; round half to even.
+        const float x = a * 512.0f;
+        uint32_t q = static_cast<uint32_t>(x);  // floor (x >= 0)
+        const float rem = x - static_cast<float>(q);
+        if (rem > 0.5f || (rem == 0.5f && (q & 1u))) ++q;
+        return sign | static_cast<uint8_t>(q);  // q == 8 is exactly the smallest normal, code 0x08
+    }
+    // Normal: keep 3 mantissa bits of the float, round half to even on the 20 dropped bits (a carry
+    // moves into the exponent, which is the right result).
+    uint32_t r = abs_bits + 0x7ffffu + ((abs_bits >> 20) & 1u);
+    r &= ~0xfffffu;
+    const int32_t e = static_cast<int32_t>(r >> 23) - 127;  // in [-6, 8]
+    const uint32_t m = (r >> 20) & 7u;
+    const uint32_t code = (static_cast<uint32_t>(e + 7) << 3) | m;
+    return sign | static_cast<uint8_t>(code > 0x7eu ? 0x7eu : code);
+}
+
 // Block scale of element (r, c) of an FP8 view (DeepSeek weight_scale_inv: a multiplier).
 DS_HD float weight_scale(const DevWeight& w, int64_t r, int64_t c) {
     return w.scale[((w.row_offset + r) / w.block_rows) * w.scale_ld + (w.col_offset + c) / w.block_cols];

@@ -58,6 +58,89 @@ __global__ void rmsnorm_kernel(const float* x, int64_t m, int64_t n, int64_t ldx
     }
 }
 
+// h += delta; y = rmsnorm(h) * w, one block per row.
+__global__ void add_rmsnorm_kernel(float* h, const float* delta, int64_t m, int64_t n, const float* w, float eps,
+                                   float* y) {
+    for (int64_t i = blockIdx.x; i < m; i += gridDim.x) {
+        float* hi = h + i * n;
+        float ss = 0.0f;
+        for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
+            float v = hi[c];
+            if (delta != nullptr) {
+                v += delta[i * n + c];
+                hi[c] = v;
+            }
+            ss += v * v;
+        }
+        ss = block_sum(ss);
+        const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
+        float* yi = y + i * n;
+        // Each thread reads back only the h values it wrote itself.
+        for (int64_t c = threadIdx.x; c < n; c += blockDim.x) yi[c] = hi[c] * inv * w[c];
+    }
+}
+
+__global__ void residual_add_kernel(float* h, const float* x, int64_t n) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        h[i] += x[i];
+    }
+}
+
+__global__ void gather_tokens_kernel(const float* x, int64_t ldx, const int32_t* rows, int64_t n, int64_t cols,
+                                     float* out, int64_t ldo) {
+    for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+        const float* src = x + static_cast<int64_t>(rows[i]) * ldx;
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[i * ldo + c] = src[c];
+    }
+}
+
+// A thread per column; rows in increasing i (the CPU twin's order for every element).
+__global__ void scatter_add_kernel(const float* src, int64_t lds, int64_t n, int64_t cols, const int32_t* rows,
+                                   const float* w, float* y, int64_t ldy) {
+    for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < cols;
+         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        for (int64_t i = 0; i < n; ++i) y[static_cast<int64_t>(rows[i]) * ldy + c] += w[i] * src[i * lds + c];
+    }
+}
+
+// A warp per (row, 128-column block): 4 values per lane, amax by shuffles.
+__global__ void quantize_fp8_kernel(const float* x, int64_t m, int64_t m_pad, int64_t k, int64_t ldx, uint8_t* q,
+                                    float* scale, bool m_major) {
+    const int64_t kb = k / 128;
+    const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+    const int lane = threadIdx.x % 32;
+    for (int64_t wi = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; wi < m_pad * kb;
+         wi += warps) {
+        const int64_t i = wi / kb, b = wi % kb;
+        float v[4];
+        float amax = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            v[e] = i < m ? x[i * ldx + b * 128 + lane * 4 + e] : 0.0f;
+            amax = fmaxf(amax, fabsf(v[e]));
+        }
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float s = amax > 0.0f ? amax / 448.0f : 1.0f;
+        uint32_t packed = 0;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) packed |= static_cast<uint32_t>(encode_e4m3(v[e] / s)) << (8 * e);
+        *reinterpret_cast<uint32_t*>(q + i * k + b * 128 + lane * 4) = packed;
+        if (lane == 0) scale[m_major ? b * m_pad + i : i * kb + b] = s;
+    }
+}
+
+__global__ void bf16_to_f32_kernel(const uint16_t* x, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy,
+                                   bool accumulate) {
+    const int64_t total = m * n;
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = idx / n, c = idx % n;
+        const float v = decode_bf16(x[r * ldx + c]);
+        y[r * ldy + c] = accumulate ? y[r * ldy + c] + v : v;
+    }
+}
+
 __global__ void silu_mul_kernel(const float* gate, const float* up, int64_t n, float* out) {
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -176,6 +259,75 @@ Status rmsnorm(const float* x, int64_t m, int64_t n, int64_t ldx, const float* w
     const int threads = n >= 4096 ? 1024 : kThreads;
     rmsnorm_kernel<<<grid_for(m, 1, 65535), threads, 0, stream>>>(x, m, n, ldx, w, eps, y, ldy);
     DS_CUDA_RETURN_IF_LAUNCH_ERROR("rmsnorm_kernel");
+    return ok_status();
+}
+
+Status add_rmsnorm(float* h, const float* delta, int64_t m, int64_t n, const float* w, float eps, float* y,
+                   cudaStream_t stream) {
+    if (m < 0 || n <= 0 || (m > 0 && (h == nullptr || w == nullptr || y == nullptr)) || (y == h && m > 0)) {
+        return bad_arg("add_rmsnorm", "need m >= 0, n > 0, non-null h/w/y and y distinct from h");
+    }
+    if (m == 0) return ok_status();
+    const int threads = n >= 4096 ? 1024 : kThreads;
+    add_rmsnorm_kernel<<<grid_for(m, 1, 65535), threads, 0, stream>>>(h, delta, m, n, w, eps, y);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("add_rmsnorm_kernel");
+    return ok_status();
+}
+
+Status residual_add(float* h, const float* x, int64_t n, cudaStream_t stream) {
+    if (n < 0 || (n > 0 && (h == nullptr || x == nullptr))) return bad_arg("residual_add", "need n >= 0 and non-null pointers");
+    if (n == 0) return ok_status();
+    residual_add_kernel<<<grid_for(n, kThreads, 1 << 16), kThreads, 0, stream>>>(h, x, n);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("residual_add_kernel");
+    return ok_status();
+}
+
+Status gather_tokens(const float* x, int64_t ldx, const int32_t* rows, int64_t n, int64_t cols, float* out,
+                     int64_t ldo, cudaStream_t stream) {
+    if (n < 0 || cols <= 0 || ldx < cols || ldo < cols || (n > 0 && (x == nullptr || rows == nullptr || out == nullptr))) {
+        return bad_arg("gather_tokens", "need n >= 0, cols > 0, ldx/ldo >= cols and non-null pointers");
+    }
+    if (n == 0) return ok_status();
+    gather_tokens_kernel<<<grid_for(n, 1, 65535), kThreads, 0, stream>>>(x, ldx, rows, n, cols, out, ldo);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("gather_tokens_kernel");
+    return ok_status();
+}
+
+Status scatter_add_weighted(const float* src, int64_t lds, int64_t n, int64_t cols, const int32_t* rows,
+                            const float* w, float* y, int64_t ldy, cudaStream_t stream) {
+    if (n < 0 || cols <= 0 || lds < cols || ldy < cols ||
+        (n > 0 && (src == nullptr || rows == nullptr || w == nullptr || y == nullptr))) {
+        return bad_arg("scatter_add_weighted", "need n >= 0, cols > 0, lds/ldy >= cols and non-null pointers");
+    }
+    if (n == 0) return ok_status();
+    scatter_add_kernel<<<grid_for(cols, kThreads, 1 << 16), kThreads, 0, stream>>>(src, lds, n, cols, rows, w, y, ldy);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("scatter_add_kernel");
+    return ok_status();
+}
+
+Status quantize_fp8_act(const float* x, int64_t m, int64_t m_pad, int64_t k, int64_t ldx, uint8_t* q, float* scale,
+                        bool m_major, cudaStream_t stream) {
+    if (m < 0 || m_pad < m || k <= 0 || k % 128 != 0 || ldx < k ||
+        (m_pad > 0 && (q == nullptr || scale == nullptr)) || (m > 0 && x == nullptr)) {
+        return bad_arg("quantize_fp8_act", "need 0 <= m <= m_pad, k a positive multiple of 128, ldx >= k and "
+                                           "non-null pointers (m " + std::to_string(m) + ", k " + std::to_string(k) + ")");
+    }
+    if (m_pad == 0) return ok_status();
+    if (reinterpret_cast<uintptr_t>(q) % 4 != 0) return bad_arg("quantize_fp8_act", "q must be 4-byte aligned");
+    quantize_fp8_kernel<<<grid_for(m_pad * (k / 128), kThreads / 32, 1 << 16), kThreads, 0, stream>>>(
+        x, m, m_pad, k, ldx, q, scale, m_major);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("quantize_fp8_kernel");
+    return ok_status();
+}
+
+Status widen_bf16(const uint16_t* x, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
+                   cudaStream_t stream) {
+    if (m < 0 || n <= 0 || ldx < n || ldy < n || (m > 0 && (x == nullptr || y == nullptr))) {
+        return bad_arg("widen_bf16", "need m >= 0, n > 0, ldx/ldy >= n and non-null pointers");
+    }
+    if (m == 0) return ok_status();
+    bf16_to_f32_kernel<<<grid_for(m * n, kThreads, 1 << 16), kThreads, 0, stream>>>(x, m, n, ldx, y, ldy, accumulate);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("bf16_to_f32_kernel");
     return ok_status();
 }
 

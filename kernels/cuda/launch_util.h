@@ -14,6 +14,15 @@ namespace deepshard::kernels::cuda::internal {
 // block sizes) and converts it.
 Status check_weight(const char* op, const WeightView& w, DevWeight* out);
 
+// 16-byte weight loads are possible: every row 16-byte aligned and whole chunks (16 bytes of elements)
+// that never straddle an FP8 scale block.
+inline bool weight_vec_ok(const DevWeight& w) {
+    const int64_t esz = w.dtype == DevDType::kF32 ? 4 : (w.dtype == DevDType::kF8E4M3 ? 1 : 2);
+    const int64_t v = 16 / esz;
+    if (reinterpret_cast<uintptr_t>(w.data) % 16 != 0 || (w.ld * esz) % 16 != 0 || w.cols % v != 0) return false;
+    return w.dtype != DevDType::kF8E4M3 || (w.col_offset % v == 0 && w.block_cols % v == 0);
+}
+
 // kInvalidArgument "op: what" helper.
 inline Status bad_arg(const char* op, const std::string& what) {
     return invalid_argument(std::string("cuda::") + op + ": " + what);

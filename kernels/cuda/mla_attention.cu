@@ -1,10 +1,11 @@
 // MLA decode / prefill attention over the paged latent cache (see mla_attention.h for the contract).
 // One kernel serves both: a block takes (query, split, head group), stages kMlaTileTokens cached
-// vectors at a time in shared memory, scores them against all its heads (a warp per (head, token) dot,
-// lanes over the 576 dims), runs the fp32 online softmax (a warp per head) and accumulates P.V into
-// registers (each thread owns latent columns tid and tid + 256 for every head of the group).
-// Correctness first: scalar coalesced loads, no cp.async/TMA, no tensor cores.
-// TODO(mla): BF16 cache + tensor-core QK/PV (FlashMLA's layout) once the cache dtype moves to BF16.
+// vectors at a time in shared memory (fp32, converted from the cache dtype; 16-byte loads when the
+// cache layout is aligned), scores them against all its heads (a warp per (head, token) dot, lanes over
+// the 576 dims), runs the fp32 online softmax (a warp per head) and accumulates P.V into registers (each
+// thread owns latent columns tid and tid + 256 for every head of the group).
+// Split modes: uniform (num_splits blocks per query) or scheduled (offsets from mla_plan_decode: a
+// variable number per query, balanced by length; blocks past the schedule exit at once).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -46,11 +47,44 @@ struct KernelParams {
     const int32_t* query_rows;  // nullptr: query i uses row i
     const int32_t* kv_lens;     // kv length of query i = kv_lens[i] + len_add
     int32_t len_add;
-    float* out;  // num_splits == 1
+    const int32_t* offsets;     // scheduled mode: split schedule [num_queries + 1]; nullptr: uniform
+    bool vec;                   // 16-byte staging loads are aligned
+    float* out;  // queries with one split
     int64_t out_ld_token, out_ld_head;
-    float* part_lse;  // num_splits > 1: [query][split][head]
-    float* part_out;  // [query][split][head][latent_dim]
+    float* part_lse;  // [slot][head]
+    float* part_out;  // [slot][head][latent_dim]
 };
+
+template <typename T>
+__device__ __forceinline__ float load_cache(const T* p);
+template <>
+__device__ __forceinline__ float load_cache<float>(const float* p) {
+    return *p;
+}
+template <>
+__device__ __forceinline__ float load_cache<uint16_t>(const uint16_t* p) {
+    return decode_bf16(*p);
+}
+
+// 16 bytes of cache values into fp32.
+template <typename T>
+__device__ __forceinline__ void store_vec(const uint4& v, float* dst);
+template <>
+__device__ __forceinline__ void store_vec<float>(const uint4& v, float* dst) {
+    dst[0] = __uint_as_float(v.x);
+    dst[1] = __uint_as_float(v.y);
+    dst[2] = __uint_as_float(v.z);
+    dst[3] = __uint_as_float(v.w);
+}
+template <>
+__device__ __forceinline__ void store_vec<uint16_t>(const uint4& v, float* dst) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        dst[2 * i] = __uint_as_float(w[i] << 16);
+        dst[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
 
 size_t smem_floats(int32_t dim) { return static_cast<size_t>(kHg + kTk) * dim + kHg * kTk + 3 * kHg; }
 
@@ -64,6 +98,7 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+template <typename T>
 __global__ void __launch_bounds__(kThreads) mla_attention_kernel(KernelParams p) {
     extern __shared__ float smem[];
     const int R = p.cache.latent_dim, D = R + p.cache.rope_dim;
@@ -77,8 +112,23 @@ __global__ void __launch_bounds__(kThreads) mla_attention_kernel(KernelParams p)
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int g = static_cast<int>(blockIdx.x % p.head_groups);
     const int64_t rest = blockIdx.x / p.head_groups;
-    const int split = static_cast<int>(rest % p.num_splits);
-    const int64_t q = rest / p.num_splits;
+    int64_t q, slot;
+    int32_t split, nsplits;
+    if (p.offsets != nullptr) {
+        // Scheduled: `rest` is a slot of the schedule; slots past its end have nothing to do (the whole
+        // block leaves before any barrier).
+        const int32_t total = p.offsets[p.num_queries];
+        if (rest >= total) return;
+        q = mla_slot_query(p.offsets, static_cast<int32_t>(p.num_queries), static_cast<int32_t>(rest));
+        split = static_cast<int32_t>(rest - p.offsets[q]);
+        nsplits = p.offsets[q + 1] - p.offsets[q];
+        slot = rest;
+    } else {
+        split = static_cast<int32_t>(rest % p.num_splits);
+        q = rest / p.num_splits;
+        nsplits = p.num_splits;
+        slot = rest;
+    }
     const int h0 = g * kHg;
     const int hg = min(kHg, p.num_heads - h0);
 
@@ -89,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) mla_attention_kernel(KernelParams p)
                      len > static_cast<int64_t>(p.max_blocks) * p.cache.block_size;
     int32_t begin = 0, end = 0;
     if (!bad)
-        mla_split_range(static_cast<int32_t>(len), p.num_splits, split, &begin, &end);
+        mla_split_range(static_cast<int32_t>(len), nsplits, split, &begin, &end);
 
     for (int idx = tid; idx < hg * D; idx += kThreads) {
         const int h = idx / D, d = idx % D;
@@ -107,25 +157,51 @@ __global__ void __launch_bounds__(kThreads) mla_attention_kernel(KernelParams p)
         for (int k = 0; k < kCols; ++k) acc[h][k] = bad ? NAN : 0.0f;
     }
 
+    const T* cache = static_cast<const T*>(p.cache.data);
     const int32_t* table = p.block_tables + (bad ? 0 : row) * p.max_blocks;
     const int32_t bs = p.cache.block_size;
+    constexpr int kVec = 16 / sizeof(T);  // cache values per 16-byte load
     for (int32_t t0 = begin; t0 < end; t0 += kTk) {
         const int n = min(kTk, end - t0);
         __syncthreads();  // the previous tile's readers are done (and q/init are visible on the first)
-        // Stage the tile: a warp per cached vector. Rows past the range are zero (0 * p must stay 0);
-        // a block id outside the pool reads as NaN, which poisons this query's outputs.
-        for (int j = warp; j < kTk; j += kWarps) {
-            float* dst = skv + j * D;
-            const float* src = nullptr;
-            bool valid_id = true;
-            if (j < n) {
-                const int32_t pos = t0 + j;
-                const int32_t id = table[pos / bs];
-                valid_id = id >= 0 && id < p.cache.num_blocks;
-                if (valid_id)
-                    src = p.cache.data + id * p.cache.block_stride + (pos % bs) * p.cache.token_stride;
+        // Stage the tile. Rows past the range are zero (0 * p must stay 0); a block id outside the pool
+        // reads as NaN, which poisons this query's outputs.
+        if (p.vec) {
+            const int per_token = D / kVec;
+            for (int c = tid; c < kTk * per_token; c += kThreads) {
+                const int j = c / per_token, part = c % per_token;
+                float* dst = skv + j * D + part * kVec;
+                if (j < n) {
+                    const int32_t pos = t0 + j;
+                    const int32_t id = table[pos / bs];
+                    if (id >= 0 && id < p.cache.num_blocks) {
+                        const T* src = cache + id * p.cache.block_stride + (pos % bs) * p.cache.token_stride +
+                                       part * kVec;
+                        store_vec<T>(*reinterpret_cast<const uint4*>(src), dst);
+                    } else {
+#pragma unroll
+                        for (int i = 0; i < kVec; ++i) dst[i] = NAN;
+                    }
+                } else {
+#pragma unroll
+                    for (int i = 0; i < kVec; ++i) dst[i] = 0.0f;
+                }
             }
-            for (int d = lane; d < D; d += 32) dst[d] = src != nullptr ? src[d] : (valid_id ? 0.0f : NAN);
+        } else {
+            for (int j = warp; j < kTk; j += kWarps) {
+                float* dst = skv + j * D;
+                const T* src = nullptr;
+                bool valid_id = true;
+                if (j < n) {
+                    const int32_t pos = t0 + j;
+                    const int32_t id = table[pos / bs];
+                    valid_id = id >= 0 && id < p.cache.num_blocks;
+                    if (valid_id)
+                        src = cache + id * p.cache.block_stride + (pos % bs) * p.cache.token_stride;
+                }
+                for (int d = lane; d < D; d += 32)
+                    dst[d] = src != nullptr ? load_cache<T>(src + d) : (valid_id ? 0.0f : NAN);
+            }
         }
         __syncthreads();
         // Scores: a warp per (head, token) pair, lanes over the dims.
@@ -194,13 +270,13 @@ __global__ void __launch_bounds__(kThreads) mla_attention_kernel(KernelParams p)
             const float l = s_l[h];
             const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // NaN l stays NaN
             float* dst;
-            if (p.num_splits == 1) {
+            if (nsplits == 1) {
                 dst = p.out + q * p.out_ld_token + (h0 + h) * p.out_ld_head;
             } else {
-                const int64_t slot = (q * p.num_splits + split) * p.num_heads + h0 + h;
-                dst = p.part_out + slot * R;
+                const int64_t ps = slot * p.num_heads + h0 + h;
+                dst = p.part_out + ps * R;
                 if (tid == 0)
-                    p.part_lse[slot] = mla_partial_lse(s_m[h], l);
+                    p.part_lse[ps] = mla_partial_lse(s_m[h], l);
             }
 #pragma unroll
             for (int k = 0; k < kCols; ++k) {
@@ -212,10 +288,12 @@ __global__ void __launch_bounds__(kThreads) mla_attention_kernel(KernelParams p)
     }
 }
 
-// out[q, h, :] = sum_s w_s * part_out[q, s, h, :], w from the splits' lse. A block per (query, head).
+// out[q, h, :] = sum_s w_s * part_out[slot_s, h, :], w from the splits' lse. A block per (query, head).
+// Queries with a single split were written directly by the attention kernel.
 __global__ void mla_combine_kernel(const float* part_lse,
                                    const float* part_out,
-                                   int32_t num_splits,
+                                   int32_t num_splits,  // uniform mode
+                                   const int32_t* offsets,  // scheduled mode (nullptr: uniform)
                                    int32_t num_heads,
                                    int32_t R,
                                    float* out,
@@ -224,25 +302,62 @@ __global__ void mla_combine_kernel(const float* part_lse,
     __shared__ float w[kMlaMaxSplits];
     const int64_t q = blockIdx.x / num_heads;
     const int h = static_cast<int>(blockIdx.x % num_heads);
-    const int64_t first = q * num_splits * num_heads + h;  // slot of split 0; splits are num_heads apart
+    const int64_t first_slot = offsets != nullptr ? offsets[q] : q * num_splits;
+    const int32_t ns = offsets != nullptr ? offsets[q + 1] - offsets[q] : num_splits;
+    if (ns <= 1) return;
+    const int64_t first = first_slot * num_heads + h;  // splits are num_heads apart
     if (threadIdx.x == 0)
-        mla_combine_weights(part_lse + first, num_heads, num_splits, w);
+        mla_combine_weights(part_lse + first, num_heads, ns, w);
     __syncthreads();
     float* dst = out + q * out_ld_token + h * out_ld_head;
     for (int c = threadIdx.x; c < R; c += blockDim.x) {
         float v = 0.0f;
-        for (int s = 0; s < num_splits; ++s) v = fmaf(w[s], part_out[(first + s * num_heads) * R + c], v);
+        for (int s = 0; s < ns; ++s) v = fmaf(w[s], part_out[(first + s * num_heads) * R + c], v);
         dst[c] = v;
     }
+}
+
+__global__ void mla_plan_kernel(const int32_t* lens, int32_t batch, int32_t max_ctas, int32_t* offsets) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) mla_plan_splits(lens, batch, max_ctas, offsets);
 }
 
 bool strides_ok(int64_t ld_token, int64_t ld_head, int32_t heads, int32_t width) {
     return ld_head >= width && ld_token >= (heads - 1) * ld_head + width;
 }
 
+// 16-byte staging is possible when every token's D values start 16-byte aligned and D is a whole
+// number of 16-byte chunks.
+bool vec_ok(const MlaCache& c) {
+    const int64_t esz = kv_dtype_size(c.dtype);
+    const int64_t D = int64_t{c.latent_dim} + c.rope_dim;
+    return reinterpret_cast<uintptr_t>(c.data) % 16 == 0 && (c.token_stride * esz) % 16 == 0 &&
+           (c.block_stride * esz) % 16 == 0 && (D * esz) % 16 == 0;
+}
+
+template <typename T>
+Status launch_t(const KernelParams& p, int64_t blocks, size_t smem, cudaStream_t stream) {
+    if (smem > 48 * 1024) {
+        int device = 0, optin = 0;
+        DS_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+        DS_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+        if (smem > static_cast<size_t>(optin)) {
+            return bad_arg("mla_attention", "latent_dim + rope_dim needs " + std::to_string(smem) +
+                                                " bytes of shared memory, the device allows " + std::to_string(optin));
+        }
+        DS_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(mla_attention_kernel<T>,
+                                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     static_cast<int>(smem)));
+    }
+    mla_attention_kernel<T><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(p);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("mla_attention_kernel");
+    return ok_status();
+}
+
 Status launch(const char* op,
               const MlaAttentionArgs& a,
               int32_t num_splits,
+              int64_t slots,  // blocks per head group
+              const int32_t* offsets,
               const int32_t* query_rows,
               const int32_t* kv_lens,
               int32_t len_add,
@@ -268,31 +383,21 @@ Status launch(const char* op,
     p.query_rows = query_rows;
     p.kv_lens = kv_lens;
     p.len_add = len_add;
+    p.offsets = offsets;
+    p.vec = vec_ok(a.cache);
     p.out = a.out;
     p.out_ld_token = a.out_ld_token;
     p.out_ld_head = a.out_ld_head;
     p.part_lse = part_lse;
     p.part_out = part_out;
 
-    const int64_t blocks = a.num_queries * num_splits * p.head_groups;
+    const int64_t blocks = slots * p.head_groups;
     if (blocks > INT_MAX) {
         return bad_arg(op, "num_queries " + std::to_string(a.num_queries) + " x splits x head groups exceeds the grid");
     }
     const size_t smem = smem_floats(a.cache.latent_dim + a.cache.rope_dim) * sizeof(float);
-    if (smem > 48 * 1024) {
-        int device = 0, optin = 0;
-        DS_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-        DS_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-        if (smem > static_cast<size_t>(optin)) {
-            return bad_arg(op, "latent_dim + rope_dim needs " + std::to_string(smem) +
-                                   " bytes of shared memory, the device allows " + std::to_string(optin));
-        }
-        DS_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(mla_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     static_cast<int>(smem)));
-    }
-    mla_attention_kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(p);
-    DS_CUDA_RETURN_IF_LAUNCH_ERROR("mla_attention_kernel");
-    return ok_status();
+    return a.cache.dtype == KvDType::kF32 ? launch_t<float>(p, blocks, smem, stream)
+                                          : launch_t<uint16_t>(p, blocks, smem, stream);
 }
 
 }  // namespace
@@ -320,6 +425,8 @@ Status validate_mla_args(const char* op, const MlaAttentionArgs& a) {
     }
     if (c.data == nullptr)
         return bad_arg(op, "cache.data is null");
+    if (c.dtype != KvDType::kF32 && c.dtype != KvDType::kBF16)
+        return bad_arg(op, "cache.dtype " + n(static_cast<int32_t>(c.dtype)) + " is neither f32 nor bf16");
     if (!std::isfinite(a.softmax_scale) || a.softmax_scale <= 0.0f) {
         return bad_arg(op, "softmax_scale must be positive and finite");
     }
@@ -430,13 +537,74 @@ Status mla_decode(const MlaAttentionArgs& a,
         return bad_arg(op, "scratch needs " + std::to_string(need) +
                                " float-aligned bytes (mla_decode_scratch_bytes), got " + std::to_string(scratch_bytes));
     }
+    const int64_t slots = a.num_queries * num_splits;
     if (num_splits == 1)
-        return launch(op, a, 1, nullptr, seq_lens, 0, nullptr, nullptr, stream);
+        return launch(op, a, 1, slots, nullptr, nullptr, seq_lens, 0, nullptr, nullptr, stream);
     float* part_lse = static_cast<float*>(scratch);
-    float* part_out = part_lse + a.num_queries * num_splits * a.num_heads;
-    DS_RETURN_IF_ERROR(launch(op, a, num_splits, nullptr, seq_lens, 0, part_lse, part_out, stream));
+    float* part_out = part_lse + slots * a.num_heads;
+    DS_RETURN_IF_ERROR(launch(op, a, num_splits, slots, nullptr, nullptr, seq_lens, 0, part_lse, part_out, stream));
     mla_combine_kernel<<<static_cast<unsigned>(a.num_queries * a.num_heads), 128, 0, stream>>>(
-        part_lse, part_out, num_splits, a.num_heads, a.cache.latent_dim, a.out, a.out_ld_token, a.out_ld_head);
+        part_lse, part_out, num_splits, nullptr, a.num_heads, a.cache.latent_dim, a.out, a.out_ld_token,
+        a.out_ld_head);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("mla_combine_kernel");
+    return ok_status();
+}
+
+size_t mla_scheduled_scratch_bytes(int64_t batch, int32_t num_heads, int32_t latent_dim, int32_t max_ctas) {
+    if (batch <= 0 || num_heads <= 0 || latent_dim <= 0)
+        return 0;
+    return static_cast<size_t>(mla_schedule_max_slots(batch, max_ctas)) * num_heads *
+           (static_cast<size_t>(latent_dim) + 1) * sizeof(float);
+}
+
+Status mla_plan_decode(const int32_t* seq_lens, int64_t batch, int32_t max_ctas, int32_t* offsets,
+                       cudaStream_t stream) {
+    if (batch < 0 || batch > INT_MAX / (kMlaMaxSplits + 1) || max_ctas <= 0) {
+        return bad_arg("mla_plan_decode", "need 0 <= batch (" + std::to_string(batch) +
+                                              ") within int32 slots and max_ctas > 0");
+    }
+    if (batch == 0) return ok_status();
+    if (seq_lens == nullptr || offsets == nullptr) return bad_arg("mla_plan_decode", "null seq_lens / offsets");
+    mla_plan_kernel<<<1, 32, 0, stream>>>(seq_lens, static_cast<int32_t>(batch), max_ctas, offsets);
+    DS_CUDA_RETURN_IF_LAUNCH_ERROR("mla_plan_kernel");
+    return ok_status();
+}
+
+Status mla_decode_scheduled(const MlaAttentionArgs& a,
+                            const int32_t* seq_lens,
+                            const int32_t* offsets,
+                            int32_t max_ctas,
+                            void* scratch,
+                            size_t scratch_bytes,
+                            cudaStream_t stream) {
+    const char* op = "mla_decode_scheduled";
+    DS_RETURN_IF_ERROR(validate_mla_args(op, a));
+    if (max_ctas <= 0) return bad_arg(op, "max_ctas must be positive");
+    if (a.num_queries == 0)
+        return ok_status();
+    if (seq_lens == nullptr)
+        return bad_arg(op, "seq_lens is null");
+    if (offsets == nullptr)
+        return bad_arg(op, "offsets is null");
+    if (a.num_table_rows < a.num_queries) {
+        return bad_arg(op, "num_table_rows " + std::to_string(a.num_table_rows) + " is below the batch " +
+                               std::to_string(a.num_queries));
+    }
+    const int64_t slots = mla_schedule_max_slots(a.num_queries, max_ctas);
+    if (slots * a.num_heads > INT_MAX || a.num_queries * a.num_heads > INT_MAX) {
+        return bad_arg(op, "batch x heads exceeds the grid");
+    }
+    const size_t need = mla_scheduled_scratch_bytes(a.num_queries, a.num_heads, a.cache.latent_dim, max_ctas);
+    if (scratch == nullptr || scratch_bytes < need || reinterpret_cast<uintptr_t>(scratch) % alignof(float) != 0) {
+        return bad_arg(op, "scratch needs " + std::to_string(need) +
+                               " float-aligned bytes (mla_scheduled_scratch_bytes), got " +
+                               std::to_string(scratch_bytes));
+    }
+    float* part_lse = static_cast<float*>(scratch);
+    float* part_out = part_lse + slots * a.num_heads;
+    DS_RETURN_IF_ERROR(launch(op, a, 0, slots, offsets, nullptr, seq_lens, 0, part_lse, part_out, stream));
+    mla_combine_kernel<<<static_cast<unsigned>(a.num_queries * a.num_heads), 128, 0, stream>>>(
+        part_lse, part_out, 0, offsets, a.num_heads, a.cache.latent_dim, a.out, a.out_ld_token, a.out_ld_head);
     DS_CUDA_RETURN_IF_LAUNCH_ERROR("mla_combine_kernel");
     return ok_status();
 }
@@ -453,7 +621,7 @@ Status mla_prefill(const MlaAttentionArgs& a,
         return bad_arg(op, "query_rows is null");
     if (query_pos == nullptr)
         return bad_arg(op, "query_pos is null");
-    return launch(op, a, 1, query_rows, query_pos, 1, nullptr, nullptr, stream);
+    return launch(op, a, 1, a.num_queries, nullptr, query_rows, query_pos, 1, nullptr, nullptr, stream);
 }
 
 }  // namespace deepshard::kernels::cuda

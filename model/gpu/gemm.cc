@@ -1,0 +1,45 @@
+// GEMM dispatch (see gemm.h).
+#include "model/gpu/gemm.h"
+
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace deepshard::model::gpu {
+
+namespace kc = kernels::cuda;
+
+namespace {
+constexpr int64_t kGemvRows = 8;  // kernels::cuda::matmul's GEMV limit
+}
+
+Status GemmRunner::run_exact(const kernels::WeightView& w, const float* x, int64_t m, int64_t ldx, float* y,
+                             int64_t ldy, bool accumulate, cudaStream_t stream) const {
+    return kc::matmul(x, m, ldx, w, y, ldy, accumulate, stream);
+}
+
+Status GemmRunner::run(const kernels::WeightView& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
+                       bool accumulate, cudaStream_t stream) const {
+    if (exact_ || m <= kGemvRows) return kc::matmul(x, m, ldx, w, y, ldy, accumulate, stream);
+    if (fp8_ != nullptr && model_ != nullptr) {
+        if (const float* scales = model_->lt_scales(w)) {
+            return fp8_->gemm(w, scales, x, m, ldx, y, ldy, accumulate, stream);
+        }
+    }
+    if (sm_major_ >= 8) return kc::matmul_tc(x, m, ldx, w, y, ldy, accumulate, stream);
+    return kc::matmul(x, m, ldx, w, y, ldy, accumulate, stream);
+}
+
+kc::GroupedKernel GemmRunner::grouped(int64_t tokens, int64_t experts, int64_t top_k) const {
+    if (tokens * top_k <= kGemvRows * experts) return kc::GroupedKernel::kGemv;
+    if (exact_ || sm_major_ < 8) return kc::GroupedKernel::kTiled;
+    return kc::GroupedKernel::kTensorCore;
+}
+
+std::string GemmRunner::describe() const {
+    if (exact_) return "exact (fp32 activations, weights dequantized in the kernels)";
+    std::string s = "fast (GEMV <= 8 rows";
+    if (fp8_ != nullptr) s += ", FP8 cuBLASLt block-scaled [" + kc::describe(fp8_->config()) + "]";
+    s += sm_major_ >= 8 ? ", BF16 tensor cores" : ", fp32 tiles";
+    return s + ")";
+}
+
+}  // namespace deepshard::model::gpu
