@@ -106,6 +106,7 @@ Status CudaEngine::init(const EngineOptions& options) {
     dims_ = dims_of(w);
 
     DS_ASSIGN_OR_RETURN(stream_, kc::CudaStream::create());
+    DS_ASSIGN_OR_RETURN(sync_event_, kc::CudaEvent::create());
     DS_ASSIGN_OR_RETURN(auto lt, kc::CublasLtHandle::create(size_t{kLtWorkspaceMb} << 20));
     lt_ = std::make_unique<kc::CublasLtHandle>(std::move(lt));
 
@@ -185,7 +186,22 @@ Status CudaEngine::init(const EngineOptions& options) {
 }
 
 Status CudaEngine::sync() {
-    DS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+    if (device_collectives_ == nullptr) {
+        DS_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+        return ok_status();
+    }
+    // The stream may wait inside a collective for a peer: the wait is bounded by the collectives' watchdog.
+    DS_RETURN_IF_ERROR(sync_event_.record(stream()));
+    cudaEvent_t ev = sync_event_.get();
+    const int dev = device_;
+    const uint64_t token = device_collectives_->begin_wait("the CUDA engine's step on device " + std::to_string(dev),
+                                                           [ev, dev] {
+                                                               cudaSetDevice(dev);
+                                                               return cudaEventQuery(ev) != cudaErrorNotReady;
+                                                           });
+    const cudaError_t err = cudaEventSynchronize(ev);
+    device_collectives_->end_wait(token);
+    DS_CUDA_RETURN_IF_ERROR(err);
     return ok_status();
 }
 

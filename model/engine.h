@@ -72,6 +72,14 @@ public:
     // full[rows, vocab_local * ranks] = each rank's local[rows, vocab_local] side by side (rank order).
     virtual Status allgather_vocab(const float* local, int64_t rows, int64_t vocab_local, float* full,
                                    void* stream) = 0;
+    // Bounds a host wait for device work that includes these collectives (a dead peer would make it
+    // endless): `done` is a cheap poll the implementation's watchdog calls until end_wait(token).
+    virtual uint64_t begin_wait(const std::string& what, std::function<bool()> done) {
+        (void)what;
+        (void)done;
+        return 0;
+    }
+    virtual void end_wait(uint64_t token) { (void)token; }
 };
 
 // Optional observers for tests and debugging (nullptr = off).

@@ -7,6 +7,9 @@
 #include "common/logging.h"
 #include "shard_node/kv_ops.h"
 #include "shard_node/moe_exchange.h"
+#if defined(DS_WITH_DEVICE_COLLECTIVES)
+#include "shard_node/device_collectives.h"
+#endif
 
 namespace deepshard::shard_node {
 
@@ -139,6 +142,7 @@ StatusOr<std::unique_ptr<Pipeline>> Pipeline::create(comm::Communicator* world, 
     p->stage_ = layout.stage_of(p->rank_);
     p->local_ = layout.local_of(p->rank_);
     p->checkpoint_ = std::move(checkpoint);
+    DS_RETURN_IF_ERROR(world->require_memory(comm::MemorySpace::kHost, "the shard pipeline (step headers, results)"));
     if (world->size() != layout.world_size) {
         return invalid_argument("the plan is for " + std::to_string(layout.world_size) + " ranks, the job has " +
                                 std::to_string(world->size()));
@@ -158,6 +162,18 @@ StatusOr<std::unique_ptr<Pipeline>> Pipeline::create(comm::Communicator* world, 
         if (layout.attention == AttentionMode::kTensorParallel) {
             p->reducer_ = std::make_unique<StageReducer>(p->stage_comm_.get());
             p->model_->set_reducer(p->reducer_.get());
+#if defined(DS_WITH_DEVICE_COLLECTIVES)
+            if (device == model::Device::kCuda) {
+                // CUDA ranks reduce on the device, on the engine's stream (captured in its decode graphs).
+                const model::ShardSpec spec = layout.shard_spec(cfg, p->rank_);
+                const int64_t vocab_local = (spec.vocab_end < 0 ? cfg.vocab_size : spec.vocab_end) - spec.vocab_begin;
+                DS_ASSIGN_OR_RETURN(p->device_collectives_,
+                                    NcclDeviceCollectives::create(*p->stage_comm_, options.device_ordinal,
+                                                                  options.max_seqs > 0 ? options.max_seqs : 256,
+                                                                  vocab_local));
+                p->model_->set_device_collectives(p->device_collectives_.get());
+            }
+#endif
         } else {
             p->exchange_ = make_moe_exchange(p->stage_comm_.get(), layout.expert_owner);
             p->model_->set_moe_exchange(p->exchange_.get());

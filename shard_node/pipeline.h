@@ -112,6 +112,7 @@ private:
     std::unique_ptr<comm::Communicator> stage_comm_;
     std::unique_ptr<model::TpReducer> reducer_;
     std::unique_ptr<model::MoeExchange> exchange_;
+    std::unique_ptr<model::DeviceCollectives> device_collectives_;  // CUDA ranks of a TP stage
     Layout layout_;
     int rank_ = 0, stage_ = 0, local_ = 0;
     std::shared_ptr<const model::Checkpoint> checkpoint_;

@@ -69,7 +69,8 @@ struct NcclState : PoisonState {
     cudaStream_t stream = nullptr;
     float* barrier_buf = nullptr;
     Millis timeout{30000};
-    bool aborted = false;
+    std::atomic<bool> aborted{false};  // read by a watchdog thread too
+    std::mutex abort_mu;               // serializes abort_comm (owner error path vs watchdog)
     std::shared_ptr<OpEvent> pending;  // operation whose enqueue is still ncclInProgress
 
     NcclState() = default;
@@ -77,6 +78,7 @@ struct NcclState : PoisonState {
     NcclState& operator=(const NcclState&) = delete;
 
     void abort_comm() noexcept {
+        std::lock_guard<std::mutex> lock(abort_mu);
         if (comm != nullptr && !aborted) {
             cudaSetDevice(device);
             ncclResult_t r = ncclCommAbort(comm);
@@ -414,6 +416,80 @@ StatusOr<Request> NcclComm::issue(std::string desc, F&& enqueue) {
         return e;
     }
     return Request(std::make_unique<NcclRequest>(state_, std::move(op), std::move(desc)), next_deadline());
+}
+
+template <typename F>
+Status NcclComm::issue_on(const std::string& desc, F&& enqueue) {
+    NcclState& s = *state_;
+    DS_NCCL_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device));
+    const Deadline until = next_deadline();
+    auto settle = [&](const char* what) -> Status {
+        Backoff backoff;
+        ncclResult_t r;
+        while ((r = s.poll_pending()) == ncclInProgress || (r == ncclSuccess && s.async_state() == ncclInProgress)) {
+            if (Clock::now() >= until) {
+                Status d = deadline_exceeded(desc + ": NCCL's " + what + " still in progress after " +
+                                             std::to_string(timeout().count()) + " ms (peer dead or hung)");
+                s.poison(d.message());
+                s.abort_comm();
+                return d;
+            }
+            backoff.pause();
+        }
+        if (r != ncclSuccess) {
+            Status e = nccl_error(r, what, __FILE__, __LINE__, s.comm).with_context(desc);
+            s.poison(e.message());
+            s.abort_comm();
+            return e;
+        }
+        return ok_status();
+    };
+    DS_RETURN_IF_ERROR(settle("previous enqueue"));
+    const ncclResult_t r = enqueue();
+    if (r != ncclSuccess && r != ncclInProgress) {
+        Status e = nccl_error(r, "enqueue", __FILE__, __LINE__, s.comm).with_context(desc);
+        if (!is_usage_error(r)) {
+            s.poison(e.message());
+            s.abort_comm();
+        }
+        return e;
+    }
+    return settle("enqueue");
+}
+
+Status NcclComm::enqueue_allreduce_sum(float* buf, size_t count, cudaStream_t stream) {
+    DS_RETURN_IF_ERROR(check_usable("allreduce_sum"));
+    if (count == 0) return ok_status();
+    return issue_on(describe_op("allreduce_sum(" + std::to_string(count) + " f32) on the caller's stream", rank_,
+                                size_, name(), "nccl", kAllPeers),
+                    [&] { return ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, get(), stream); });
+}
+
+Status NcclComm::enqueue_allgather(const void* send, void* recv, size_t count, DataType type, cudaStream_t stream) {
+    DS_RETURN_IF_ERROR(check_usable("allgather"));
+    if (count == 0) return ok_status();
+    return issue_on(describe_op("allgather(" + std::to_string(count) + " " + data_type_name(type) +
+                                    ") on the caller's stream",
+                                rank_, size_, name(), "nccl", kAllPeers),
+                    [&] { return ncclAllGather(send, recv, count, nccl_type(type), get(), stream); });
+}
+
+Status NcclComm::enqueue_send(const void* buf, size_t count, DataType type, int peer, cudaStream_t stream) {
+    DS_RETURN_IF_ERROR(check_usable("send"));
+    DS_RETURN_IF_ERROR(check_peer("send", peer));
+    if (count == 0) return ok_status();
+    return issue_on(describe_op("send(" + std::to_string(count) + " " + data_type_name(type) + ") on the caller's stream",
+                                rank_, size_, name(), "nccl", peer),
+                    [&] { return ncclSend(buf, count, nccl_type(type), peer, get(), stream); });
+}
+
+Status NcclComm::enqueue_recv(void* buf, size_t count, DataType type, int peer, cudaStream_t stream) {
+    DS_RETURN_IF_ERROR(check_usable("recv"));
+    DS_RETURN_IF_ERROR(check_peer("recv", peer));
+    if (count == 0) return ok_status();
+    return issue_on(describe_op("recv(" + std::to_string(count) + " " + data_type_name(type) + ") on the caller's stream",
+                                rank_, size_, name(), "nccl", peer),
+                    [&] { return ncclRecv(buf, count, nccl_type(type), peer, get(), stream); });
 }
 
 StatusOr<Request> NcclComm::isend(const void* buf, size_t count, DataType type, int peer, Tag tag) {

@@ -18,7 +18,8 @@
 // are range-checked but not matched on, and a receive whose count differs from the send is
 // undefined (NCCL cannot detect it): callers must agree on sizes, as with collectives.
 // Ownership: move-only; ncclCommFinalize + ncclCommDestroy in the destructor (bounded wait, then
-// ncclCommAbort), ncclCommAbort on error paths. Thread-safety: one thread at a time per communicator.
+// ncclCommAbort), ncclCommAbort on error paths. Thread-safety: one thread at a time per communicator,
+// except abort(), which a watchdog thread may call while the owner waits on its stream.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -78,6 +79,16 @@ public:
     StatusOr<Request> ibroadcast(void* buf, size_t count, DataType type, int root) override;
     // A 1-element allreduce on an internal device buffer.
     StatusOr<Request> ibarrier() override;
+
+    // ---- work on the caller's stream ----
+    // For collectives that must join the caller's kernels (the CUDA engine's compute stream), also inside
+    // a CUDA-graph capture: enqueued on `stream`, no event, no Request. These wait (within the timeout)
+    // only for NCCL's own enqueue to finish, never for the operation; a dead peer shows as the stream
+    // never draining, which the owner bounds with a Watchdog (comm/watchdog.h) calling abort().
+    Status enqueue_allreduce_sum(float* buf, size_t count, cudaStream_t stream);
+    Status enqueue_allgather(const void* send, void* recv, size_t count, DataType type, cudaStream_t stream);
+    Status enqueue_send(const void* buf, size_t count, DataType type, int peer, cudaStream_t stream);
+    Status enqueue_recv(void* buf, size_t count, DataType type, int peer, cudaStream_t stream);
     // ncclCommSplit (non-blocking, polled within the timeout). Children get their own stream.
     StatusOr<std::unique_ptr<Communicator>> split(int color, int key) override;
 
@@ -87,6 +98,9 @@ private:
     // Issues `enqueue` (NCCL calls on get()/stream()) and wraps it in a Request described by `desc`.
     template <typename F>
     StatusOr<Request> issue(std::string desc, F&& enqueue);
+    // Enqueues on the caller's stream and waits for NCCL's enqueue (not the operation) to finish.
+    template <typename F>
+    Status issue_on(const std::string& desc, F&& enqueue);
 
     int rank_ = 0;
     int size_ = 0;

@@ -122,6 +122,7 @@ private:
     bool graphs_enabled_ = true;
 
     kernels::cuda::CudaStream stream_;
+    kernels::cuda::CudaEvent sync_event_;
     std::unique_ptr<kernels::cuda::CublasLtHandle> lt_;
     std::unique_ptr<kernels::cuda::Fp8Gemm> fp8_;
     std::unique_ptr<DeviceModel> model_;
