@@ -56,7 +56,7 @@ float dot(const float* a, const float* b, int64_t k) {
 
 void matmul_rows(const MatmulArgs& a, int64_t n0, int64_t n1) {
     const WeightView& w = *a.w;
-    float* row = static_cast<float*>(thread_scratch(w.cols * sizeof(float)));
+    float* row = static_cast<float*>(thread_scratch(0, w.cols * sizeof(float)));
     for (int64_t j = n0; j < n1; ++j) {
         decode_row(w, j, row);
         for (int64_t i = 0; i < a.m; ++i) {
@@ -88,7 +88,7 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t b, int64_t
 }  // namespace
 
 const KernelTable& scalar_table() {
-    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul};
+    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, nullptr};
     return t;
 }
 
