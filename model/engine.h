@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "kernels/kernels.h"
 #include "model/checkpoint.h"
 #include "model/shard_weights.h"
 
@@ -93,6 +94,10 @@ struct EngineOptions {
     int64_t kv_budget_bytes = int64_t{1} << 30;
     int64_t kv_block_size = 16;
     int device_ordinal = 0;  // CUDA device of this rank (ignored by the CPU engine)
+    // Numerics of the weight matmuls (kernels/kernels.h): exact = float32 activations, the reference
+    // the golden tests hold to the official float32 model; fast = BF16 dot products where the CPU
+    // has them. Router, norms, attention and the residual stream are float32 in both.
+    kernels::Numerics numerics = kernels::Numerics::kExact;
 };
 
 // KV cache use, in the engine's own storage units.

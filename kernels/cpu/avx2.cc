@@ -100,7 +100,7 @@ struct Simd {
 }  // namespace
 
 const KernelTable& avx2_table() {
-    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, nullptr};
+    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, nullptr};
     return t;
 }
 

@@ -37,6 +37,8 @@ using RmsnormRowsFn = void (*)(const float* x, int64_t n, int64_t ldx, const flo
                                int64_t ldy, int64_t r0, int64_t r1);
 // out[i] = silu(gate[i]) * up[i] for i in [b, e).
 using SiluMulFn = void (*)(const float* gate, const float* up, float* out, int64_t b, int64_t e);
+// y[i] += a * x[i] for i < n (weighted scatter of expert outputs). a == 1 adds exactly.
+using AxpyFn = void (*)(float a, const float* x, float* y, int64_t n);
 // out[i, 0..kpad) = BF16(x[i, 0..k)) rounded to nearest even, zero in [k, kpad). BF16 tables only.
 using ConvertBf16Fn = void (*)(const float* x, int64_t m, int64_t k, int64_t ldx, uint16_t* out, int64_t kpad);
 
@@ -45,6 +47,7 @@ struct KernelTable {
     DecodeRowFn decode_row;
     RmsnormRowsFn rmsnorm_rows;
     SiluMulFn silu_mul;
+    AxpyFn axpy;
     ConvertBf16Fn convert_bf16;  // nullptr: no fast path on this ISA
 };
 
@@ -59,8 +62,9 @@ const KernelTable& active_table();
 // long as the thread). Defined in dispatch.cc so no ISA-flagged file instantiates library code.
 // Independent slots, so nested users do not clobber each other:
 //   0, 1: inside matmul_rows (GEMM panel, staging rows); 2: the driver's BF16 copy of x;
-//   3: fused ops around matmul_rows (SwiGLU gate/up, MoE down-projection tiles); 4, 5: attention.
-constexpr int kScratchSlots = 6;
+//   3: fused ops around matmul_rows (SwiGLU gate/up, MoE down-projection tiles); 4, 5: attention;
+//   6, 7: moe_ffn's gathered inputs and activations (calling thread).
+constexpr int kScratchSlots = 8;
 void* thread_scratch(int slot, size_t bytes);
 
 // Row stride of a BF16 copy of x with k columns (a multiple of 32: whole vectors, zero padded).

@@ -7,6 +7,7 @@
 
 #include "common/status.h"
 #include "common/thread_pool.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/kernels.h"
 #include "kernels/mla.h"
 
@@ -71,27 +72,20 @@ void mla_absorb_q(const float* q, int64_t T, int64_t ld_token, int64_t ld_head, 
     const int64_t R = wkv_b.cols;
     DS_CHECK(heads * head_rows <= wkv_b.rows && nope <= head_rows) << "mla_absorb_q: wkv_b has " << wkv_b.rows
                                                                    << " rows, too few for " << heads << " heads";
-    ThreadPool::global().parallel_for(
-        heads,
-        [&](int64_t b, int64_t e) {
-            std::vector<float> wuk(static_cast<size_t>(nope * R));
-            std::vector<int32_t> rows(static_cast<size_t>(nope));
-            for (int64_t h = b; h < e; ++h) {
-                std::iota(rows.begin(), rows.end(), static_cast<int32_t>(h * head_rows));
-                gather_rows(wkv_b, rows.data(), nope, wuk.data(), R);
-                for (int64_t t = 0; t < T; ++t) {
-                    const float* qn = q + t * ld_token + h * ld_head;
-                    float* dst = q_lat + (t * heads + h) * R;
-                    std::fill(dst, dst + R, 0.0f);
-                    for (int64_t d = 0; d < nope; ++d) {
-                        const float s = qn[d];
-                        const float* w = wuk.data() + d * R;
-                        for (int64_t r = 0; r < R; ++r) dst[r] += s * w[r];
-                    }
-                }
-            }
-        },
-        1);
+    const cpu::KernelTable& kt = cpu::active_table();
+    // q_lat[t, h, :] = sum_d q_nope[t, h, d] * W_UK[h][d, :]: each W_UK row is decoded once (into
+    // scratch) and added, scaled by every token's q value, to the token's q_lat row.
+    ThreadPool::global().parallel_tasks(heads, [&](int64_t h) {
+        float* wrow = static_cast<float*>(cpu::thread_scratch(4, static_cast<size_t>(R) * sizeof(float)));
+        for (int64_t t = 0; t < T; ++t) {
+            float* dst = q_lat + (t * heads + h) * R;
+            std::fill(dst, dst + R, 0.0f);
+        }
+        for (int64_t d = 0; d < nope; ++d) {
+            kt.decode_row(wkv_b, h * head_rows + d, wrow);
+            for (int64_t t = 0; t < T; ++t) kt.axpy(q[t * ld_token + h * ld_head + d], wrow, q_lat + (t * heads + h) * R, R);
+        }
+    });
 }
 
 void mla_attention(const MlaAttentionArgs& a, const int32_t* query_rows, const int32_t* query_pos) {
@@ -141,12 +135,15 @@ void mla_attention(const MlaAttentionArgs& a, const int32_t* query_rows, const i
 }
 
 void mla_absorb_out(const float* o_lat, int64_t T, int64_t heads, const WeightView& wkv_b, int64_t head_rows,
-                    int64_t nope, int64_t v, float* o) {
+                    int64_t nope, int64_t v, float* o, Numerics numerics) {
     const int64_t R = wkv_b.cols;
+    std::vector<WeightView> wuv(static_cast<size_t>(heads));
+    std::vector<MatmulJob> jobs(static_cast<size_t>(heads));
     for (int64_t h = 0; h < heads; ++h) {
-        const WeightView wuv = wkv_b.slice_rows(h * head_rows + nope, v);
-        matmul(o_lat + h * R, T, heads * R, wuv, o + h * v, heads * v);
+        wuv[h] = wkv_b.slice_rows(h * head_rows + nope, v);
+        jobs[h] = {o_lat + h * R, T, heads * R, &wuv[h], o + h * v, heads * v, false};
     }
+    matmul_batch(jobs, numerics);
 }
 
 }  // namespace deepshard::kernels

@@ -85,10 +85,14 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t b, int64_t
     }
 }
 
+void axpy(float a, const float* x, float* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
 }  // namespace
 
 const KernelTable& scalar_table() {
-    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, nullptr};
+    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, nullptr};
     return t;
 }
 
