@@ -19,6 +19,7 @@ struct Simd {
     static constexpr int kDirectMaxM = 8;
     static constexpr int kGemmMr = 6;      // GEMM micro tile: 6 x rows x 2 vectors (12 accumulators)
     static constexpr int kGemmNv = 2;
+    static constexpr int kAttnMr = 2;      // attention: 2 rows x 4 vectors (8 accumulators)
 
     static __m256i mask(int n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - n)); }
     static V zero() { return _mm256_setzero_ps(); }
@@ -100,7 +101,7 @@ struct Simd {
 }  // namespace
 
 const KernelTable& avx2_table() {
-    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, nullptr};
+    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, attention, nullptr};
     return t;
 }
 

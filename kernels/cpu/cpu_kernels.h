@@ -37,6 +37,23 @@ using RmsnormRowsFn = void (*)(const float* x, int64_t n, int64_t ldx, const flo
                                int64_t ldy, int64_t r0, int64_t r1);
 // out[i] = silu(gate[i]) * up[i] for i in [b, e).
 using SiluMulFn = void (*)(const float* gate, const float* up, float* out, int64_t b, int64_t e);
+// One unit of MLA attention (kernels/mla.h): `rows` query rows (a query and a head each) that attend
+// to keys of one block table row. keys[j] = cache slot of position j (latent R floats, then rd rope
+// floats), j < nkeys; row i reads q_lat[i] (R), q_pe[i] (rd), attends to keys [0, last_key[i]] and
+// writes out[i] (R). Rows of one query are consecutive and share last_key.
+struct AttnTile {
+    const float* const* keys = nullptr;
+    int64_t nkeys = 0;
+    int64_t rows = 0;
+    const float* const* q_lat = nullptr;
+    const float* const* q_pe = nullptr;
+    const int32_t* last_key = nullptr;
+    float* const* out = nullptr;
+    int64_t R = 0, rd = 0;
+    float scale = 1.0f;
+};
+using AttentionFn = void (*)(const AttnTile& t);
+
 // y[i] += a * x[i] for i < n (weighted scatter of expert outputs). a == 1 adds exactly.
 using AxpyFn = void (*)(float a, const float* x, float* y, int64_t n);
 // out[i, 0..kpad) = BF16(x[i, 0..k)) rounded to nearest even, zero in [k, kpad). BF16 tables only.
@@ -48,6 +65,7 @@ struct KernelTable {
     RmsnormRowsFn rmsnorm_rows;
     SiluMulFn silu_mul;
     AxpyFn axpy;
+    AttentionFn attention;  // nullptr: the generic loop in mla_ops.cc
     ConvertBf16Fn convert_bf16;  // nullptr: no fast path on this ISA
 };
 

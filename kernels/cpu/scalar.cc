@@ -92,7 +92,7 @@ void axpy(float a, const float* x, float* y, int64_t n) {
 }  // namespace
 
 const KernelTable& scalar_table() {
-    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, nullptr};
+    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, nullptr, nullptr};
     return t;
 }
 
