@@ -101,7 +101,7 @@ struct Simd {
 }  // namespace
 
 const KernelTable& avx2_table() {
-    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, attention, nullptr};
+    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, matmul_xw, attention, nullptr};
     return t;
 }
 

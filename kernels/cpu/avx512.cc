@@ -17,7 +17,7 @@ namespace {
 }  // namespace
 
 const KernelTable& avx512_table() {
-    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, attention, nullptr};
+    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, matmul_xw, attention, nullptr};
     return t;
 }
 

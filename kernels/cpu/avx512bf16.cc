@@ -34,7 +34,7 @@ void convert_bf16(const float* x, int64_t m, int64_t k, int64_t ldx, uint16_t* o
 }  // namespace
 
 const KernelTable& avx512bf16_table() {
-    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, attention, convert_bf16};
+    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, matmul_xw, attention, convert_bf16};
     return t;
 }
 

@@ -54,6 +54,10 @@ struct AttnTile {
 };
 using AttentionFn = void (*)(const AttnTile& t);
 
+// y[i, c0:c1] = sum_d x[i, d] * float32(W[d, c0:c1]) for i < m, d < w.rows: W NOT transposed.
+using MatmulXwFn = void (*)(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy,
+                            int64_t c0, int64_t c1);
+
 // y[i] += a * x[i] for i < n (weighted scatter of expert outputs). a == 1 adds exactly.
 using AxpyFn = void (*)(float a, const float* x, float* y, int64_t n);
 // out[i, 0..kpad) = BF16(x[i, 0..k)) rounded to nearest even, zero in [k, kpad). BF16 tables only.
@@ -65,6 +69,7 @@ struct KernelTable {
     RmsnormRowsFn rmsnorm_rows;
     SiluMulFn silu_mul;
     AxpyFn axpy;
+    MatmulXwFn matmul_xw;
     AttentionFn attention;  // nullptr: the generic loop in mla_ops.cc
     ConvertBf16Fn convert_bf16;  // nullptr: no fast path on this ISA
 };

@@ -73,18 +73,14 @@ void mla_absorb_q(const float* q, int64_t T, int64_t ld_token, int64_t ld_head, 
     DS_CHECK(heads * head_rows <= wkv_b.rows && nope <= head_rows) << "mla_absorb_q: wkv_b has " << wkv_b.rows
                                                                    << " rows, too few for " << heads << " heads";
     const cpu::KernelTable& kt = cpu::active_table();
-    // q_lat[t, h, :] = sum_d q_nope[t, h, d] * W_UK[h][d, :]: each W_UK row is decoded once (into
-    // scratch) and added, scaled by every token's q value, to the token's q_lat row.
-    ThreadPool::global().parallel_tasks(heads, [&](int64_t h) {
-        float* wrow = static_cast<float*>(cpu::thread_scratch(4, static_cast<size_t>(R) * sizeof(float)));
-        for (int64_t t = 0; t < T; ++t) {
-            float* dst = q_lat + (t * heads + h) * R;
-            std::fill(dst, dst + R, 0.0f);
-        }
-        for (int64_t d = 0; d < nope; ++d) {
-            kt.decode_row(wkv_b, h * head_rows + d, wrow);
-            for (int64_t t = 0; t < T; ++t) kt.axpy(q[t * ld_token + h * ld_head + d], wrow, q_lat + (t * heads + h) * R, R);
-        }
+    // q_lat[t, h, :] = q_nope[t, h, :] . W_UK[h] (W_UK[h] = [nope, R], applied untransposed): a
+    // small GEMM per head, split over heads and column blocks of the latent.
+    const int64_t cw = R > 128 ? 128 : R;
+    const int64_t col_blocks = (R + cw - 1) / cw;
+    ThreadPool::global().parallel_tasks(heads * col_blocks, [&](int64_t u) {
+        const int64_t h = u / col_blocks, c0 = (u % col_blocks) * cw, c1 = std::min(R, c0 + cw);
+        const WeightView wuk = wkv_b.slice_rows(h * head_rows, nope);
+        kt.matmul_xw(q + h * ld_head, T, ld_token, wuk, q_lat + h * R, heads * R, c0, c1);
     });
 }
 
