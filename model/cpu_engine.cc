@@ -138,7 +138,15 @@ Status CpuEngine::moe(const LayerWeights& L, const float* x, int64_t T, float* y
     float* weights = scratch(s.route_w, std::max<int64_t>(T, 1) * K);
     if (T > 0) {
         float* logits = scratch(s.router, T * E);
+        // The router stays exact in both numerics modes: it is tiny (E x H) and its ranking decides
+        // which experts run, so BF16 noise here would flip near-tied experts for no speed gain.
         kernels::matmul(x, T, H, L.gate, logits, E);
+        if (hooks_ != nullptr && hooks_->on_router_logits) {
+            for (int64_t t = 0; t < T; ++t) {
+                hooks_->on_router_logits(L.index, t, std::span<const float>(x + t * H, H),
+                                         std::span<const float>(logits + t * E, E));
+            }
+        }
         kernels::moe_route(logits, T, E, L.bias.empty() ? nullptr : L.bias.data(), weights_->route_params(), experts,
                            weights);
     }

@@ -69,6 +69,11 @@ struct ForwardHooks {
     // Per MoE layer and token: chosen experts (top-k order) and their weights (after scaling).
     std::function<void(int64_t layer, int64_t token, std::span<const int32_t> experts, std::span<const float> weights)>
         on_routing;
+    // Per MoE layer and token: the router's input x (the normed hidden state, H values) and its
+    // logits (x . gate^T, one per expert) that routing ranked. CPU engine; engines that route on the
+    // device may leave it uncalled.
+    std::function<void(int64_t layer, int64_t token, std::span<const float> input, std::span<const float> logits)>
+        on_router_logits;
 };
 
 enum class LogitsMode { kNone, kLast, kAll };

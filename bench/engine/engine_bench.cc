@@ -3,7 +3,7 @@
 // GB/s and, measured in the same process right before, the STREAM-triad GB/s it is compared with.
 // Also the peak resident memory against mapped weights + KV pool (nothing else should be there).
 //
-// Usage: engine_bench --model DIR [--batches 1,8] [--prefill 256] [--decode 16] [--reps 3] [--kv-mb 256]
+// Usage: engine_bench --model DIR [--batches 1,8] [--prefill 64,512] [--decode 16] [--reps 3] [--kv-mb 256]
 //                     [--stream-mb 256] [--numerics exact|fast]
 // Besides wall-clock tokens/s every phase reports tokens per second of process CPU time divided by
 // the thread count ("cpu tok/s"): on a machine shared with other jobs that figure moves much less
@@ -33,7 +33,7 @@ namespace db = deepshard::bench;
 struct Args {
     std::string model;
     std::vector<int> batches{1, 8};
-    int prefill = 256;
+    std::vector<int> prefills{256};
     int decode = 16;
     int reps = 3;
     int64_t kv_mb = 256;
@@ -65,7 +65,11 @@ Args parse(int argc, char** argv) {
                 a.batches.push_back(std::atoi(t.c_str()));
             }
         } else if (k == "--prefill") {
-            a.prefill = std::atoi(next().c_str());
+            a.prefills.clear();
+            std::stringstream ss(next());
+            for (std::string t; std::getline(ss, t, ',');) {
+                a.prefills.push_back(std::atoi(t.c_str()));
+            }
         } else if (k == "--decode") {
             a.decode = std::atoi(next().c_str());
         } else if (k == "--reps") {
@@ -86,6 +90,13 @@ Args parse(int argc, char** argv) {
     if (a.model.empty()) {
         die("--model DIR is required");
     }
+    for (int v : a.prefills) {
+        if (v <= 0 || v > 65536) die("--prefill sizes must be in [1, 65536]");
+    }
+    for (int v : a.batches) {
+        if (v <= 0 || v > 4096) die("--batches must be in [1, 4096]");
+    }
+    if (a.decode <= 0 || a.reps <= 0) die("--decode and --reps must be positive");
     return a;
 }
 
@@ -150,36 +161,36 @@ int main(int argc, char** argv) {
 
     uint64_t next_seq = 1;
     // Prefill: one sequence of `prefill` tokens, logits for the last position only.
-    {
+    for (const int prefill : a.prefills) {
         std::vector<double> tps, cpu_tps;
         for (int r = 0; r < a.reps; ++r) {
-            const auto toks = random_tokens(a.prefill, cfg.vocab_size, 100 + r);
+            const auto toks = random_tokens(prefill, cfg.vocab_size, 100 + r);
             const uint64_t id = next_seq++;
             dm::SeqChunk c;
             c.seq_id = id;
             c.tokens = toks;
-            c.num_tokens = a.prefill;
+            c.num_tokens = prefill;
             c.start_pos = 0;
             c.logits = dm::LogitsMode::kLast;
             const double t0 = db::now_seconds(), c0 = db::process_cpu_seconds();
             auto out = model->step(std::span<const dm::SeqChunk>(&c, 1));
             const double dt = db::now_seconds() - t0;
-            cpu_tps.push_back(a.prefill / ((db::process_cpu_seconds() - c0) / threads));
+            cpu_tps.push_back(prefill / ((db::process_cpu_seconds() - c0) / threads));
             if (!out.ok()) {
                 die(out.status().to_string());
             }
             check_logits(*out);
             model->release(id);
-            tps.push_back(a.prefill / dt);
+            tps.push_back(prefill / dt);
         }
         const double med = db::median(tps);
         // Each token passes every held dense weight and its routed experts: ~2 FLOPs per weight element.
         const double elems_per_token = static_cast<double>(bytes_per_token) / (ck->config().quantization.fp8 ? 1.0 : 2.0);
         const double gflops = 2.0 * elems_per_token * med / 1e9;
         const double cpu_med = db::median(cpu_tps);
-        std::printf("prefill  %4d tokens: %9.1f tokens/s  (~%.1f GFLOP/s of weight math; cpu %.1f tok/s)\n", a.prefill,
+        std::printf("prefill  %4d tokens: %9.1f tokens/s  (~%.1f GFLOP/s of weight math; cpu %.1f tok/s)\n", prefill,
                     med, gflops, cpu_med);
-        nlohmann::json j{{"bench", "engine"}, {"phase", "prefill"}, {"model", a.model}, {"tokens", a.prefill},
+        nlohmann::json j{{"bench", "engine"}, {"phase", "prefill"}, {"model", a.model}, {"tokens", prefill},
                          {"tokens_per_s", med}, {"cpu_tokens_per_s", cpu_med}, {"gflops", gflops},
                          {"threads", threads}, {"numerics", deepshard::kernels::numerics_name(a.numerics)}};
         std::printf("JSON %s\n", j.dump().c_str());
