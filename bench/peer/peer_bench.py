@@ -27,7 +27,8 @@ import time
 
 def run_rss(cmd, env=None):
     """Runs cmd, returns (stdout, stderr, peak RSS of that child in bytes)."""
-    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+    # errors="replace": the peer logs its vocabulary, whose synthetic tokens are not all valid UTF-8.
+    with tempfile.TemporaryFile("w+", errors="replace") as fo, tempfile.TemporaryFile("w+", errors="replace") as fe:
         p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, text=True)
         _, status, ru = os.wait4(p.pid, 0)  # reap it here, for its own rusage
         p.returncode = os.waitstatus_to_exitcode(status)

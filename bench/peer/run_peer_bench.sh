@@ -67,8 +67,8 @@ if [ ! -x "$LLAMA/build/bin/llama-bench" ]; then
   echo "building llama.cpp b4747 into $LLAMA (a few minutes)"
   quiet "$OUT/build.out" bash "$PEERS/build-llama.sh" "$OUT"
 fi
-[ -x "$LLAMA/build/bin/llama-batched-bench" ] || quiet "$OUT/batched-build.log" ninja -C "$LLAMA/build" llama-batched-bench
-quiet "$OUT/deepshard-build.log" ninja -C "$BUILD" deepshard engine_bench
+[ -x "$LLAMA/build/bin/llama-batched-bench" ] || quiet "$OUT/batched-build.log" ninja -C "$LLAMA/build" -j2 llama-batched-bench
+quiet "$OUT/deepshard-build.log" ninja -C "$BUILD" -j2 deepshard engine_bench
 for preset in ${PRESETS//,/ }; do
   for dtype in bf16 fp8; do
     dir=out/bench/$preset-$dtype
