@@ -66,15 +66,20 @@ def deepshard(args, model, numerics):
 def llama(args, gguf):
     bindir = os.path.join(args.llama_build, "bin")
     r = {"prefill": {}, "decode": {}, "rss": 0}
+    # llama.cpp's OpenMP threads spin at every barrier by default; on a machine shared with other jobs
+    # (more runnable threads than cores) that collapses its decode 5-20x (measured: 1.2-4.2 tok/s
+    # spinning against 22-34 passive on the small preset). Passive waiting is the fair setting there;
+    # --llama-omp-wait active measures the default.
+    env = dict(os.environ, OMP_WAIT_POLICY=args.llama_omp_wait.upper())
     out, _, rss = run_rss([os.path.join(bindir, "llama-bench"), "-m", gguf, "-p", args.prefill, "-n", "0",
-                           "-t", str(args.threads), "-r", "1", "-o", "json"])
+                           "-t", str(args.threads), "-r", "1", "-o", "json"], env)
     r["rss"] = max(r["rss"], rss)
     for e in json.loads(out):
         if e.get("n_gen", 0) == 0 and e.get("n_prompt", 0) > 0:
             r["prefill"][e["n_prompt"]] = e["avg_ts"]
     out, err, rss = run_rss([os.path.join(bindir, "llama-batched-bench"), "-m", gguf, "-c", "4096", "-b", "2048",
                              "-ub", "512", "-npp", "32", "-ntg", str(args.decode), "-npl", "1,8", "-t",
-                             str(args.threads), "-tb", str(args.threads), "--output-format", "jsonl"])
+                             str(args.threads), "-tb", str(args.threads), "--output-format", "jsonl"], env)
     r["rss"] = max(r["rss"], rss)
     for line in (out + "\n" + err).splitlines():
         line = line.strip()
@@ -101,6 +106,8 @@ def main():
     ap.add_argument("--prefill", default="64,512")
     ap.add_argument("--decode", type=int, default=16)
     ap.add_argument("--stream-mb", type=int, default=256)
+    ap.add_argument("--llama-omp-wait", choices=["passive", "active"], default="passive",
+                    help="OMP_WAIT_POLICY of the llama.cpp runs (see llama())")
     ap.add_argument("--out-md", default=None)
     ap.add_argument("--out-json", default=None)
     args = ap.parse_args()
@@ -121,8 +128,8 @@ def main():
 
     lines = []
     header = next((r["header"] for v in raw.values() for r in v["fast"] if "header" in r), "")
-    lines.append(f"deepshard: `{header}`; llama.cpp b4747, {args.threads} threads; medians of {args.rounds} "
-                 f"interleaved rounds")
+    lines.append(f"deepshard: `{header}`; llama.cpp b4747, {args.threads} threads, OMP_WAIT_POLICY="
+                 f"{args.llama_omp_wait}; medians of {args.rounds} interleaved rounds")
     lines.append("")
     lines.append("| model | phase | deepshard fast tok/s | deepshard exact tok/s | llama.cpp tok/s | fast / llama.cpp "
                  "| exact / fast | STREAM triad GB/s | fast weight GB/s (% triad) | peak RSS deepshard / llama.cpp |")
