@@ -25,6 +25,7 @@ struct PlanArgs {
     std::string gpu_type;
     std::string layout;
     std::string dtype = "auto";
+    std::string numerics = "fast";
     std::string objective = "throughput";
     double mem_fraction = 0.90;
     int64_t min_kv_tokens = 0;
@@ -109,6 +110,7 @@ Status run_plan(const PlanArgs& a) {
     topology::PlanOptions o;
     o.model_source = a.model;
     o.dtype = a.dtype;
+    o.numerics = a.numerics;
     o.mem_fraction = a.mem_fraction;
     o.min_kv_tokens = a.min_kv_tokens;
     o.workload = a.workload;
@@ -157,6 +159,10 @@ void register_plan(CLI::App& app, int* exit_code) {
     cmd->add_option("--gpu-type", a->gpu_type, "device type of --hostfile / --slurm nodes (default: this host's)");
     cmd->add_option("--layout", a->layout, "fix the layout: pp=P,tp=S[,attn=dp][,ep=S] (tp/dp/ep = ranks per stage)");
     cmd->add_option("--dtype", a->dtype, "auto | fp8 | fp8-weight-only | bf16");
+    cmd->add_option("--numerics", a->numerics,
+                    "weight matmuls of the ranks: fast (BF16 dot products where the CPU has them; default) or exact "
+                    "(float32, the reference)")
+        ->check(CLI::IsMember({"exact", "fast"}));
     cmd->add_option("--objective", a->objective, "throughput (default) or latency (batch-1 TPOT)");
     cmd->add_option("--mem-fraction", a->mem_fraction, "share of each device's memory to use (default 0.90)");
     cmd->add_option("--min-kv-tokens", a->min_kv_tokens,

@@ -1,14 +1,22 @@
 #include "common/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "common/env.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define DS_CPU_RELAX() _mm_pause()
+#else
+#define DS_CPU_RELAX() std::atomic_signal_fence(std::memory_order_seq_cst)
+#endif
 
 namespace deepshard {
 
 namespace {
-// Set while a thread runs a parallel_for chunk: a nested parallel_for then runs inline instead of
-// deadlocking on the pool (kernels may be called from inside another parallel loop).
+// Set while a thread runs a chunk: a nested region then runs inline instead of deadlocking on the
+// pool (kernels may be called from inside another parallel loop).
 thread_local bool t_in_parallel_region = false;
 
 struct RegionGuard {
@@ -16,56 +24,164 @@ struct RegionGuard {
     RegionGuard() : saved(t_in_parallel_region) { t_in_parallel_region = true; }
     ~RegionGuard() { t_in_parallel_region = saved; }
 };
+
+int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// Spins until pred() holds or `budget_ns` passed; true when pred() held. Reads the clock only every
+// 64 polls (a clock read costs as much as dozens of polls).
+template <typename Pred>
+bool spin_until(Pred&& pred, int64_t budget_ns) {
+    if (pred()) return true;
+    if (budget_ns <= 0) return false;
+    const int64_t deadline = now_ns() + budget_ns;
+    for (uint32_t i = 1;; ++i) {
+        DS_CPU_RELAX();
+        if (pred()) return true;
+        if ((i & 63) == 0 && now_ns() > deadline) return false;
+    }
+}
 }  // namespace
 
-ThreadPool::ThreadPool(int num_threads) {
+ThreadPool::ThreadPool(int num_threads, int64_t spin_us) {
     if (num_threads <= 0) {
         num_threads = static_cast<int>(env_int("DS_NUM_THREADS", 0));
     }
     if (num_threads <= 0) {
         num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     }
+    if (spin_us < 0) {
+        spin_us = env_int("DS_SPIN_US", 2000);
+    }
+    spin_ns_ = std::max<int64_t>(0, spin_us) * 1000;
     for (int i = 1; i < num_threads; ++i) {
-        workers_.emplace_back([this, i] { worker_loop(i); });
+        workers_.emplace_back([this] { worker_loop(); });
     }
 }
 
 ThreadPool::~ThreadPool() {
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        stop_ = true;
-    }
-    cv_start_.notify_all();
+    stop_.store(true);
+    generation_.fetch_add(2);
+    generation_.notify_all();
     for (auto& t : workers_) {
         t.join();
     }
 }
 
-void ThreadPool::worker_loop(int index) {
-    uint64_t seen = 0;
+bool ThreadPool::in_parallel_region() { return t_in_parallel_region; }
+
+void ThreadPool::work_on(const Region& r) {
+    RegionGuard guard;
     for (;;) {
-        std::pair<int64_t, int64_t> range;
-        const std::function<void(int64_t, int64_t)>* fn;
-        {
-            std::unique_lock<std::mutex> lock(mu_);
-            cv_start_.wait(lock, [&] { return stop_ || generation_ != seen; });
-            if (stop_) {
-                return;
-            }
-            seen = generation_;
-            range = ranges_[index];
-            fn = fn_;
+        const int64_t c = next_chunk_.fetch_add(1, std::memory_order_relaxed);
+        if (c >= r.chunks) {
+            return;
         }
-        if (range.first < range.second) {
-            RegionGuard guard;
-            (*fn)(range.first, range.second);
-        }
-        {
-            std::lock_guard<std::mutex> lock(mu_);
-            if (--pending_ == 0) {
-                cv_done_.notify_one();
+        // After a failure the remaining chunks are claimed but not run (early exit).
+        if (!failed_.load(std::memory_order_relaxed)) {
+            const int64_t b = r.bounds != nullptr ? (*r.bounds)[c] : c * r.step;
+            const int64_t e = r.bounds != nullptr ? (*r.bounds)[c + 1] : std::min(r.n, b + r.step);
+            try {
+                if (b < e) (*r.fn)(b, e);
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(error_mu_);
+                if (!error_) error_ = std::current_exception();
+                failed_.store(true, std::memory_order_relaxed);
             }
         }
+        if (unfinished_.fetch_sub(1, std::memory_order_acq_rel) == 1 && caller_waiting_.load()) {
+            unfinished_.notify_all();
+        }
+    }
+}
+
+void ThreadPool::worker_loop() {
+    // Generation 0 is the pool's state before any region (regions published before this thread got
+    // to run are still fresh to it).
+    uint32_t seen = 0;
+    for (;;) {
+        // A new region is an even generation different from the last one served; odd = the caller
+        // is rewriting region_.
+        auto fresh = [&] {
+            const uint32_t g = generation_.load(std::memory_order_acquire);
+            return g != seen && (g & 1u) == 0;
+        };
+        if (!spin_until(fresh, spin_ns_)) {
+            while (!fresh() && !stop_.load()) {
+                sleepers_.fetch_add(1);
+                const uint32_t g = generation_.load();
+                if (g == seen || (g & 1u) != 0) {
+                    generation_.wait(g);
+                }
+                sleepers_.fetch_sub(1);
+            }
+        }
+        if (stop_.load()) {
+            return;
+        }
+        // Announce ourselves before reading the region: the caller waits for active_workers_ to
+        // drop to zero before it rewrites region_, so what we read below stays valid.
+        active_workers_.fetch_add(1);
+        const uint32_t g = generation_.load();
+        if (g == seen || (g & 1u) != 0) {
+            active_workers_.fetch_sub(1);
+            continue;
+        }
+        seen = g;
+        const Region r = region_;
+        work_on(r);
+        active_workers_.fetch_sub(1, std::memory_order_release);
+    }
+}
+
+void ThreadPool::run_region(const Region& r) {
+    if (r.chunks <= 0) {
+        return;
+    }
+    if (workers_.empty() || r.chunks == 1 || t_in_parallel_region) {
+        RegionGuard guard;
+        for (int64_t c = 0; c < r.chunks; ++c) {
+            const int64_t b = r.bounds != nullptr ? (*r.bounds)[c] : c * r.step;
+            const int64_t e = r.bounds != nullptr ? (*r.bounds)[c + 1] : std::min(r.n, b + r.step);
+            if (b < e) (*r.fn)(b, e);
+        }
+        return;
+    }
+    std::lock_guard<std::mutex> call_lock(call_mu_);
+    // Odd generation: workers that wake now back off. Then wait for stragglers of the previous
+    // region to leave before region_ is rewritten.
+    generation_.fetch_add(1);
+    while (!spin_until([&] { return active_workers_.load() == 0; }, spin_ns_)) {
+        std::this_thread::yield();
+    }
+    region_ = r;
+    next_chunk_.store(0, std::memory_order_relaxed);
+    unfinished_.store(r.chunks, std::memory_order_relaxed);
+    failed_.store(false, std::memory_order_relaxed);
+    error_ = nullptr;
+    generation_.fetch_add(1);  // even: published
+    if (sleepers_.load() > 0) {
+        generation_.notify_all();
+    }
+    work_on(r);
+    // Wait for the chunks other threads hold: spin first, then sleep on the counter.
+    if (!spin_until([&] { return unfinished_.load(std::memory_order_acquire) == 0; }, spin_ns_)) {
+        caller_waiting_.store(true);
+        for (int64_t v = unfinished_.load(); v != 0; v = unfinished_.load()) {
+            unfinished_.wait(v);
+        }
+        caller_waiting_.store(false);
+    }
+    if (failed_.load()) {
+        std::exception_ptr e;
+        {
+            std::lock_guard<std::mutex> lock(error_mu_);
+            e = error_;
+            error_ = nullptr;
+        }
+        std::rethrow_exception(e);
     }
 }
 
@@ -75,36 +191,41 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     }
     grain = std::max<int64_t>(1, grain);
     const int64_t units = (n + grain - 1) / grain;
-    const int nt = size();
-    if (nt == 1 || units == 1 || t_in_parallel_region) {
-        RegionGuard guard;
-        fn(0, n);
-        return;
-    }
-    std::lock_guard<std::mutex> call_lock(call_mu_);
-    std::vector<std::pair<int64_t, int64_t>> ranges(nt);
+    const int64_t nt = std::min<int64_t>(size(), units);
+    // nt contiguous chunks of whole grains, the first `extra` one grain longer.
+    std::vector<int64_t> bounds(static_cast<size_t>(nt) + 1);
     const int64_t per = units / nt, extra = units % nt;
     int64_t u = 0;
-    for (int i = 0; i < nt; ++i) {
-        int64_t cnt = per + (i < extra ? 1 : 0);
-        int64_t b = std::min(n, u * grain), e = std::min(n, (u + cnt) * grain);
-        ranges[i] = {b, e};
-        u += cnt;
+    for (int64_t i = 0; i < nt; ++i) {
+        bounds[i] = std::min(n, u * grain);
+        u += per + (i < extra ? 1 : 0);
     }
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        ranges_ = ranges;
-        fn_ = &fn;
-        pending_ = nt - 1;
-        ++generation_;
+    bounds[nt] = n;
+    Region r;
+    r.fn = &fn;
+    r.n = n;
+    r.chunks = nt;
+    r.bounds = &bounds;
+    run_region(r);
+}
+
+void ThreadPool::parallel_for_dynamic(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t chunk) {
+    if (n <= 0) {
+        return;
     }
-    cv_start_.notify_all();
-    if (ranges[0].first < ranges[0].second) {
-        RegionGuard guard;
-        fn(ranges[0].first, ranges[0].second);
-    }
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_done_.wait(lock, [&] { return pending_ == 0; });
+    Region r;
+    r.fn = &fn;
+    r.n = n;
+    r.step = std::max<int64_t>(1, chunk);
+    r.chunks = (n + r.step - 1) / r.step;
+    run_region(r);
+}
+
+void ThreadPool::parallel_tasks(int64_t num_tasks, const std::function<void(int64_t)>& fn) {
+    const std::function<void(int64_t, int64_t)> each = [&](int64_t b, int64_t e) {
+        for (int64_t t = b; t < e; ++t) fn(t);
+    };
+    parallel_for_dynamic(num_tasks, each, 1);
 }
 
 ThreadPool& ThreadPool::global() {

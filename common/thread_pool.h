@@ -1,11 +1,26 @@
 // A fixed pool of worker threads for data-parallel loops (kernels split rows across cores).
-// parallel_for blocks the caller until every chunk has run; the caller's thread runs chunk 0.
-// A parallel_for called from inside a chunk runs inline on the calling thread.
+//
+// Persistent and spinning: a decode step runs a few hundred short parallel regions (one per matmul
+// or fused op), so the workers do not sleep between them. After a region a worker spins on the
+// pool's generation counter for a spin budget (DS_SPIN_US, default 2000 µs) and only then sleeps
+// on a futex (std::atomic::wait), so an idle process stops burning CPU within milliseconds while
+// back-to-back regions start in about a microsecond instead of a condition-variable wake-up.
+//
+// Work is claimed dynamically: a region is cut into chunks and every thread (the caller included)
+// takes the next unclaimed chunk until none is left. A worker that is descheduled (a loaded or
+// shared machine) therefore delays only the chunk it holds, never the chunks it has not started.
+//
+// Semantics shared by every entry point:
+//  - the caller blocks until every chunk has run, and runs chunks itself;
+//  - a region started from inside a chunk runs inline on that thread (no deadlock on nesting);
+//  - concurrent callers from different threads are serialized (one region at a time);
+//  - if a chunk throws, chunks not yet started are skipped, the region waits for the running ones,
+//    and the first exception is rethrown to the caller (the pool stays usable).
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -15,8 +30,8 @@ namespace deepshard {
 
 class ThreadPool {
 public:
-    // num_threads <= 0: hardware concurrency (or DS_NUM_THREADS).
-    explicit ThreadPool(int num_threads = 0);
+    // num_threads <= 0: hardware concurrency (or DS_NUM_THREADS). spin_us < 0: DS_SPIN_US or 2000.
+    explicit ThreadPool(int num_threads = 0, int64_t spin_us = -1);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
@@ -27,22 +42,51 @@ public:
     // multiple of `grain` (except the last).
     void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
 
+    // Calls fn(begin, end) over [0, n) in chunks of exactly `chunk` indices (the last may be
+    // shorter), claimed one at a time by whichever thread is free: load balancing for uneven work
+    // or a machine shared with other processes.
+    void parallel_for_dynamic(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t chunk);
+
+    // Calls fn(task) for every task in [0, num_tasks), each claimed by whichever thread is free.
+    void parallel_tasks(int64_t num_tasks, const std::function<void(int64_t)>& fn);
+
     // The process-wide pool used by the kernels.
     static ThreadPool& global();
 
+    // True on a thread that is running a chunk of some region (nested regions run inline).
+    static bool in_parallel_region();
+
 private:
-    void worker_loop(int index);
+    // One region: chunk c covers [c * step, min(n, (c + 1) * step)) unless `bounds` is set.
+    struct Region {
+        const std::function<void(int64_t, int64_t)>* fn = nullptr;
+        int64_t n = 0;
+        int64_t step = 0;
+        int64_t chunks = 0;
+        const std::vector<int64_t>* bounds = nullptr;  // chunk c = [bounds[c], bounds[c+1])
+    };
+
+    void run_region(const Region& r);
+    // Claims and runs chunks of the current region until none is left.
+    void work_on(const Region& r);
+    void worker_loop();
 
     std::vector<std::thread> workers_;
-    std::mutex mu_;
-    std::condition_variable cv_start_;
-    std::condition_variable cv_done_;
-    const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
-    std::vector<std::pair<int64_t, int64_t>> ranges_;
-    uint64_t generation_ = 0;
-    int pending_ = 0;
-    bool stop_ = false;
-    std::mutex call_mu_;  // serializes parallel_for callers
+    int64_t spin_ns_ = 0;
+
+    // Published region; read by workers after they observe a new generation.
+    Region region_;
+    alignas(64) std::atomic<uint32_t> generation_{0};  // odd while region_ is rewritten
+    alignas(64) std::atomic<int64_t> next_chunk_{0};
+    alignas(64) std::atomic<int64_t> unfinished_{0};  // chunks not yet completed (or skipped)
+    alignas(64) std::atomic<int> active_workers_{0};  // workers inside the current region
+    std::atomic<int> sleepers_{0};                     // workers blocked in generation_.wait
+    std::atomic<bool> stop_{false};
+    std::atomic<bool> caller_waiting_{false};         // caller sleeps on unfinished_
+    std::atomic<bool> failed_{false};
+    std::mutex error_mu_;
+    std::exception_ptr error_;
+    std::mutex call_mu_;  // serializes callers
 };
 
 }  // namespace deepshard

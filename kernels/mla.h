@@ -15,6 +15,7 @@
 
 #include <cstdint>
 
+#include "kernels/kernels.h"
 #include "kernels/weight_view.h"
 
 namespace deepshard::kernels {
@@ -93,7 +94,8 @@ void mla_attention(const MlaAttentionArgs& args, const int32_t* query_rows, cons
 // W_UV up-projection: o[t, h*v : (h+1)*v] = o_lat[t, h, :] . W_UV[h]^T, with W_UV[h] = rows
 // [h*head_rows + nope, h*head_rows + nope + v) of `wkv_b` and o_lat dense [T, heads, wkv_b.cols].
 // o is dense [T, heads * v].
+// All heads run as one batch of matmuls (one parallel region), in `numerics`.
 void mla_absorb_out(const float* o_lat, int64_t T, int64_t heads, const WeightView& wkv_b, int64_t head_rows,
-                    int64_t nope, int64_t v, float* o);
+                    int64_t nope, int64_t v, float* o, Numerics numerics = Numerics::kExact);
 
 }  // namespace deepshard::kernels

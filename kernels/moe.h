@@ -5,6 +5,10 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
+
+#include "kernels/kernels.h"
+#include "kernels/weight_view.h"
 
 namespace deepshard::kernels {
 
@@ -41,6 +45,26 @@ void gather_tokens(const float* x, int64_t ldx, const int32_t* rows, int64_t n, 
 // y[rows[i], :] += w[i] * src[i, :] for i < n, in increasing i (so accumulation order is the caller's).
 void scatter_add_weighted(const float* src, int64_t lds, int64_t n, int64_t cols, const int32_t* rows, const float* w,
                           float* y, int64_t ldy);
+
+// One SwiGLU MLP (routed or shared expert): Expert(x) = (silu(x W1^T) * (x W3^T)) W2^T with W1, W3 =
+// [inter, H] and W2 = [H, inter]. w1 == nullptr: an expert this rank does not hold.
+struct ExpertMlp {
+    const WeightView* w1 = nullptr;
+    const WeightView* w3 = nullptr;
+    const WeightView* w2 = nullptr;
+};
+
+// The MoE feed-forward of T tokens, executed by expert: y[t, :] = sum over t's routed pairs, in
+// ascending expert id, of weight * Expert_e(x[t]), then + Shared(x[t]) when `shared` is given (the
+// official accumulation order). The pairs come grouped by moe_group_by_expert (offsets, tokens,
+// pair_weights); experts[e] for e < experts.size(), pairs of experts not held are skipped.
+// Every held expert's weights are read once for all its tokens, in two parallel regions: the
+// gate/up products + SiLU of every active expert (and the shared one), then the down projections
+// split by columns of y, each column block summing all experts in order (deterministic, no atomics).
+// y [T, H] (row stride H) is overwritten.
+void moe_ffn(const float* x, int64_t T, int64_t H, const int32_t* offsets, const int32_t* tokens,
+             const float* pair_weights, std::span<const ExpertMlp> experts, const ExpertMlp* shared, float* y,
+             Numerics numerics = Numerics::kExact);
 
 // h[i] += x[i] for i < n (the residual connection).
 void residual_add(float* h, const float* x, int64_t n);

@@ -32,8 +32,8 @@ struct CpuEngine::Scratch {
     std::vector<int32_t> route_e, offsets, pair_tok;
 };
 
-CpuEngine::CpuEngine(std::shared_ptr<const ShardWeights> weights, KvCache kv)
-    : Engine(std::move(weights)), kv_(std::move(kv)), s_(std::make_unique<Scratch>()) {}
+CpuEngine::CpuEngine(std::shared_ptr<const ShardWeights> weights, KvCache kv, kernels::Numerics numerics)
+    : Engine(std::move(weights)), kv_(std::move(kv)), numerics_(numerics), s_(std::make_unique<Scratch>()) {}
 
 CpuEngine::~CpuEngine() = default;
 
@@ -51,7 +51,7 @@ StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::create(std::shared_ptr<const Sha
         kc.num_layers = 1;  // a head-only shard still gets a (tiny) valid cache object
     }
     DS_ASSIGN_OR_RETURN(KvCache kv, KvCache::create(kc));
-    return std::unique_ptr<CpuEngine>(new CpuEngine(std::move(weights), std::move(kv)));
+    return std::unique_ptr<CpuEngine>(new CpuEngine(std::move(weights), std::move(kv), options.numerics));
 }
 
 KvUsage CpuEngine::kv_usage() const {
@@ -74,20 +74,23 @@ void CpuEngine::mla(const LayerWeights& L, const float* x, int64_t T, const int3
     const float eps = static_cast<float>(c.rms_norm_eps);
     Scratch& s = *s_;
 
-    // Queries [T, nh, qk].
+    // The two projections of x in one region: queries [T, nh, qk] (through the q LoRA when the
+    // model has one) and the latent + rope key, normalized/rotated and written to the cache before
+    // any read (a prefill token attends to the earlier tokens of its own chunk).
     float* qbuf = scratch(s.q, T * nh * qk);
+    float* kvb = scratch(s.kva, T * (R + rd));
     if (c.q_lora_rank > 0) {
         float* qab = scratch(s.qa, T * c.q_lora_rank);
-        kernels::matmul(x, T, H, L.wq_a, qab, c.q_lora_rank);
+        const kernels::MatmulJob jobs[] = {{x, T, H, &L.wq_a, qab, c.q_lora_rank, false},
+                                           {x, T, H, &L.wkv_a, kvb, R + rd, false}};
+        kernels::matmul_batch(jobs, numerics_);
         kernels::rmsnorm(qab, T, c.q_lora_rank, c.q_lora_rank, L.q_norm.data(), eps, qab, c.q_lora_rank);
-        kernels::matmul(qab, T, c.q_lora_rank, L.wq_b, qbuf, nh * qk);
+        kernels::matmul(qab, T, c.q_lora_rank, L.wq_b, qbuf, nh * qk, false, numerics_);
     } else {
-        kernels::matmul(x, T, H, L.wq, qbuf, nh * qk);
+        const kernels::MatmulJob jobs[] = {{x, T, H, &L.wq, qbuf, nh * qk, false},
+                                           {x, T, H, &L.wkv_a, kvb, R + rd, false}};
+        kernels::matmul_batch(jobs, numerics_);
     }
-    // Latent + rope key, normalized/rotated and written to the cache before any read: a prefill
-    // token attends to the earlier tokens of its own chunk.
-    float* kvb = scratch(s.kva, T * (R + rd));
-    kernels::matmul(x, T, H, L.wkv_a, kvb, R + rd);
     const kernels::LatentCache cache = kv_.layer(L.index - w.first_layer());
     kernels::BlockTables bt;
     bt.data = tables.data();
@@ -118,18 +121,15 @@ void CpuEngine::mla(const LayerWeights& L, const float* x, int64_t T, const int3
     args.out_ld_head = R;
     kernels::mla_attention(args, tok_row, tok_pos);
     float* ob = scratch(s.o, T * nh * vd);
-    kernels::mla_absorb_out(ol, T, nh, L.wkv_b, nope + vd, nope, vd, ob);
-    kernels::matmul(ob, T, nh * vd, L.wo, y, H);
+    kernels::mla_absorb_out(ol, T, nh, L.wkv_b, nope + vd, nope, vd, ob, numerics_);
+    kernels::matmul(ob, T, nh * vd, L.wo, y, H, false, numerics_);
 }
 
-void CpuEngine::mlp(const MlpWeights& m, const float* x, int64_t T, float* y, bool accumulate) {
+void CpuEngine::mlp(const MlpWeights& m, const float* x, int64_t T, float* y) {
     const int64_t H = config().hidden_size, I = m.inter;
     float* gb = scratch(s_->g, T * I);
-    float* ub = scratch(s_->u, T * I);
-    kernels::matmul(x, T, H, m.w1, gb, I);
-    kernels::matmul(x, T, H, m.w3, ub, I);
-    kernels::silu_mul(gb, ub, T * I, gb);
-    kernels::matmul(gb, T, I, m.w2, y, H, accumulate);
+    kernels::swiglu(x, T, H, m.w1, m.w3, gb, I, numerics_);
+    kernels::matmul(gb, T, I, m.w2, y, H, false, numerics_);
 }
 
 Status CpuEngine::moe(const LayerWeights& L, const float* x, int64_t T, float* y) {
@@ -140,7 +140,15 @@ Status CpuEngine::moe(const LayerWeights& L, const float* x, int64_t T, float* y
     float* weights = scratch(s.route_w, std::max<int64_t>(T, 1) * K);
     if (T > 0) {
         float* logits = scratch(s.router, T * E);
+        // The router stays exact in both numerics modes: it is tiny (E x H) and its ranking decides
+        // which experts run, so BF16 noise here would flip near-tied experts for no speed gain.
         kernels::matmul(x, T, H, L.gate, logits, E);
+        if (hooks_ != nullptr && hooks_->on_router_logits) {
+            for (int64_t t = 0; t < T; ++t) {
+                hooks_->on_router_logits(L.index, t, std::span<const float>(x + t * H, H),
+                                         std::span<const float>(logits + t * E, E));
+            }
+        }
         kernels::moe_route(logits, T, E, L.bias.empty() ? nullptr : L.bias.data(), weights_->route_params(), experts,
                            weights);
     }
@@ -151,36 +159,31 @@ Status CpuEngine::moe(const LayerWeights& L, const float* x, int64_t T, float* y
         }
     }
 
-    std::fill(y, y + T * H, 0.0f);
     if (exchange_ != nullptr) {
         // Expert parallel: the exchange routes tokens to the experts' owners and back.
-        auto local = [&](int32_t e, const float* xs, int64_t n, float* ys) { mlp(L.experts[e], xs, n, ys, false); };
+        std::fill(y, y + T * H, 0.0f);
+        auto local = [&](int32_t e, const float* xs, int64_t n, float* ys) { mlp(L.experts[e], xs, n, ys); };
         DS_RETURN_IF_ERROR(exchange_->run(x, T, H, std::span<const int32_t>(experts, T * K),
                                           std::span<const float>(weights, T * K), K, local, y));
         if (L.has_shared && T > 0) {
-            mlp(L.shared, x, T, y, true);
+            float* sh = scratch(s.ye, T * H);
+            mlp(L.shared, x, T, sh);
+            kernels::residual_add(y, sh, T * H);
         }
         return ok_status();
     }
-    // Routed experts held here, in ascending id order (the official accumulation order).
+    // Routed experts held here and the shared expert, by expert (kernels::moe_ffn).
     int32_t* offsets = scratch(s.offsets, E + 1);
     int32_t* tokens = scratch(s.pair_tok, std::max<int64_t>(T * K, 1));
     float* pair_w = scratch(s.pair_w, std::max<int64_t>(T * K, 1));
     kernels::moe_group_by_expert(experts, weights, T, K, static_cast<int32_t>(E), offsets, tokens, pair_w);
+    std::vector<kernels::ExpertMlp> ffn(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e) {
-        const int64_t b = offsets[e], n = offsets[e + 1] - b;
-        if (n == 0 || !L.experts[e].held()) {
-            continue;
-        }
-        float* xb = scratch(s.xe, n * H);
-        kernels::gather_tokens(x, H, tokens + b, n, H, xb, H);
-        float* yb = scratch(s.ye, n * H);
-        mlp(L.experts[e], xb, n, yb, false);
-        kernels::scatter_add_weighted(yb, H, n, H, tokens + b, pair_w + b, y, H);
+        const MlpWeights& m = L.experts[e];
+        if (m.held()) ffn[e] = {&m.w1, &m.w3, &m.w2};
     }
-    if (L.has_shared) {
-        mlp(L.shared, x, T, y, true);
-    }
+    const kernels::ExpertMlp shared{&L.shared.w1, &L.shared.w3, &L.shared.w2};
+    kernels::moe_ffn(x, T, H, offsets, tokens, pair_w, ffn, L.has_shared ? &shared : nullptr, y, numerics_);
     return ok_status();
 }
 
@@ -303,7 +306,7 @@ StatusOr<StepOutput> CpuEngine::step(std::span<const SeqChunk> chunks, std::span
         if (L.moe) {
             DS_RETURN_IF_ERROR(moe(L, a, T, out));
         } else {
-            mlp(L.dense, a, T, out, false);
+            mlp(L.dense, a, T, out);
         }
         if (reducer_ != nullptr) {
             DS_RETURN_IF_ERROR(reducer_->allreduce_sum(out, T * H));
@@ -358,7 +361,7 @@ StatusOr<StepOutput> CpuEngine::step(std::span<const SeqChunk> chunks, std::span
     result.vocab = c.vocab_size;
     result.logits.assign(static_cast<size_t>(R * c.vocab_size), 0.0f);
     if (R > 0) {
-        kernels::matmul(fn, R, H, w.head(), result.logits.data() + w.vocab_begin(), c.vocab_size);
+        kernels::matmul(fn, R, H, w.head(), result.logits.data() + w.vocab_begin(), c.vocab_size, false, numerics_);
         if ((w.vocab_begin() != 0 || w.vocab_end() != c.vocab_size) && reducer_ != nullptr) {
             DS_RETURN_IF_ERROR(reducer_->allgather_vocab(result.logits.data(), R, c.vocab_size));
         }

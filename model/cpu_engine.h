@@ -1,7 +1,9 @@
 // The CPU engine: the DeepSeek-V3 forward pass (MODEL_SPEC §2) on the CPU kernels of kernels/ over a
-// ShardWeights. Activations are float32 throughout and the KV cache is float32: this engine is the
+// ShardWeights. The residual stream, norms, router, attention and the KV cache are float32. With
+// EngineOptions::numerics = exact the weight matmuls are float32 too: this engine is then the
 // numerical reference (the golden tests hold it to the official float32 implementation) and the
-// fallback where no GPU is present. Weights stay FP8/BF16 in the checkpoint mapping.
+// fallback where no GPU is present; fast multiplies BF16 where the CPU can. Weights stay FP8/BF16
+// in the checkpoint mapping.
 #pragma once
 
 #include <memory>
@@ -29,13 +31,14 @@ public:
 
 private:
     struct Scratch;
-    CpuEngine(std::shared_ptr<const ShardWeights> weights, KvCache kv);
+    CpuEngine(std::shared_ptr<const ShardWeights> weights, KvCache kv, kernels::Numerics numerics);
     void mla(const LayerWeights& L, const float* x, int64_t T, const int32_t* tok_pos, const int32_t* tok_row,
              const std::vector<int32_t>& tables, int32_t max_blocks, float* y);
-    void mlp(const MlpWeights& m, const float* x, int64_t T, float* y, bool accumulate);
+    void mlp(const MlpWeights& m, const float* x, int64_t T, float* y);
     Status moe(const LayerWeights& L, const float* x, int64_t T, float* y);
 
     KvCache kv_;
+    kernels::Numerics numerics_;
     std::unique_ptr<Scratch> s_;
 };
 

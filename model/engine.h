@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "kernels/kernels.h"
 #include "model/checkpoint.h"
 #include "model/kv_blocks.h"
 #include "model/sampling.h"
@@ -91,6 +92,11 @@ struct ForwardHooks {
     // Per MoE layer and token: chosen experts (top-k order) and their weights (after scaling).
     std::function<void(int64_t layer, int64_t token, std::span<const int32_t> experts, std::span<const float> weights)>
         on_routing;
+    // Per MoE layer and token: the router's input x (the normed hidden state, H values) and its
+    // logits (x . gate^T, one per expert) that routing ranked. CPU engine; engines that route on the
+    // device may leave it uncalled.
+    std::function<void(int64_t layer, int64_t token, std::span<const float> input, std::span<const float> logits)>
+        on_router_logits;
 };
 
 // kSample: the engine samples the chunk's last position itself with `SeqChunk::sampler` (the CUDA
@@ -127,6 +133,11 @@ enum class Precision {
 };
 const char* precision_name(Precision p);
 StatusOr<Precision> parse_precision(std::string_view name);  // "default" | "exact" | "fast"
+// The one user-facing choice (`--numerics`, the plan's field) for every engine: exact is the float32
+// reference on CPU and CUDA alike; fast is BF16 dot products on the CPU, BF16 KV + FP8/BF16 GEMMs on CUDA.
+inline Precision precision_for(kernels::Numerics n) {
+    return n == kernels::Numerics::kExact ? Precision::kExact : Precision::kFast;
+}
 
 struct EngineOptions {
     int64_t kv_budget_bytes = int64_t{1} << 30;
@@ -138,6 +149,10 @@ struct EngineOptions {
     int64_t max_step_tokens = 0;  // tokens per device pass (longer steps run in several passes)
     int64_t max_seqs = 0;         // sequences per pass; also the largest decode graph bucket
     bool cuda_graphs = true;      // capture decode steps as CUDA graphs
+    // Numerics of the weight matmuls (kernels/kernels.h): exact = float32 activations, the reference
+    // the golden tests hold to the official float32 model; fast = BF16 dot products where the CPU
+    // has them. Router, norms, attention and the residual stream are float32 in both.
+    kernels::Numerics numerics = kernels::Numerics::kExact;
 };
 
 // KV cache use, in the engine's own storage units.

@@ -81,9 +81,9 @@ generate_cmp() {
   local rc=0 set cpu gpu
   for set in tiny-bf16 small-fp8; do
     local args=(generate --model "$ROOT/testdata/golden/$set" --tokens 0,5,9,17,33 --max-tokens 12 --json)
-    cpu=$("$B/deepshard" "${args[@]}" --device cpu 2>/dev/null | grep -o '"generated_tokens":\[[^]]*\]')
+    cpu=$("$B/deepshard" "${args[@]}" --device cpu --numerics exact 2>/dev/null | grep -o '"generated_tokens":\[[^]]*\]')
     for prec in exact fast; do
-      gpu=$("$B/deepshard" "${args[@]}" --device cuda --precision $prec 2>/dev/null | grep -o '"generated_tokens":\[[^]]*\]')
+      gpu=$("$B/deepshard" "${args[@]}" --device cuda --numerics $prec 2>/dev/null | grep -o '"generated_tokens":\[[^]]*\]')
       echo "$set cpu        $cpu"
       echo "$set cuda $prec $gpu"
       if [ "$prec" = exact ] && [ "$cpu" != "$gpu" ]; then echo "MISMATCH ($set, exact)"; rc=1; fi

@@ -21,6 +21,9 @@ PKGS=(
 # The openai npm client test needs node and npm; install Debian's only where none is on PATH
 # (some images ship their own node, whose npm conflicts with Debian's package).
 if ! command -v npm >/dev/null 2>&1; then PKGS+=(nodejs npm); fi
+# bench/peer (llama.cpp side by side; a benchmark, not needed to build or test): the GGUF converter's
+# Python packages. Large (torch), so only on request: DS_PEER_BENCH=1 scripts/install-deps.sh
+if [ "${DS_PEER_BENCH:-0}" = 1 ]; then PKGS+=(python3-torch python3-sentencepiece python3-tqdm); fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -130,6 +130,12 @@ StatusOr<Layout> Layout::from_plan_json(const std::string& text, const model::Mo
         } else {
             l.expert_owner = even(c, 1, l.ranks_per_stage, l.attention).expert_owner;
         }
+        if (j.contains("numerics")) {
+            const std::string n = j.at("numerics").get<std::string>();
+            if (!kernels::parse_numerics(n, &l.numerics)) {
+                return invalid_argument("plan: numerics must be \"exact\" or \"fast\", got \"" + n + "\"");
+            }
+        }
         if (j.contains("ranks")) {
             // Per-rank device; entries are indexed by their "rank" field (the planner writes them in order).
             l.devices.assign(static_cast<size_t>(std::max(l.world_size, 0)), RankDevice{});

@@ -35,6 +35,9 @@ struct Layout {
     AttentionMode attention = AttentionMode::kTensorParallel;
     std::vector<int> expert_owner;  // expert id -> local index inside the stage
     std::vector<RankDevice> devices; // per rank; empty = every rank on the CPU
+    // The plan's "numerics" ("exact" | "fast"): numerics of every rank's weight matmuls. Plans without
+    // the field serve with fast, the serving default (issue 11).
+    kernels::Numerics numerics = kernels::Numerics::kFast;
 
     RankDevice device_of(int rank) const {
         return rank >= 0 && rank < static_cast<int>(devices.size()) ? devices[rank] : RankDevice{};

@@ -17,6 +17,7 @@
 #include "comm/mpi/mpi_runtime.h"
 #include "common/logging.h"
 #include "common/version.h"
+#include "kernels/kernels.h"
 #include "model/checkpoint.h"
 #include "model/generate_cli.h"
 #include "shard_node/leader_loop.h"
@@ -35,8 +36,8 @@ struct ShardArgs {
     int64_t kv_blocks = 0;
     int64_t timeout_ms = 0;
     int64_t connect_timeout_ms = 30000;
-    std::string device;  // empty: the plan's device for this rank
-    std::string precision = "default";
+    std::string device;    // empty: the plan's device for this rank
+    std::string numerics;  // empty: the plan's numerics (fast when the plan names none)
 };
 
 // Steps of the distributed model as a model::StepFn: one batch through the pipeline, logits back.
@@ -83,12 +84,17 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
     opt.kv_block_size = args.kv_block_size;
     opt.kv_max_blocks = args.kv_blocks;
     opt.device_ordinal = rd.ordinal;
-    DS_ASSIGN_OR_RETURN(opt.precision, model::parse_precision(args.precision));
+    opt.numerics = layout.numerics;
+    if (!args.numerics.empty() && !kernels::parse_numerics(args.numerics, &opt.numerics)) {
+        return invalid_argument("--numerics must be exact or fast, got \"" + args.numerics + "\"");
+    }
+    opt.precision = model::precision_for(opt.numerics);  // the same choice for CUDA ranks
     DS_ASSIGN_OR_RETURN(auto pipeline, Pipeline::create(world, layout, ckpt, rd.device, opt));
     DS_ASSIGN_OR_RETURN(model::LoadStats ls, pipeline->engine().prepare());
-    spdlog::info("rank {}: stage {} local {} on {} loaded {:.1f} MB of weights in {:.2f} s ({:.2f} GB/s)",
+    spdlog::info("rank {}: stage {} local {} on {} (numerics {}) loaded {:.1f} MB of weights in {:.2f} s ({:.2f} GB/s)",
                  world->rank(), layout.stage_of(world->rank()), layout.local_of(world->rank()),
-                 model::device_name(rd.device), ls.bytes / 1e6, ls.seconds, ls.gb_per_s());
+                 model::device_name(rd.device), kernels::numerics_name(opt.numerics), ls.bytes / 1e6, ls.seconds,
+                 ls.gb_per_s());
     // Loading can take long on big models: wait for everyone with a generous deadline.
     DS_RETURN_IF_ERROR(world->barrier().with_context("waiting for every rank to load its shard"));
 
@@ -132,8 +138,10 @@ int main(int argc, char** argv) {
         ->check(CLI::NonNegativeNumber);
     app.add_option("--device", args.device, "compute device of every rank, overriding the plan (cpu | cuda)")
         ->check(CLI::IsMember({"cpu", "cuda"}));
-    app.add_option("--precision", args.precision, "cuda ranks: exact or fast (default) activation precision")
-        ->check(CLI::IsMember({"default", "exact", "fast"}));
+    app.add_option("--numerics", args.numerics,
+                   "numerics of every rank (CPU and CUDA), overriding the plan: fast (BF16 dot products; the default) or exact "
+                   "(float32, the reference)")
+        ->check(CLI::IsMember({"exact", "fast"}));
     app.add_option("--timeout-ms", args.timeout_ms, "deadline of every communication (default DS_COMM_TIMEOUT_MS)");
     app.add_option("--connect-timeout-ms", args.connect_timeout_ms, "deadline to register with the coordinator");
     model::add_generate_options(&app, &args.options);

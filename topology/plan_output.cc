@@ -1,6 +1,7 @@
 // The plan file and the human summary. Plan JSON fields (version 1):
 //   world_size, ranks_per_stage, num_stages, attention ("tp"|"dp"), stages [{first_layer, last_layer
-//   (exclusive), ranks}], expert_placement [local rank per expert] — the part shard_node reads;
+//   (exclusive), ranks}], expert_placement [local rank per expert], numerics ("exact"|"fast": the
+//   weight matmuls of every rank) — the part shard_node reads;
 //   dtype {path, weights, compute, kv_cache, reason}; kv_budget_bytes (per rank) and kv_cache
 //   {bytes_per_token_per_layer, capacity_tokens, max_tokens_per_sequence}; memory [per stage, the
 //   fullest rank: capacity, usable, weights, activations, comm, kv bytes, kv_tokens]; ranks [rank,
@@ -123,6 +124,7 @@ nlohmann::json Plan::to_json() const {
                   {"compute", dtype == DtypePath::kFp8 ? "fp8 gemm, fp32 accumulate" : "bf16 gemm, fp32 accumulate"},
                   {"kv_cache", "bf16"},
                   {"reason", dtype_reason}};
+    j["numerics"] = options.numerics;
     j["kv_budget_bytes"] = kv_budget_bytes;
     j["kv_cache"] = {{"bytes_per_token_per_layer", kv_bytes_per_token_layer},
                      {"capacity_tokens", kv_capacity_tokens},
@@ -209,7 +211,7 @@ std::string Plan::summary() const {
           << " weights + " << format_gb(m.activations) << " activations + " << format_gb(m.comm) << " comm + "
           << format_gb(m.kv) << " KV (" << m.kv_tokens << " tokens) of " << format_gb(m.usable) << " usable\n";
     }
-    o << "  dtype: " << dtype_path_name(dtype) << "\n";
+    o << "  dtype: " << dtype_path_name(dtype) << ", numerics " << options.numerics << "\n";
     for (const auto& line : explanation) {
         o << "  - " << line << "\n";
     }

@@ -40,6 +40,7 @@ enum class Objective { kThroughput, kLatency };
 struct PlanOptions {
     std::optional<LayoutRequest> layout;  // fixed layout; otherwise the planner searches
     std::string dtype = "auto";           // auto | fp8 | fp8-weight-only | bf16
+    std::string numerics = "fast";        // exact | fast: the ranks' weight matmuls (written to the plan)
     double mem_fraction = 0.90;           // share of each device's memory the job may use
     int64_t min_kv_tokens = 0;            // refuse below this KV capacity; 0 = one request of the workload
     Workload workload;

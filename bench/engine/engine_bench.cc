@@ -3,10 +3,13 @@
 // GB/s and, measured in the same process right before, the STREAM-triad GB/s it is compared with.
 // Also the peak resident memory against mapped weights + KV pool (nothing else should be there).
 //
-// Usage: engine_bench --model DIR [--batches 1,8] [--prefill 256] [--decode 16] [--reps 3] [--kv-mb 256]
-//                     [--device cpu|cuda] [--precision default|exact|fast]
+// Usage: engine_bench --model DIR [--batches 1,8] [--prefill 64,512] [--decode 16] [--reps 3] [--kv-mb 256]
+//                     [--stream-mb 256] [--device cpu|cuda] [--numerics exact|fast]
 // With --device cuda the decode steps sample greedily on the device (LogitsMode::kSample), as the
 // shard job does, so no vocabulary of logits crosses PCIe per token.
+// Besides wall-clock tokens/s every phase reports tokens per second of process CPU time divided by
+// the thread count ("cpu tok/s"): on a machine shared with other jobs that figure moves much less
+// than wall time, which includes the time the threads waited for a core.
 // Prints a table and one JSON line per measurement (prefixed "JSON ").
 #include <algorithm>
 #include <cstdio>
@@ -32,13 +35,13 @@ namespace db = deepshard::bench;
 struct Args {
     std::string model;
     std::vector<int> batches{1, 8};
-    int prefill = 256;
+    std::vector<int> prefills{256};
     int decode = 16;
     int reps = 3;
     int64_t kv_mb = 256;
     int64_t stream_mb = 256;
     dm::Device device = dm::Device::kCpu;
-    dm::Precision precision = dm::Precision::kDefault;
+    deepshard::kernels::Numerics numerics = deepshard::kernels::Numerics::kFast;
 };
 
 [[noreturn]] void die(const std::string& msg) {
@@ -65,7 +68,11 @@ Args parse(int argc, char** argv) {
                 a.batches.push_back(std::atoi(t.c_str()));
             }
         } else if (k == "--prefill") {
-            a.prefill = std::atoi(next().c_str());
+            a.prefills.clear();
+            std::stringstream ss(next());
+            for (std::string t; std::getline(ss, t, ',');) {
+                a.prefills.push_back(std::atoi(t.c_str()));
+            }
         } else if (k == "--decode") {
             a.decode = std::atoi(next().c_str());
         } else if (k == "--reps") {
@@ -78,10 +85,11 @@ Args parse(int argc, char** argv) {
             auto d = dm::parse_device(next());
             if (!d.ok()) die(d.status().to_string());
             a.device = *d;
-        } else if (k == "--precision") {
-            auto p = dm::parse_precision(next());
-            if (!p.ok()) die(p.status().to_string());
-            a.precision = *p;
+        } else if (k == "--numerics") {
+            const std::string v = next();
+            if (!deepshard::kernels::parse_numerics(v, &a.numerics)) {
+                die("--numerics must be exact or fast, got '" + v + "'");
+            }
         } else {
             die("unknown argument " + k);
         }
@@ -89,6 +97,13 @@ Args parse(int argc, char** argv) {
     if (a.model.empty()) {
         die("--model DIR is required");
     }
+    for (int v : a.prefills) {
+        if (v <= 0 || v > 65536) die("--prefill sizes must be in [1, 65536]");
+    }
+    for (int v : a.batches) {
+        if (v <= 0 || v > 4096) die("--batches must be in [1, 4096]");
+    }
+    if (a.decode <= 0 || a.reps <= 0) die("--decode and --reps must be positive");
     return a;
 }
 
@@ -104,7 +119,8 @@ std::vector<int32_t> random_tokens(int n, int64_t vocab, uint32_t seed) {
 std::unique_ptr<dm::Engine> make_model(const std::shared_ptr<const dm::Checkpoint>& ck, const Args& a) {
     dm::EngineOptions opt;
     opt.kv_budget_bytes = a.kv_mb << 20;
-    opt.precision = a.precision;
+    opt.numerics = a.numerics;
+    opt.precision = dm::precision_for(a.numerics);
     auto t = dm::create_engine(a.device, ck, dm::ShardSpec{}, opt);
     if (!t.ok()) {
         die(t.status().to_string());
@@ -140,50 +156,58 @@ int main(int argc, char** argv) {
     }
     const dm::LoadStats load = *prepared;
     const int64_t bytes_per_token = model->weights().weight_bytes_per_token();
-    std::printf("engine_bench: model=%s device=%s precision=%s isa=%s threads=%d\n", a.model.c_str(),
-                dm::device_name(a.device), dm::precision_name(a.precision),
-                deepshard::kernels::isa_name(deepshard::kernels::active_isa()), threads);
+    std::printf("engine_bench: model=%s device=%s isa=%s numerics=%s%s threads=%d\n", a.model.c_str(), dm::device_name(a.device),
+                deepshard::kernels::isa_name(deepshard::kernels::active_isa()),
+                deepshard::kernels::numerics_name(a.numerics),
+                a.numerics == deepshard::kernels::Numerics::kFast && deepshard::kernels::fast_is_exact()
+                    ? " (= exact on this ISA)"
+                    : "",
+                threads);
     std::printf("STREAM triad: %.2f GB/s   weights faulted in: %.2f GB at %.2f GB/s\n", triad, load.bytes / 1e9,
                 load.gb_per_s());
     std::printf("weight bytes read per decode token (batch 1): %.1f MB\n", bytes_per_token / 1e6);
 
     uint64_t next_seq = 1;
     // Prefill: one sequence of `prefill` tokens, logits for the last position only.
-    {
-        std::vector<double> tps;
+    for (const int prefill : a.prefills) {
+        std::vector<double> tps, cpu_tps;
         for (int r = 0; r < a.reps; ++r) {
-            const auto toks = random_tokens(a.prefill, cfg.vocab_size, 100 + r);
+            const auto toks = random_tokens(prefill, cfg.vocab_size, 100 + r);
             const uint64_t id = next_seq++;
             dm::SeqChunk c;
             c.seq_id = id;
             c.tokens = toks;
-            c.num_tokens = a.prefill;
+            c.num_tokens = prefill;
             c.start_pos = 0;
             c.logits = dm::LogitsMode::kLast;
-            const double t0 = db::now_seconds();
+            const double t0 = db::now_seconds(), c0 = db::process_cpu_seconds();
             auto out = model->step(std::span<const dm::SeqChunk>(&c, 1));
             const double dt = db::now_seconds() - t0;
+            cpu_tps.push_back(prefill / ((db::process_cpu_seconds() - c0) / threads));
             if (!out.ok()) {
                 die(out.status().to_string());
             }
             check_logits(*out);
             model->release(id);
-            tps.push_back(a.prefill / dt);
+            tps.push_back(prefill / dt);
         }
         const double med = db::median(tps);
         // Each token passes every held dense weight and its routed experts: ~2 FLOPs per weight element.
         const double elems_per_token = static_cast<double>(bytes_per_token) / (ck->config().quantization.fp8 ? 1.0 : 2.0);
         const double gflops = 2.0 * elems_per_token * med / 1e9;
-        std::printf("prefill  %4d tokens: %9.1f tokens/s  (~%.1f GFLOP/s of weight math)\n", a.prefill, med, gflops);
-        nlohmann::json j{{"bench", "engine"}, {"phase", "prefill"}, {"model", a.model}, {"tokens", a.prefill},
-                         {"tokens_per_s", med}, {"gflops", gflops}, {"threads", threads}};
+        const double cpu_med = db::median(cpu_tps);
+        std::printf("prefill  %4d tokens: %9.1f tokens/s  (~%.1f GFLOP/s of weight math; cpu %.1f tok/s)\n", prefill,
+                    med, gflops, cpu_med);
+        nlohmann::json j{{"bench", "engine"}, {"phase", "prefill"}, {"model", a.model}, {"tokens", prefill},
+                         {"tokens_per_s", med}, {"cpu_tokens_per_s", cpu_med}, {"gflops", gflops},
+                         {"threads", threads}, {"numerics", deepshard::kernels::numerics_name(a.numerics)}};
         std::printf("JSON %s\n", j.dump().c_str());
     }
 
     double batch1_tps = 0;
     // Decode: B sequences with a short prompt, then `decode` steps of one token each for all of them.
     for (int B : a.batches) {
-        std::vector<double> tps;
+        std::vector<double> tps, cpu_tps;
         for (int r = 0; r < a.reps; ++r) {
             std::vector<uint64_t> ids;
             std::vector<std::vector<int32_t>> prompts;
@@ -211,7 +235,7 @@ int main(int argc, char** argv) {
             const bool on_device = a.device != dm::Device::kCpu;
             std::vector<std::unique_ptr<dm::Sampler>> samplers;
             for (int b = 0; b < B; ++b) samplers.push_back(std::make_unique<dm::Sampler>(dm::SamplingParams{}, prompts[b]));
-            const double t0 = db::now_seconds();
+            const double t0 = db::now_seconds(), c0 = db::process_cpu_seconds();
             for (int s = 0; s < a.decode; ++s) {
                 for (int b = 0; b < B; ++b) {
                     chunks[b].tokens = std::span<const int32_t>(&cur[b], 1);
@@ -236,26 +260,28 @@ int main(int argc, char** argv) {
                 }
             }
             const double dt = db::now_seconds() - t0;
+            cpu_tps.push_back(static_cast<double>(B) * a.decode / ((db::process_cpu_seconds() - c0) / threads));
             for (uint64_t id : ids) {
                 model->release(id);
             }
             tps.push_back(static_cast<double>(B) * a.decode / dt);
         }
-        const double med = db::median(tps);
+        const double med = db::median(tps), cpu_med = db::median(cpu_tps);
         if (B == 1) {
             batch1_tps = med;
         }
         // Batch 1 reads bytes_per_token per token; a batch reads the dense weights once and more experts.
         const double gbs = B == 1 ? med * static_cast<double>(bytes_per_token) / 1e9 : 0.0;
         if (B == 1) {
-            std::printf("decode   batch %2d: %9.2f tokens/s  %.2f GB/s of weights = %.0f%% of STREAM triad\n", B, med,
-                        gbs, 100.0 * gbs / triad);
+            std::printf("decode   batch %2d: %9.2f tokens/s  %.2f GB/s of weights = %.0f%% of STREAM triad (cpu %.2f tok/s)\n",
+                        B, med, gbs, 100.0 * gbs / triad, cpu_med);
         } else {
-            std::printf("decode   batch %2d: %9.2f tokens/s  (%.2fx batch 1's tokens/s)\n", B, med,
-                        batch1_tps > 0 ? med / batch1_tps : 0.0);
+            std::printf("decode   batch %2d: %9.2f tokens/s  (%.2fx batch 1's tokens/s; cpu %.2f tok/s)\n", B, med,
+                        batch1_tps > 0 ? med / batch1_tps : 0.0, cpu_med);
         }
         nlohmann::json j{{"bench", "engine"}, {"phase", "decode"}, {"model", a.model}, {"batch", B},
-                         {"tokens_per_s", med}, {"weight_gbs", gbs}, {"triad_gbs", triad},
+                         {"tokens_per_s", med}, {"cpu_tokens_per_s", cpu_med}, {"weight_gbs", gbs}, {"triad_gbs", triad},
+                         {"numerics", deepshard::kernels::numerics_name(a.numerics)},
                          {"bytes_per_token", bytes_per_token}, {"threads", threads}};
         std::printf("JSON %s\n", j.dump().c_str());
     }

@@ -4,7 +4,7 @@
 //    weights are rotated over enough copies to exceed the LLC, so DRAM (not cache) is measured
 //  * GEMM GFLOP/s for prefill-sized m, FP8/BF16 vs an F32-weight baseline (the dequantize cost)
 // Every timed configuration is checked once against a double reference built on WeightView::at.
-// Usage: matmul_bench [--reps N] [--stream-mb MB] [--rotate-mb MB] [--quick]
+// Usage: matmul_bench [--reps N] [--stream-mb MB] [--rotate-mb MB] [--quick] [--numerics exact|fast]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -77,6 +77,9 @@ struct BenchWeight {
 };
 
 // Checks a sample of outputs against the double reference; aborts the benchmark on mismatch.
+// Tolerance relative to sum |x w|: float32 summation order (exact) or BF16 rounding of x and W (fast).
+double g_tol = 1e-5;
+
 void verify(const dk::WeightView& w, const std::vector<float>& x, int64_t m, const std::vector<float>& y,
             const char* what) {
     for (int64_t t = 0; t < 64; ++t) {
@@ -86,7 +89,7 @@ void verify(const dk::WeightView& w, const std::vector<float>& x, int64_t m, con
             ref += double(x[i * w.cols + c]) * w.at(j, c);
             mag += std::abs(double(x[i * w.cols + c]) * w.at(j, c));
         }
-        if (std::abs(y[i * w.rows + j] - ref) > 1e-5 * mag + 1e-30) {
+        if (std::abs(y[i * w.rows + j] - ref) > g_tol * mag + 1e-30) {
             std::fprintf(stderr, "VERIFY FAILED %s y[%ld,%ld]=%g ref=%g\n", what, long(i), long(j), y[i * w.rows + j], ref);
             std::exit(1);
         }
@@ -105,16 +108,25 @@ int main(int argc, char** argv) {
     int reps = 7;
     int64_t stream_mb = 256, rotate_mb = 1024;
     bool quick = false;
+    dk::Numerics numerics = dk::Numerics::kExact;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
         else if (a == "--stream-mb" && i + 1 < argc) stream_mb = std::atoll(argv[++i]);
         else if (a == "--rotate-mb" && i + 1 < argc) rotate_mb = std::atoll(argv[++i]);
         else if (a == "--quick") quick = true;
+        else if (a == "--numerics" && i + 1 < argc) {
+            if (!dk::parse_numerics(argv[++i], &numerics)) {
+                std::fprintf(stderr, "matmul_bench: --numerics must be exact or fast\n");
+                return 1;
+            }
+        }
     }
+    if (numerics == dk::Numerics::kFast) g_tol = 1e-2;
     const int threads = ds::ThreadPool::global().size();
-    std::printf("matmul_bench: isa=%s (detected %s) threads=%d reps=%d (medians)\n", dk::isa_name(dk::active_isa()),
-                dk::isa_name(dk::detected_isa()), threads, reps);
+    std::printf("matmul_bench: isa=%s (detected %s) numerics=%s threads=%d reps=%d (medians)\n",
+                dk::isa_name(dk::active_isa()), dk::isa_name(dk::detected_isa()), dk::numerics_name(numerics), threads,
+                reps);
     const double triad = deepshard::bench::stream_triad_gbs(stream_mb, reps);
     std::printf("STREAM triad (3 x %ld MB): %.2f GB/s\n", long(stream_mb), triad);
 
@@ -131,13 +143,13 @@ int main(int argc, char** argv) {
                 std::vector<float> x(m * s.k), y(m * s.n);
                 uint64_t seed = 1;
                 for (float& v : x) v = (static_cast<float>(lcg(seed) % 2001) - 1000.0f) / 1000.0f;
-                dk::matmul(x.data(), m, s.k, bw.view(0), y.data(), s.n);
+                dk::matmul(x.data(), m, s.k, bw.view(0), y.data(), s.n, false, numerics);
                 verify(bw.view(0), x, m, y, "gemv");
                 std::vector<double> ts;
                 // Each timed sample sweeps all copies once (> rotate_mb of weights) so nothing is LLC-hot.
                 for (int r = 0; r < reps; ++r) {
                     const double t0 = now_s();
-                    for (int cp = 0; cp < copies; ++cp) dk::matmul(x.data(), m, s.k, bw.view(cp), y.data(), s.n);
+                    for (int cp = 0; cp < copies; ++cp) dk::matmul(x.data(), m, s.k, bw.view(cp), y.data(), s.n, false, numerics);
                     ts.push_back((now_s() - t0) / copies);
                 }
                 const double t_med = median(ts);
@@ -155,12 +167,12 @@ int main(int argc, char** argv) {
             std::vector<float> x(m * gs.k), y(m * gs.n);
             uint64_t seed = 2;
             for (float& v : x) v = (static_cast<float>(lcg(seed) % 2001) - 1000.0f) / 1000.0f;
-            dk::matmul(x.data(), m, gs.k, bw.view(0), y.data(), gs.n);
+            dk::matmul(x.data(), m, gs.k, bw.view(0), y.data(), gs.n, false, numerics);
             verify(bw.view(0), x, m, y, "gemm");
             std::vector<double> ts;
             for (int r = 0; r < std::max(3, reps / 2); ++r) {
                 const double t0 = now_s();
-                dk::matmul(x.data(), m, gs.k, bw.view(0), y.data(), gs.n);
+                dk::matmul(x.data(), m, gs.k, bw.view(0), y.data(), gs.n, false, numerics);
                 ts.push_back(now_s() - t0);
             }
             const double t_med = median(ts);
@@ -176,7 +188,7 @@ int main(int argc, char** argv) {
     }
     // Dequantize cost: GEMM time relative to the f32-weight baseline at the same m.
     std::string json = "{\"bench\":\"matmul\",\"isa\":\"" + std::string(dk::isa_name(dk::active_isa())) +
-                       "\",\"threads\":" + std::to_string(threads) + ",\"triad_gbs\":" + std::to_string(triad) +
+                       "\",\"numerics\":\"" + dk::numerics_name(numerics) + "\",\"threads\":" + std::to_string(threads) + ",\"triad_gbs\":" + std::to_string(triad) +
                        ",\"results\":[";
     for (size_t i = 0; i < rows.size(); ++i) {
         const Row& r = rows[i];

@@ -9,6 +9,8 @@
 namespace deepshard::bench {
 
 double now_seconds();
+// CPU time of the whole process (all threads), seconds.
+double process_cpu_seconds();
 double median(std::vector<double> v);
 // STREAM triad a = b + s*c over three arrays of `mb` MiB each, on ThreadPool::global(); returns
 // the median GB/s of `reps` runs (STREAM's byte count: 3 arrays, no write-allocate).

@@ -1,6 +1,6 @@
-// Runtime ISA selection and the public kernel entry points: argument checks, splitting work over
-// ThreadPool::global(), then calling the table of the active ISA. Compiled for baseline x86-64;
-// the AVX2/AVX-512 tables are only touched after cpuid says the CPU (and OS) supports them.
+// Runtime ISA selection, per-thread scratch and the element-wise entry points (the matmul drivers
+// are in matmul_driver.cc). Compiled for baseline x86-64; the AVX2/AVX-512 tables are only touched
+// after cpuid says the CPU (and OS) supports them.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -55,6 +55,7 @@ std::atomic<int>& isa_slot() {
 const cpu::KernelTable& table() {
     switch (static_cast<Isa>(isa_slot().load(std::memory_order_relaxed))) {
         case Isa::kAvx512Bf16:
+            return cpu::avx512bf16_table();
         case Isa::kAvx512:
             return cpu::avx512_table();
         case Isa::kAvx2:
@@ -63,31 +64,6 @@ const cpu::KernelTable& table() {
             break;
     }
     return cpu::scalar_table();
-}
-
-// Splits rows [0, rows) of W into chunks whose boundaries fall on the global row-block grid
-// (row_offset + r multiple of `grain`), so a chunk never straddles a scale block needlessly.
-template <typename Fn>
-void for_row_chunks(int64_t rows, int64_t row_offset, int64_t grain, Fn&& fn) {
-    const int64_t skew = row_offset % grain;
-    const int64_t units = (rows + skew + grain - 1) / grain;
-    ThreadPool::global().parallel_for(units, [&](int64_t u0, int64_t u1) {
-        const int64_t b = std::max<int64_t>(0, u0 * grain - skew);
-        const int64_t e = std::min<int64_t>(rows, u1 * grain - skew);
-        if (b < e) {
-            fn(b, e);
-        }
-    });
-}
-
-// Largest power-of-two grain (<= 128, >= 8) that still gives every thread work.
-int64_t row_grain(int64_t rows) {
-    const int64_t nt = ThreadPool::global().size();
-    int64_t g = cpu::kRowBlock;
-    while (g > 8 && (rows + g - 1) / g < nt) {
-        g /= 2;
-    }
-    return g;
 }
 
 }  // namespace
@@ -117,21 +93,6 @@ void set_isa(Isa isa) {
     DS_CHECK(static_cast<int>(isa) <= static_cast<int>(detected_isa()))
         << "set_isa(" << isa_name(isa) << ") but the CPU only supports " << isa_name(detected_isa());
     isa_slot().store(static_cast<int>(isa), std::memory_order_relaxed);
-}
-
-void matmul(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy, bool accumulate) {
-    DS_CHECK(w.valid()) << "matmul: invalid weight view";
-    DS_CHECK(m >= 0 && ldx >= w.cols && ldy >= w.rows) << "matmul: bad strides";
-    DS_CHECK(w.dtype == DType::kF32 || w.dtype == DType::kBF16 || w.dtype == DType::kF16 ||
-             (w.dtype == DType::kF8E4M3 && w.scale != nullptr && w.block_rows > 0 && w.block_cols > 0))
-        << "matmul: unsupported weight dtype " << dtype_name(w.dtype);
-    if (m == 0) {
-        return;
-    }
-    const cpu::KernelTable& t = table();
-    const cpu::MatmulArgs args{x, m, ldx, &w, y, ldy, accumulate};
-    for_row_chunks(w.rows, w.row_offset, row_grain(w.rows),
-                   [&](int64_t b, int64_t e) { t.matmul_rows(args, b, e); });
 }
 
 void gather_rows(const WeightView& w, const int32_t* rows, int64_t n, float* out, int64_t ldo) {
@@ -164,22 +125,43 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
     ThreadPool::global().parallel_for(n, [&](int64_t b, int64_t e) { t.silu_mul(gate, up, out, b, e); }, 64);
 }
 
+const char* numerics_name(Numerics n) { return n == Numerics::kFast ? "fast" : "exact"; }
+
+bool parse_numerics(std::string_view s, Numerics* out) {
+    if (s == "exact") {
+        *out = Numerics::kExact;
+        return true;
+    }
+    if (s == "fast") {
+        *out = Numerics::kFast;
+        return true;
+    }
+    return false;
+}
+
+bool fast_is_exact() { return table().convert_bf16 == nullptr; }
+
 namespace cpu {
 
-void* thread_scratch(size_t bytes) {
+const KernelTable& active_table() { return table(); }
+
+void* thread_scratch(int slot, size_t bytes) {
     struct Scratch {
-        void* p = nullptr;
-        size_t size = 0;
-        ~Scratch() { std::free(p); }
+        void* p[kScratchSlots] = {};
+        size_t size[kScratchSlots] = {};
+        ~Scratch() {
+            for (void* q : p) std::free(q);
+        }
     };
     thread_local Scratch s;
-    if (s.size < bytes) {
-        std::free(s.p);
-        s.size = (bytes + 4095) & ~size_t{4095};
-        s.p = std::aligned_alloc(64, s.size);
-        DS_CHECK(s.p != nullptr) << "out of memory for a " << s.size << "-byte kernel scratch buffer";
+    DS_CHECK(slot >= 0 && slot < kScratchSlots) << "thread_scratch: bad slot " << slot;
+    if (s.size[slot] < bytes) {
+        std::free(s.p[slot]);
+        s.size[slot] = (bytes + 4095) & ~size_t{4095};
+        s.p[slot] = std::aligned_alloc(64, s.size[slot]);
+        DS_CHECK(s.p[slot] != nullptr) << "out of memory for a " << s.size[slot] << "-byte kernel scratch buffer";
     }
-    return s.p;
+    return s.p[slot];
 }
 
 }  // namespace cpu

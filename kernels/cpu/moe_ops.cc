@@ -7,6 +7,7 @@
 
 #include "common/status.h"
 #include "common/thread_pool.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/moe.h"
 
 namespace deepshard::kernels {
@@ -115,6 +116,115 @@ void scatter_add_weighted(const float* src, int64_t lds, int64_t n, int64_t cols
         const float wi = w[i];
         const float* s = src + i * lds;
         for (int64_t j = 0; j < cols; ++j) dst[j] += wi * s[j];
+    }
+}
+
+namespace {
+
+// One active expert of a moe_ffn call: its rows of the gathered input and of the activations.
+struct Active {
+    const ExpertMlp* mlp;
+    int64_t n;               // tokens
+    const int32_t* tokens;   // nullptr: tokens 0..n-1 (the shared expert)
+    const float* weights;    // nullptr: weight 1
+    const float* x;          // [n, H] input rows
+    float* act;              // [n, inter] activations
+    int64_t inter;
+};
+
+void check_expert(const ExpertMlp& e, int64_t H, const char* what) {
+    DS_CHECK(e.w3 != nullptr && e.w2 != nullptr) << "moe_ffn: " << what << " lacks up/down weights";
+    DS_CHECK(e.w1->cols == H && e.w3->cols == H && e.w1->rows == e.w3->rows && e.w2->rows == H &&
+             e.w2->cols == e.w1->rows)
+        << "moe_ffn: " << what << " has shapes gate " << e.w1->rows << "x" << e.w1->cols << ", down " << e.w2->rows
+        << "x" << e.w2->cols << " for hidden " << H;
+}
+
+}  // namespace
+
+void moe_ffn(const float* x, int64_t T, int64_t H, const int32_t* offsets, const int32_t* tokens,
+             const float* pair_weights, std::span<const ExpertMlp> experts, const ExpertMlp* shared, float* y,
+             Numerics numerics) {
+    if (T <= 0) return;
+    const cpu::KernelTable& t = cpu::active_table();
+    // Active experts in ascending id, then the shared expert.
+    std::vector<Active> active;
+    int64_t gathered = 0, act_floats = 0;
+    for (size_t e = 0; e < experts.size(); ++e) {
+        const int64_t n = offsets[e + 1] - offsets[e];
+        if (n == 0 || experts[e].w1 == nullptr) continue;
+        check_expert(experts[e], H, "routed expert");
+        active.push_back({&experts[e], n, tokens + offsets[e], pair_weights + offsets[e], nullptr, nullptr,
+                          experts[e].w1->rows});
+        gathered += n;
+        act_floats += n * experts[e].w1->rows;
+    }
+    if (shared != nullptr) {
+        check_expert(*shared, H, "shared expert");
+        active.push_back({shared, T, nullptr, nullptr, x, nullptr, shared->w1->rows});
+        act_floats += T * shared->w1->rows;
+    }
+    if (active.empty()) {
+        std::fill(y, y + T * H, 0.0f);
+        return;
+    }
+    // Inputs: a single token needs no gather (every expert reads row 0); otherwise each routed
+    // expert's token rows are copied into one dense block.
+    float* xg = static_cast<float*>(cpu::thread_scratch(6, static_cast<size_t>(T == 1 ? 1 : gathered * H) * 4));
+    float* act = static_cast<float*>(cpu::thread_scratch(7, static_cast<size_t>(act_floats) * 4));
+    {
+        int64_t g = 0, a = 0;
+        for (Active& ae : active) {
+            ae.act = act + a;
+            a += ae.n * ae.inter;
+            if (ae.x != nullptr) continue;
+            if (T == 1) {
+                ae.x = x;
+            } else {
+                ae.x = xg + g * H;
+                gather_tokens(x, H, ae.tokens, ae.n, H, xg + g * H, H);
+                g += ae.n;
+            }
+        }
+    }
+    // Region 1: gate/up + SiLU of every active expert.
+    std::vector<SwigluJob> jobs;
+    jobs.reserve(active.size());
+    for (const Active& ae : active) jobs.push_back({ae.x, ae.n, H, ae.mlp->w1, ae.mlp->w3, ae.act, ae.inter});
+    swiglu_batch(jobs, numerics);
+
+    // Region 2: down projections by column block of y, all experts in order within a block.
+    std::vector<cpu::Bf16Inputs::Input> inputs(active.size());
+    for (size_t i = 0; i < active.size(); ++i) {
+        inputs[i] = {cpu::use_bf16(t, numerics, active[i].mlp->w2->dtype), active[i].act, active[i].n, active[i].inter,
+                     active[i].inter};
+    }
+    cpu::Bf16Inputs actb;
+    actb.prepare(t, inputs);
+    const int64_t nt = ThreadPool::global().size();
+    int64_t cw = 128;
+    while (cw > 16 && H / cw < 4 * nt) cw /= 2;
+    const int64_t chunks = (H + cw - 1) / cw;
+    int64_t max_n = 0;
+    for (const Active& ae : active) max_n = std::max(max_n, ae.n);
+    auto run = [&](int64_t c) {
+        const int64_t c0 = c * cw, nc = std::min(cw, H - c0);
+        for (int64_t i = 0; i < T; ++i) std::fill(y + i * H + c0, y + i * H + c0 + nc, 0.0f);
+        float* tmp = static_cast<float*>(cpu::thread_scratch(3, static_cast<size_t>(max_n * nc) * 4));
+        for (size_t j = 0; j < active.size(); ++j) {
+            const Active& ae = active[j];
+            const WeightView v = ae.mlp->w2->slice_rows(c0, nc);
+            t.matmul_rows({ae.act, ae.n, ae.inter, &v, tmp, nc, false, actb.get(j), cpu::bf16_stride(ae.inter)}, 0, nc);
+            for (int64_t i = 0; i < ae.n; ++i) {
+                const int64_t tok = ae.tokens != nullptr ? ae.tokens[i] : i;
+                t.axpy(ae.weights != nullptr ? ae.weights[i] : 1.0f, tmp + i * nc, y + tok * H + c0, nc);
+            }
+        }
+    };
+    if (chunks == 1) {
+        run(0);
+    } else {
+        ThreadPool::global().parallel_tasks(chunks, run);
     }
 }
 

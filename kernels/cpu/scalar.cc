@@ -1,6 +1,7 @@
 // Portable kernels: the fallback for CPUs without AVX2 and the simplest statement of each
 // algorithm. matmul decodes one row of W at a time into a scratch row and reuses it for every row
 // of x, so W is read once per call whatever m is.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -56,7 +57,7 @@ float dot(const float* a, const float* b, int64_t k) {
 
 void matmul_rows(const MatmulArgs& a, int64_t n0, int64_t n1) {
     const WeightView& w = *a.w;
-    float* row = static_cast<float*>(thread_scratch(w.cols * sizeof(float)));
+    float* row = static_cast<float*>(thread_scratch(0, w.cols * sizeof(float)));
     for (int64_t j = n0; j < n1; ++j) {
         decode_row(w, j, row);
         for (int64_t i = 0; i < a.m; ++i) {
@@ -85,10 +86,29 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t b, int64_t
     }
 }
 
+void axpy(float a, const float* x, float* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// One decoded W row at a time, added into every output row.
+void matmul_xw(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy, int64_t c0,
+               int64_t c1) {
+    float* row = static_cast<float*>(thread_scratch(0, w.cols * sizeof(float)));
+    for (int64_t i = 0; i < m; ++i) std::fill(y + i * ldy + c0, y + i * ldy + c1, 0.0f);
+    for (int64_t d = 0; d < w.rows; ++d) {
+        decode_row(w, d, row);
+        for (int64_t i = 0; i < m; ++i) {
+            const float s = x[i * ldx + d];
+            float* yi = y + i * ldy;
+            for (int64_t c = c0; c < c1; ++c) yi[c] += s * row[c];
+        }
+    }
+}
+
 }  // namespace
 
 const KernelTable& scalar_table() {
-    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul};
+    static const KernelTable t{matmul_rows, decode_row, rmsnorm_rows, silu_mul, axpy, matmul_xw, nullptr, nullptr};
     return t;
 }
 

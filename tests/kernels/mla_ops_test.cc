@@ -198,14 +198,85 @@ void check_absorbed_equals_naive(const MlaShape& s) {
 }
 
 TEST(MlaOps, AbsorbedAttentionEqualsTheNaiveForm) {
-    check_absorbed_equals_naive({"small-bf16", 3, 16, 8, 12, 32, 4, DType::kBF16});
-    check_absorbed_equals_naive({"small-fp8", 2, 16, 8, 16, 48, 8, DType::kF8E4M3});
-    // DeepSeek-V3's dimensions: two of the 128 heads (a TP slice), latent 512, rope 64, 128/128 heads.
-    check_absorbed_equals_naive({"deepseek-v3-fp8", 2, 128, 64, 128, 512, 16, DType::kF8E4M3});
+    testing::IsaGuard guard;
+    for (Isa isa : testing::runnable_isas()) {  // the blocked SIMD attention and the scalar loop
+        set_isa(isa);
+        SCOPED_TRACE(isa_name(isa));
+        check_absorbed_equals_naive({"small-bf16", 3, 16, 8, 12, 32, 4, DType::kBF16});
+        check_absorbed_equals_naive({"small-fp8", 2, 16, 8, 16, 48, 8, DType::kF8E4M3});
+        // DeepSeek-V3's dimensions: two of the 128 heads (a TP slice), latent 512, rope 64, 128/128 heads.
+        check_absorbed_equals_naive({"deepseek-v3-fp8", 2, 128, 64, 128, 512, 16, DType::kF8E4M3});
+    }
+}
+
+// A long causal prefill (several key blocks, many query blocks and head groups) against a double
+// reference of the absorbed attention itself, on every ISA.
+TEST(MlaOps, LongPrefillAttentionMatchesDoubleReference) {
+    testing::IsaGuard guard;
+    const int32_t R = 48, rd = 16, bs = 16, ctx = 150;
+    const int64_t nh = 6;
+    TestCache cache(bs, 2, ctx, R, rd, 41);
+    std::vector<int32_t> rows, pos;
+    for (int32_t p = 0; p < ctx; ++p) {  // sequence 1 prefills everything; sequence 0 decodes at 149
+        rows.push_back(1);
+        pos.push_back(p);
+    }
+    rows.push_back(0);
+    pos.push_back(ctx - 1);
+    const int64_t T = static_cast<int64_t>(rows.size());
+    const std::vector<float> qlat = random_vec(T * nh * R, 42), qpe = random_vec(T * nh * rd, 43);
+    for (Isa isa : testing::runnable_isas()) {
+        set_isa(isa);
+        std::vector<float> out(T * nh * R);
+        MlaAttentionArgs a;
+        a.cache = cache.view();
+        a.num_heads = static_cast<int32_t>(nh);
+        a.softmax_scale = 0.15f;
+        a.num_queries = T;
+        a.q_lat = qlat.data();
+        a.q_lat_ld_token = nh * R;
+        a.q_lat_ld_head = R;
+        a.q_pe = qpe.data();
+        a.q_pe_ld_token = nh * rd;
+        a.q_pe_ld_head = rd;
+        a.tables = cache.bt();
+        a.out = out.data();
+        a.out_ld_token = nh * R;
+        a.out_ld_head = R;
+        mla_attention(a, rows.data(), pos.data());
+        double worst = 0;
+        for (int64_t t = 0; t < T; ++t) {
+            for (int64_t h = 0; h < nh; ++h) {
+                const float* q = qlat.data() + (t * nh + h) * R;
+                const float* qp = qpe.data() + (t * nh + h) * rd;
+                std::vector<double> sc(pos[t] + 1);
+                double mx = -1e300, sum = 0;
+                for (int32_t j = 0; j <= pos[t]; ++j) {
+                    const float* slot = cache.at(rows[t], j);
+                    double d = 0;
+                    for (int32_t r = 0; r < R; ++r) d += double(q[r]) * slot[r];
+                    for (int32_t r = 0; r < rd; ++r) d += double(qp[r]) * slot[R + r];
+                    sc[j] = d * 0.15;
+                    mx = std::max(mx, sc[j]);
+                }
+                for (double& x : sc) sum += (x = std::exp(x - mx));
+                for (int32_t r = 0; r < R; ++r) {
+                    double ref = 0;
+                    for (int32_t j = 0; j <= pos[t]; ++j) ref += sc[j] / sum * cache.at(rows[t], j)[r];
+                    worst = std::max(worst, std::fabs(ref - out[(t * nh + h) * R + r]));
+                }
+            }
+        }
+        EXPECT_LT(worst, 2e-5) << isa_name(isa);
+    }
 }
 
 // Positions after a query's own are never read: poison them and the outputs stay finite and equal.
 TEST(MlaOps, AttentionIsCausalAndReadsOnlyTheTable) {
+    testing::IsaGuard guard;
+    for (Isa isa : testing::runnable_isas()) {
+    set_isa(isa);
+    SCOPED_TRACE(isa_name(isa));
     const int32_t R = 32, rd = 8, bs = 4;
     TestCache cache(bs, 1, 24, R, rd, 21);
     const int64_t nh = 2;
@@ -258,6 +329,7 @@ TEST(MlaOps, AttentionIsCausalAndReadsOnlyTheTable) {
     bool differs = false;
     for (int64_t i = nh * R; i < 2 * nh * R; ++i) differs = differs || changed[i] != before[i];
     EXPECT_TRUE(differs);
+    }
 }
 
 TEST(MlaOpsDeathTest, PositionBeyondTheTableIsCaught) {

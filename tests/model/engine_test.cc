@@ -3,10 +3,15 @@
 // engine and a clear error for a device this build lacks, and `deepshard generate --device` reaches it.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
+#include "common/npy.h"
+#include "kernels/kernels.h"
 #include "model/cpu_engine.h"
 #include "model/engine.h"
 #include "tests/util/subprocess.h"
@@ -156,6 +161,49 @@ TEST(EngineTest, GenerateDeviceFlag) {
                            std::chrono::seconds(60));
     EXPECT_NE(bad.exit_code, 0);
     EXPECT_NE(bad.err.find("tpu"), std::string::npos) << bad.err;
+}
+
+// generate runs fast unless told exact: exact gives the golden prompt logits, fast (the default)
+// differs from them where the CPU has BF16 dot products (golden_fast_test judges by how much).
+TEST(EngineTest, GenerateNumericsFlag) {
+    const std::string model = source_path("testdata/golden/tiny-bf16");
+    const std::string dir = testing_util::make_temp_dir("ds_numerics_");
+    std::ifstream tin(model + "/tokens.json");
+    std::string prompt;
+    const auto tokens = nlohmann::json::parse(tin);
+    for (int t : tokens["tokens"]) prompt += (prompt.empty() ? "" : ",") + std::to_string(t);
+    auto run = [&](const std::string& out, std::vector<std::string> extra) {
+        std::vector<std::string> cmd = {binary_path("deepshard"), "generate", "--model", model, "--tokens", prompt,
+                                        "--max-tokens", "1", "--dump-logits", out};
+        cmd.insert(cmd.end(), extra.begin(), extra.end());
+        return run_command(cmd, std::chrono::seconds(120));
+    };
+    auto fast = run(dir + "/fast.npy", {});
+    ASSERT_EQ(fast.exit_code, 0) << fast.err;
+    EXPECT_NE(fast.err.find("numerics fast"), std::string::npos) << fast.err;
+    auto exact = run(dir + "/exact.npy", {"--numerics", "exact"});
+    ASSERT_EQ(exact.exit_code, 0) << exact.err;
+    EXPECT_NE(exact.err.find("numerics exact"), std::string::npos) << exact.err;
+    auto golden = read_npy_f32(model + "/logits_prefill.npy");
+    auto f = read_npy_f32(dir + "/fast.npy");
+    auto e = read_npy_f32(dir + "/exact.npy");
+    ASSERT_TRUE(golden.ok() && f.ok() && e.ok());
+    ASSERT_EQ(f->shape, golden->shape);
+    ASSERT_EQ(e->shape, golden->shape);
+    float exact_err = 0, fast_err = 0;
+    for (size_t i = 0; i < golden->data.size(); ++i) {
+        exact_err = std::max(exact_err, std::fabs(e->data[i] - golden->data[i]));
+        fast_err = std::max(fast_err, std::fabs(f->data[i] - golden->data[i]));
+    }
+    EXPECT_LE(exact_err, 1e-4f);
+    if (kernels::fast_is_exact()) {
+        EXPECT_LE(fast_err, 1e-4f);
+    } else {
+        EXPECT_GT(fast_err, 1e-4f) << "generate ran exact by default";
+    }
+    auto bad = run(dir + "/bad.npy", {"--numerics", "bf16"});
+    EXPECT_NE(bad.exit_code, 0);
+    EXPECT_NE(bad.err.find("bf16"), std::string::npos) << bad.err;
 }
 
 }  // namespace

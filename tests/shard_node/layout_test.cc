@@ -109,5 +109,24 @@ TEST(LayoutTest, ReadsEachRanksDevice) {
     EXPECT_NE(bad.status().message().find("rank 2"), std::string::npos) << bad.status().message();
 }
 
+TEST(LayoutTest, ReadsThePlansNumericsFastByDefault) {
+    const auto c = config();
+    const std::string stages = R"("world_size":2,"ranks_per_stage":1,
+        "stages":[{"first_layer":0,"last_layer":2},{"first_layer":2,"last_layer":5}])";
+    auto none = Layout::from_plan_json("{" + stages + "}", c);
+    ASSERT_TRUE(none.ok()) << none.status().to_string();
+    EXPECT_EQ(none->numerics, kernels::Numerics::kFast);  // the serving default
+    auto exact = Layout::from_plan_json("{" + stages + R"(,"numerics":"exact"})", c);
+    ASSERT_TRUE(exact.ok()) << exact.status().to_string();
+    EXPECT_EQ(exact->numerics, kernels::Numerics::kExact);
+    auto fast = Layout::from_plan_json("{" + stages + R"(,"numerics":"fast"})", c);
+    ASSERT_TRUE(fast.ok()) << fast.status().to_string();
+    EXPECT_EQ(fast->numerics, kernels::Numerics::kFast);
+    auto bad = Layout::from_plan_json("{" + stages + R"(,"numerics":"bf16"})", c);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("numerics"), std::string::npos) << bad.status().message();
+    EXPECT_NE(bad.status().message().find("bf16"), std::string::npos) << bad.status().message();
+}
+
 }  // namespace
 }  // namespace deepshard::shard_node

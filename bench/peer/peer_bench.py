@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Side-by-side CPU benchmark of deepshard's engine against llama.cpp on the same weights.
+
+For every preset: deepshard's BF16 model against llama.cpp's BF16 GGUF made from it, and deepshard's
+FP8 model (same shape and seed) against llama.cpp's Q8_0 GGUF of the BF16 model (llama.cpp reads no
+FP8). Runs are interleaved round by round (deepshard fast, llama.cpp, deepshard exact, per pair) so
+that load changes on a shared machine hit all engines alike; every figure is the median over rounds.
+
+  decode batch 1 and 8 : tokens/s after a 32-token prompt (deepshard engine_bench; llama.cpp
+                         llama-batched-bench -npp 32 -npl 1,8, S_TG)
+  prefill 64 and 512   : tokens/s of one prompt, logits of the last position only (engine_bench;
+                         llama-bench -p 64,512 -n 0)
+  STREAM triad         : measured by engine_bench in the same process, right before its runs
+
+Writes a markdown table (stdout and --out-md) and all raw runs as JSON (--out-json). Standard
+library only; the GGUF conversion and builds are done by run_peer_bench.sh.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run_rss(cmd, env=None):
+    """Runs cmd, returns (stdout, stderr, peak RSS of that child in bytes)."""
+    # errors="replace": the peer logs its vocabulary, whose synthetic tokens are not all valid UTF-8.
+    with tempfile.TemporaryFile("w+", errors="replace") as fo, tempfile.TemporaryFile("w+", errors="replace") as fe:
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, text=True)
+        _, status, ru = os.wait4(p.pid, 0)  # reap it here, for its own rusage
+        p.returncode = os.waitstatus_to_exitcode(status)
+        fo.seek(0)
+        fe.seek(0)
+        out, err = fo.read(), fe.read()
+    if p.returncode != 0:
+        sys.stderr.write(err[-4000:])
+        raise SystemExit(f"peer_bench: {' '.join(cmd)} failed with {p.returncode}")
+    return out, err, ru.ru_maxrss * 1024
+
+
+def deepshard(args, model, numerics):
+    env = dict(os.environ, DS_NUM_THREADS=str(args.threads))
+    cmd = [os.path.join(args.build, "bin", "engine_bench"), "--model", model, "--batches", "1,8",
+           "--prefill", args.prefill, "--decode", str(args.decode), "--reps", "1",
+           "--stream-mb", str(args.stream_mb), "--numerics", numerics]
+    out, _, rss = run_rss(cmd, env)
+    r = {"rss": rss, "prefill": {}, "decode": {}}
+    for line in out.splitlines():
+        if line.startswith("engine_bench:"):
+            r["header"] = line
+        if not line.startswith("JSON "):
+            continue
+        j = json.loads(line[5:])
+        if j["phase"] == "prefill":
+            r["prefill"][j["tokens"]] = j["tokens_per_s"]
+        elif j["phase"] == "decode":
+            r["decode"][j["batch"]] = j["tokens_per_s"]
+            r["triad"] = j["triad_gbs"]
+            r["bytes_per_token"] = j["bytes_per_token"]
+    return r
+
+
+def llama(args, gguf):
+    bindir = os.path.join(args.llama_build, "bin")
+    r = {"prefill": {}, "decode": {}, "rss": 0}
+    # llama.cpp's OpenMP threads spin at every barrier by default; on a machine shared with other jobs
+    # (more runnable threads than cores) that collapses its decode 5-20x (measured: 1.2-4.2 tok/s
+    # spinning against 22-34 passive on the small preset). Passive waiting is the fair setting there;
+    # --llama-omp-wait active measures the default.
+    env = dict(os.environ, OMP_WAIT_POLICY=args.llama_omp_wait.upper())
+    out, _, rss = run_rss([os.path.join(bindir, "llama-bench"), "-m", gguf, "-p", args.prefill, "-n", "0",
+                           "-t", str(args.threads), "-r", "1", "-o", "json"], env)
+    r["rss"] = max(r["rss"], rss)
+    for e in json.loads(out):
+        if e.get("n_gen", 0) == 0 and e.get("n_prompt", 0) > 0:
+            r["prefill"][e["n_prompt"]] = e["avg_ts"]
+    out, err, rss = run_rss([os.path.join(bindir, "llama-batched-bench"), "-m", gguf, "-c", "4096", "-b", "2048",
+                             "-ub", "512", "-npp", "32", "-ntg", str(args.decode), "-npl", "1,8", "-t",
+                             str(args.threads), "-tb", str(args.threads), "--output-format", "jsonl"], env)
+    r["rss"] = max(r["rss"], rss)
+    for line in (out + "\n" + err).splitlines():
+        line = line.strip()
+        if line.startswith("{") and "speed_tg" in line:
+            j = json.loads(line)
+            r["decode"][j["pl"]] = j["speed_tg"]
+    return r
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--llama-build", required=True, help="llama.cpp build folder (bin/llama-bench)")
+    ap.add_argument("--models", default="out/bench", help="folder of PRESET-bf16 / PRESET-fp8 models")
+    ap.add_argument("--gguf", required=True, help="folder of PRESET-bf16.gguf / PRESET-q8_0.gguf")
+    ap.add_argument("--presets", default="small,medium")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prefill", default="64,512")
+    ap.add_argument("--decode", type=int, default=16)
+    ap.add_argument("--stream-mb", type=int, default=256)
+    ap.add_argument("--llama-omp-wait", choices=["passive", "active"], default="passive",
+                    help="OMP_WAIT_POLICY of the llama.cpp runs (see llama())")
+    ap.add_argument("--out-md", default=None)
+    ap.add_argument("--out-json", default=None)
+    args = ap.parse_args()
+
+    prefills = [int(p) for p in args.prefill.split(",")]
+    raw = {}
+    for preset in args.presets.split(","):
+        pairs = [("BF16", f"{preset}-bf16", f"{preset}-bf16.gguf"), ("FP8 vs Q8_0", f"{preset}-fp8", f"{preset}-q8_0.gguf")]
+        for rnd in range(args.rounds):
+            for name, model, gguf in pairs:
+                key = f"{preset} {name}"
+                slot = raw.setdefault(key, {"fast": [], "exact": [], "llama": []})
+                print(f"[{time.strftime('%H:%M:%S')}] {preset} {name} round {rnd + 1}/{args.rounds}", file=sys.stderr,
+                      flush=True)
+                slot["fast"].append(deepshard(args, os.path.join(args.models, model), "fast"))
+                slot["llama"].append(llama(args, os.path.join(args.gguf, gguf)))
+                slot["exact"].append(deepshard(args, os.path.join(args.models, model), "exact"))
+
+    lines = []
+    header = next((r["header"] for v in raw.values() for r in v["fast"] if "header" in r), "")
+    lines.append(f"deepshard: `{header}`; llama.cpp b4747, {args.threads} threads, OMP_WAIT_POLICY="
+                 f"{args.llama_omp_wait}; medians of {args.rounds} interleaved rounds")
+    lines.append("")
+    lines.append("| model | phase | deepshard fast tok/s | deepshard exact tok/s | llama.cpp tok/s | fast / llama.cpp "
+                 "| exact / fast | STREAM triad GB/s | fast weight GB/s (% triad) | peak RSS deepshard / llama.cpp |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    summary = {}
+    for key, v in raw.items():
+        triad = med([r.get("triad") for r in v["fast"] + v["exact"]])
+        bpt = v["fast"][0].get("bytes_per_token", 0)
+        rss_d = max(r["rss"] for r in v["fast"] + v["exact"])
+        rss_l = max(r["rss"] for r in v["llama"])
+        phases = [("decode b=1", "decode", 1), ("decode b=8", "decode", 8)] + [
+            (f"prefill {p}", "prefill", p) for p in prefills]
+        for label, kind, n in phases:
+            f = med([r[kind].get(n) for r in v["fast"]])
+            e = med([r[kind].get(n) for r in v["exact"]])
+            ll = med([r[kind].get(n) for r in v["llama"]])
+            bw = ""
+            if label == "decode b=1" and bpt:
+                gbs = f * bpt / 1e9
+                bw = f"{gbs:.1f} ({100 * gbs / triad:.0f}%)"
+            summary[f"{key} {label}"] = {"fast": f, "exact": e, "llama": ll, "fast_over_llama": f / ll if ll else None,
+                                         "exact_over_fast": e / f if f else None, "triad": triad}
+            lines.append(f"| {key} | {label} | {f:.1f} | {e:.1f} | {ll:.1f} | **{f / ll:.2f}** | {e / f:.2f} | "
+                         f"{triad:.1f} | {bw} | {rss_d / 1e6:.0f} MB / {rss_l / 1e6:.0f} MB |")
+        b1 = med([r["decode"].get(1) for r in v["fast"]])
+        b8 = med([r["decode"].get(8) for r in v["fast"]])
+        lines.append(f"| {key} | batch 8 / batch 1 | {b8 / b1:.2f}x | | | | | | | |")
+    md = "\n".join(lines)
+    print(md)
+    if args.out_md:
+        with open(args.out_md, "w") as f:
+            f.write(md + "\n")
+    if args.out_json:
+        with open(args.out_json, "w") as f:
+            json.dump({"raw": raw, "summary": summary, "args": vars(args)}, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
