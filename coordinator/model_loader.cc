@@ -118,6 +118,7 @@ StatusOr<LoadedModel> load_model(const std::string& dir, const std::string& name
     const fs::path tok = fs::path(dir) / "tokenizer.json";
     if (fs::exists(tok, ec)) {
         DS_ASSIGN_OR_RETURN(model::Tokenizer t, model::Tokenizer::load(dir));
+        DS_RETURN_IF_ERROR(t.check_fits(m.config.vocab_size).with_context(tok.string()));
         m.tokenizer = std::make_shared<const model::Tokenizer>(std::move(t));
     } else {
         spdlog::warn("{} has no tokenizer.json: only token-id prompts will be accepted", dir);

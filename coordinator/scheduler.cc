@@ -49,6 +49,10 @@ StatusOr<uint64_t> Scheduler::submit(SequenceSpec spec, Clock::time_point) {
     s.id = next_seq_id_++;
     s.arrival = next_arrival_++;
     s.spec = std::move(spec);
+    if (!s.spec.sampling.has_seed) {
+        s.spec.sampling.seed = seed_source_();
+        s.spec.sampling.has_seed = 1;
+    }
     if (capacity_ && blocks_needed(s) > capacity_->kv_blocks) {
         return invalid_argument("the request needs " + std::to_string(blocks_needed(s)) +
                                 " KV blocks but the shard job has " + std::to_string(capacity_->kv_blocks) +

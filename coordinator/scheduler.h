@@ -18,7 +18,9 @@
 //  - Stop conditions on ids live here (EOS unless ignore_eos, stop token ids, max_tokens, context
 //    length); text-based ones (stop strings) in the SequenceSink.
 //  - Losing the shard job: without retry every accepted sequence fails (kUnavailable); with retry
-//    they are re-queued in arrival order and restart from their prompt.
+//    they are re-queued in arrival order and restart from their prompt. So that a restarted sampled
+//    sequence draws exactly the tokens it drew before (the sampler is a pure function of its seed),
+//    a sequence submitted without a seed gets one at admission to the queue.
 #pragma once
 
 #include <chrono>
@@ -27,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -144,6 +147,7 @@ private:
     int64_t budget() const;
 
     SchedulerOptions options_;
+    std::mt19937_64 seed_source_{std::random_device{}()};  // seeds for requests that bring none
     std::optional<Capacity> capacity_;
     uint64_t next_seq_id_ = 1;
     uint64_t next_arrival_ = 1;

@@ -17,6 +17,7 @@
 
 #include "common/logging.h"
 #include "model/safetensors.h"
+#include "model/tokenizer/tokenizer.h"
 
 namespace deepshard::model {
 namespace fs = std::filesystem;
@@ -430,6 +431,13 @@ StatusOr<MakeModelResult> make_model(const ModelConfig& c, const std::string& ou
         if (!opt.tokenizer_dir.empty() && !fs::is_regular_file(fs::path(opt.tokenizer_dir) / f)) {
             return not_found("--tokenizer " + opt.tokenizer_dir + ": no " + f + " there");
         }
+    }
+    if (!opt.tokenizer_dir.empty()) {
+        // A model directory is validated with its tokenizer (inspect, the coordinator): do not write
+        // one that would fail, e.g. the 129k-id DeepSeek tokenizer next to a 4096-row vocabulary.
+        DS_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::load(opt.tokenizer_dir));
+        DS_RETURN_IF_ERROR(
+            tok.check_fits(c.vocab_size).with_context("--tokenizer " + opt.tokenizer_dir + " (use --set vocab_size=N)"));
     }
     const auto t0 = std::chrono::steady_clock::now();
     std::error_code ec;

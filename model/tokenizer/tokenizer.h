@@ -27,6 +27,11 @@ public:
     // add_bos_token / bos_token / eos_token), or the path of a tokenizer.json itself. Without a config
     // the DeepSeek defaults apply: BOS `<｜begin▁of▁sentence｜>`, EOS `<｜end▁of▁sentence｜>`, add BOS.
     static StatusOr<Tokenizer> load(const std::string& dir_or_file);
+    // The same from the files' contents (`config_json` absent: the defaults); the origins name the
+    // files in error messages. The tokenizer.json text is consumed.
+    static StatusOr<Tokenizer> parse(std::string tokenizer_json, const std::optional<std::string>& config_json,
+                                     const std::string& origin = "tokenizer.json",
+                                     const std::string& config_origin = "tokenizer_config.json");
 
     // Text → ids. Added tokens written in the text (e.g. "<｜User｜>") become their ids. With add_bos
     // the BOS id is prepended. Invalid UTF-8 → InvalidArgument naming the first bad byte offset.
@@ -52,6 +57,11 @@ public:
     // One past the largest id in use (vocabulary plus added tokens): 128815 for DeepSeek-V3. The
     // model's embedding may have more rows (129280); those ids decode to nothing.
     int32_t vocab_size() const;
+    // OK when every id this tokenizer can produce or decode is a row of a model with
+    // `model_vocab_size` embedding rows (config.json's vocab_size); otherwise InvalidArgument saying
+    // so. A model directory's tokenizer must fit its model: an id past the embedding is refused by
+    // every front end, so a mismatched pair would fail on ordinary text.
+    Status check_fits(int64_t model_vocab_size) const;
     // Whether plain-text encoding should prepend BOS (tokenizer_config.json `add_bos_token`).
     bool add_bos_token() const;
 

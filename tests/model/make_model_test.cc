@@ -187,11 +187,18 @@ TEST(MakeModel, TokenizerFilesAreCopied) {
     TempDir tmp;
     MakeModelOptions opt;
     opt.tokenizer_dir = test::source_dir() + "/testdata/tokenizer";
-    ASSERT_TRUE(make_model(test::small_test_config(), tmp.path, opt).ok());
+    // The tokenizer's 128815 ids need the real vocabulary; with fewer rows make-model refuses.
+    ModelConfig c = test::small_test_config();
+    auto refused = make_model(c, tmp.sub("misfit"), opt);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_NE(refused.status().message().find("does not belong to this model"), std::string::npos)
+        << refused.status().to_string();
+    c.vocab_size = 129280;
+    ASSERT_TRUE(make_model(c, tmp.path, opt).ok());
     EXPECT_EQ(test::read_bytes(tmp.sub("tokenizer.json")), test::read_bytes(opt.tokenizer_dir + "/tokenizer.json"));
     EXPECT_TRUE(fs::exists(tmp.sub("tokenizer_config.json")));
     opt.tokenizer_dir = tmp.sub("nowhere");
-    auto r = make_model(test::small_test_config(), tmp.sub("m2"), opt);
+    auto r = make_model(c, tmp.sub("m2"), opt);
     ASSERT_FALSE(r.ok());
     EXPECT_NE(r.status().message().find("tokenizer.json"), std::string::npos);
 }
