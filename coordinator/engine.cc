@@ -8,7 +8,7 @@
 
 namespace deepshard::coordinator {
 
-namespace ctl = comm::control;
+namespace ctl = deepshard::control;
 using std::chrono::milliseconds;
 
 Engine::Engine(EngineOptions options, ModelInfo model, std::shared_ptr<const model::Tokenizer> tokenizer)

@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "comm/control/control_server.h"
+#include "control/control_server.h"
 #include "coordinator/metrics.h"
 #include "coordinator/params.h"
 #include "coordinator/request.h"
@@ -26,7 +26,7 @@ namespace deepshard::coordinator {
 
 struct EngineOptions {
     SchedulerOptions scheduler;  // max_context / eos / vocab are filled from ModelInfo
-    comm::control::ControlServerOptions control;
+    control::ControlServerOptions control;
 };
 
 struct HealthInfo {
@@ -43,7 +43,7 @@ struct EngineStats {
     double ttft_p50 = 0, ttft_p99 = 0, itl_p50 = 0, itl_p99 = 0, step_mean = 0, overhead_mean = 0;
 };
 
-class Engine : public comm::control::ControlListener {
+class Engine : public control::ControlListener {
 public:
     static StatusOr<std::unique_ptr<Engine>> start(EngineOptions options, ModelInfo model,
                                                    std::shared_ptr<const model::Tokenizer> tokenizer);
@@ -62,8 +62,8 @@ public:
     uint16_t control_port() const { return control_->port(); }
 
     // ControlListener (control I/O thread).
-    void on_registered(const comm::control::LeaderInfo& leader) override;
-    void on_result(uint64_t session_id, comm::control::StepResult result) override;
+    void on_registered(const control::LeaderInfo& leader) override;
+    void on_result(uint64_t session_id, control::StepResult result) override;
     void on_lost(uint64_t session_id, const Status& reason) override;
 
 private:
@@ -80,14 +80,14 @@ private:
     Scheduler scheduler_;
     bool stop_ = false;
     bool work_ = false;
-    std::optional<comm::control::LeaderInfo> pending_leader_;
+    std::optional<control::LeaderInfo> pending_leader_;
     std::vector<std::pair<uint64_t, Status>> pending_lost_;
-    std::vector<std::pair<uint64_t, comm::control::StepResult>> pending_results_;
-    std::optional<comm::control::LeaderInfo> leader_;
+    std::vector<std::pair<uint64_t, control::StepResult>> pending_results_;
+    std::optional<control::LeaderInfo> leader_;
     std::string unavailable_reason_ = "no shard job has registered yet";
     std::map<uint64_t, Clock::time_point> step_sent_;
 
-    std::unique_ptr<comm::control::ControlServer> control_;  // after the state it calls into
+    std::unique_ptr<control::ControlServer> control_;  // after the state it calls into
     std::thread thread_;
 };
 

@@ -23,7 +23,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "comm/control/connection.h"
+#include "control/connection.h"
 #include "coordinator/openai_api.h"
 
 namespace deepshard::coordinator {
@@ -452,7 +452,7 @@ HttpServer::HttpServer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 StatusOr<std::unique_ptr<HttpServer>> HttpServer::start(const HttpOptions& options, Engine* engine) {
     std::string host, port;
-    DS_RETURN_IF_ERROR(comm::control::internal::split_host_port(options.listen, &host, &port));
+    DS_RETURN_IF_ERROR(control::internal::split_host_port(options.listen, &host, &port));
     auto impl = std::make_shared<Impl>();
     impl->options = options;
     impl->engine = engine;

@@ -24,7 +24,7 @@ Status validate_params(const GenerateParams& p, const ModelInfo& model) {
                                 std::to_string(plen) + " tokens exceed the model's context length of " +
                                 std::to_string(model.max_context));
     }
-    DS_RETURN_IF_ERROR(limits::check_sampling(comm::control::sampling_values(p.sampling)));
+    DS_RETURN_IF_ERROR(limits::check_sampling(control::sampling_values(p.sampling)));
     DS_RETURN_IF_ERROR(limits::check_count("stop", p.stop.size(), limits::kMaxStopStrings));
     for (const auto& st : p.stop) {
         if (st.empty() || st.size() > limits::kMaxStopStringBytes) {

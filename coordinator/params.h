@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "comm/control/protocol.h"
+#include "control/protocol.h"
 #include "common/status.h"
 
 namespace deepshard::coordinator {
@@ -26,7 +26,7 @@ struct ModelInfo {
 // A validated generation request in model terms (front ends build it from their own types).
 struct GenerateParams {
     std::vector<int32_t> prompt;
-    comm::control::SamplingSpec sampling;
+    control::SamplingSpec sampling;
     int64_t max_tokens = 16;
     std::vector<std::string> stop;
     std::vector<int32_t> stop_token_ids;

@@ -106,7 +106,7 @@ bool Request::release_text(bool final) {
     return hit;
 }
 
-FinishReason Request::on_token(const comm::control::SeqOutput& out, FinishReason by_ids) {
+FinishReason Request::on_token(const control::SeqOutput& out, FinishReason by_ids) {
     const double t = std::chrono::duration<double>(Clock::now() - created_).count();
     if (replaying_) {
         size_t recorded = 0;

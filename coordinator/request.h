@@ -71,7 +71,7 @@ public:
     std::vector<double> token_times() const;
 
     // SequenceSink (engine thread).
-    FinishReason on_token(const comm::control::SeqOutput& out, FinishReason by_ids) override;
+    FinishReason on_token(const control::SeqOutput& out, FinishReason by_ids) override;
     void on_finish(FinishReason reason, const Status& error) override;
     void on_restart() override;
 

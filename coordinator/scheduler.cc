@@ -6,7 +6,7 @@
 
 namespace deepshard::coordinator {
 
-namespace ctl = comm::control;
+namespace ctl = deepshard::control;
 
 const char* finish_reason_name(FinishReason r) {
     switch (r) {

@@ -33,7 +33,7 @@
 #include <string>
 #include <vector>
 
-#include "comm/control/protocol.h"
+#include "control/protocol.h"
 #include "common/status.h"
 
 namespace deepshard::coordinator {
@@ -50,7 +50,7 @@ public:
     // A sampled token. `by_ids` is the finish the scheduler decided from ids/counts (kNone: keep
     // going). Returns the final decision: by_ids, or kStop for a stop string, or kError (the sink
     // holds the reason, e.g. a retried sequence produced a different token).
-    virtual FinishReason on_token(const comm::control::SeqOutput& out, FinishReason by_ids) = 0;
+    virtual FinishReason on_token(const control::SeqOutput& out, FinishReason by_ids) = 0;
     // The sequence ended; `error` is set for kError decided by the scheduler (else OK).
     virtual void on_finish(FinishReason reason, const Status& error) = 0;
     // The shard job was lost and the sequence restarts from its prompt (retry mode).
@@ -59,7 +59,7 @@ public:
 
 struct SequenceSpec {
     std::vector<int32_t> prompt;
-    comm::control::SamplingSpec sampling;
+    control::SamplingSpec sampling;
     int64_t max_tokens = 16;
     std::vector<int32_t> stop_token_ids;
     bool ignore_eos = false;
@@ -116,9 +116,9 @@ public:
     const std::optional<Capacity>& capacity() const { return capacity_; }
 
     // The next batch to send, or nullopt (nothing to do, no job, or P batches in flight).
-    std::optional<comm::control::StepBatch> next_batch(Clock::time_point now);
+    std::optional<control::StepBatch> next_batch(Clock::time_point now);
     // Applies a result; unknown step ids are a kProtocol error (the caller drops the job).
-    Status on_result(const comm::control::StepResult& result, Clock::time_point now);
+    Status on_result(const control::StepResult& result, Clock::time_point now);
     // Fails every sequence whose deadline has passed.
     void expire(Clock::time_point now);
 

@@ -20,7 +20,7 @@
 #include <thrift/transport/TBufferTransports.h>
 #include <thrift/transport/TServerSocket.h>
 
-#include "comm/control/connection.h"
+#include "control/connection.h"
 #include "coordinator/thrift/Deepshard.h"
 #include "coordinator/thrift_guard.h"
 #include "coordinator/thrift_params.h"
@@ -387,7 +387,7 @@ ThriftServer::ThriftServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) 
 
 StatusOr<std::unique_ptr<ThriftServer>> ThriftServer::start(const ThriftOptions& options, Engine* engine) {
     std::string host, port_text;
-    DS_RETURN_IF_ERROR(comm::control::internal::split_host_port(options.listen, &host, &port_text));
+    DS_RETURN_IF_ERROR(control::internal::split_host_port(options.listen, &host, &port_text));
     int port = 0;
     try {
         port = std::stoi(port_text);

@@ -4,13 +4,13 @@
 
 #include <chrono>
 
-#include "comm/control/leader_client.h"
+#include "control/leader_client.h"
 #include "common/env.h"
 #include "common/logging.h"
 
 namespace deepshard::shard_node {
 
-namespace ctl = comm::control;
+namespace ctl = deepshard::control;
 using std::chrono::milliseconds;
 
 Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoint, Pipeline* pipeline) {

@@ -44,7 +44,7 @@ model::StepFn driver_step(Pipeline* pipeline) {
         step.return_logits = true;
         step.batch.step_id = (*next_id)++;
         for (const auto& c : chunks) {
-            comm::control::SeqWork w;
+            control::SeqWork w;
             w.seq_id = c.seq_id;
             w.start_pos = static_cast<uint32_t>(c.start_pos);
             w.tokens.assign(c.tokens.begin(), c.tokens.end());

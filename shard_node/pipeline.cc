@@ -9,7 +9,7 @@
 
 namespace deepshard::shard_node {
 
-namespace ctl = comm::control;
+namespace ctl = deepshard::control;
 
 namespace {
 

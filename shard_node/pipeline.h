@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
-#include "comm/control/protocol.h"
+#include "control/protocol.h"
 #include "model/checkpoint.h"
 #include "model/sampling.h"
 #include "model/engine.h"
@@ -32,7 +32,7 @@ struct PipelineStep {
     StepKind kind = StepKind::kStep;
     bool return_logits = false;                 // driver mode: logits back to rank 0, no sampling
     std::vector<model::LogitsMode> logits_mode; // per sequence (driver mode); else from `sample`
-    comm::control::StepBatch batch;
+    control::StepBatch batch;
     // Set when an earlier stage rejected the step before changing any state (bad positions, KV
     // exhausted): later stages skip it and the last stage reports the error in its reply.
     std::string error;
@@ -41,7 +41,7 @@ struct PipelineStep {
 // What rank 0 gets back for one step.
 struct StepReply {
     uint64_t step_id = 0;
-    comm::control::StepResult result;           // sampled tokens (coordinator mode)
+    control::StepResult result;           // sampled tokens (coordinator mode)
     std::vector<float> logits;                  // driver mode: rows in batch order
     int64_t rows = 0;
     int64_t vocab = 0;

@@ -158,7 +158,7 @@ dsn::PipelineStep make_step(uint64_t id, const std::vector<uint64_t>& seqs, cons
     step.batch.step_id = id;
     step.batch.release = std::move(release);
     for (size_t i = 0; i < seqs.size(); ++i) {
-        deepshard::comm::control::SeqWork w;
+        deepshard::control::SeqWork w;
         w.seq_id = seqs[i];
         w.sample = 1;
         if (prefill) {

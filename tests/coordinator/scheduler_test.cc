@@ -7,7 +7,7 @@
 namespace deepshard::coordinator {
 namespace {
 
-namespace ctl = comm::control;
+namespace ctl = deepshard::control;
 
 struct Sink : SequenceSink {
     std::vector<int32_t> tokens;

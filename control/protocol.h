@@ -19,7 +19,7 @@
 #include "common/request_limits.h"
 #include "common/status.h"
 
-namespace deepshard::comm::control {
+namespace deepshard::control {
 
 inline constexpr uint32_t kMagic = 0x50435344;  // "DSCP"
 inline constexpr uint16_t kVersion = 1;
@@ -147,4 +147,4 @@ StatusOr<StepResult> decode_step_result(const std::string& payload);
 StatusOr<Heartbeat> decode_heartbeat(const std::string& payload);
 StatusOr<Shutdown> decode_shutdown(const std::string& payload);
 
-}  // namespace deepshard::comm::control
+}  // namespace deepshard::control

@@ -15,10 +15,10 @@
 #include <memory>
 #include <string>
 
-#include "comm/control/protocol.h"
+#include "control/protocol.h"
 #include "common/status.h"
 
-namespace deepshard::comm::control {
+namespace deepshard::control {
 
 class LeaderClient {
 public:
@@ -49,4 +49,4 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace deepshard::comm::control
+}  // namespace deepshard::control

@@ -6,9 +6,9 @@
 #include <cstring>
 #include <random>
 
-#include "comm/control/protocol.h"
+#include "control/protocol.h"
 
-namespace deepshard::comm::control {
+namespace deepshard::control {
 namespace {
 
 // Splits an encoded frame into a checked header and its payload.
@@ -235,4 +235,4 @@ TEST(ProtocolTest, RandomGarbageNeverCrashes) {
 }
 
 }  // namespace
-}  // namespace deepshard::comm::control
+}  // namespace deepshard::control

@@ -1,4 +1,4 @@
-#include "comm/control/leader_client.h"
+#include "control/leader_client.h"
 
 #include <condition_variable>
 #include <deque>
@@ -9,9 +9,9 @@
 
 #include <spdlog/spdlog.h>
 
-#include "comm/control/connection.h"
+#include "control/connection.h"
 
-namespace deepshard::comm::control {
+namespace deepshard::control {
 
 using std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
@@ -224,4 +224,4 @@ Status LeaderClient::status() const {
     return impl_->closed;
 }
 
-}  // namespace deepshard::comm::control
+}  // namespace deepshard::control

@@ -10,10 +10,10 @@
 #include <mutex>
 #include <thread>
 
-#include "comm/control/control_server.h"
-#include "comm/control/leader_client.h"
+#include "control/control_server.h"
+#include "control/leader_client.h"
 
-namespace deepshard::comm::control {
+namespace deepshard::control {
 namespace {
 
 using namespace std::chrono_literals;
@@ -206,4 +206,4 @@ TEST(TransportDeadlineTest, ConnectTimesOutWhenNobodyListens) {
 }
 
 }  // namespace
-}  // namespace deepshard::comm::control
+}  // namespace deepshard::control

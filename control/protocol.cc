@@ -2,14 +2,14 @@
 // which fix the byte order and make every read bounds-checked; decoders then check each field's
 // range. Limits below are far above anything a real job sends and exist so that a corrupt or
 // hostile count cannot make us allocate gigabytes before the length check catches it.
-#include "comm/control/protocol.h"
+#include "control/protocol.h"
 
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
 
-namespace deepshard::comm::control {
+namespace deepshard::control {
 
 namespace {
 
@@ -409,4 +409,4 @@ StatusOr<Shutdown> decode_shutdown(const std::string& payload) {
     return m;
 }
 
-}  // namespace deepshard::comm::control
+}  // namespace deepshard::control

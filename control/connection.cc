@@ -1,10 +1,10 @@
-#include "comm/control/connection.h"
+#include "control/connection.h"
 
 #include <spdlog/spdlog.h>
 
 #include "common/env.h"
 
-namespace deepshard::comm::control::internal {
+namespace deepshard::control::internal {
 
 using std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
@@ -202,4 +202,4 @@ void FramedConnection::close_now(Status reason) {
     }
 }
 
-}  // namespace deepshard::comm::control::internal
+}  // namespace deepshard::control::internal

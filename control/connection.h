@@ -1,4 +1,4 @@
-// A framed, heartbeating TCP connection for the control protocol (internal to comm/control; the
+// A framed, heartbeating TCP connection for the control protocol (internal to control/; the
 // public faces are LeaderClient and ControlServer, which keep Asio out of their headers).
 //
 // Threading: all socket work runs on one strand of an io_context that the owner runs. send() and
@@ -23,10 +23,10 @@
 
 #include <boost/asio.hpp>
 
-#include "comm/control/protocol.h"
+#include "control/protocol.h"
 #include "common/status.h"
 
-namespace deepshard::comm::control::internal {
+namespace deepshard::control::internal {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
@@ -94,4 +94,4 @@ private:
 // "host:port" (or "[v6]:port") → parts; kInvalidArgument naming the text otherwise.
 Status split_host_port(const std::string& host_port, std::string* host, std::string* port);
 
-}  // namespace deepshard::comm::control::internal
+}  // namespace deepshard::control::internal

@@ -1,4 +1,4 @@
-#include "comm/control/control_server.h"
+#include "control/control_server.h"
 
 #include <atomic>
 #include <mutex>
@@ -7,9 +7,9 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "comm/control/connection.h"
+#include "control/connection.h"
 
-namespace deepshard::comm::control {
+namespace deepshard::control {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
@@ -278,4 +278,4 @@ bool ControlServer::has_leader() const {
     return impl_->leader && !impl_->leader->is_closed();
 }
 
-}  // namespace deepshard::comm::control
+}  // namespace deepshard::control

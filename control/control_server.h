@@ -16,10 +16,10 @@
 #include <optional>
 #include <string>
 
-#include "comm/control/protocol.h"
+#include "control/protocol.h"
 #include "common/status.h"
 
-namespace deepshard::comm::control {
+namespace deepshard::control {
 
 struct ControlServerOptions {
     std::string listen = "127.0.0.1:7000";  // port 0 picks a free port (see port())
@@ -70,4 +70,4 @@ private:
     std::shared_ptr<Impl> impl_;
 };
 
-}  // namespace deepshard::comm::control
+}  // namespace deepshard::control
