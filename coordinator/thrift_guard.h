@@ -36,23 +36,104 @@ public:
 
     static constexpr uint32_t kMaxCompoundEntries = static_cast<uint32_t>(limits::kMaxMessages);
 
+    // Thrift's own readers cast the wire's type bytes straight to its enums, and a byte outside an
+    // enum's range is undefined behaviour there (UBSan, found by tests/fuzz/fuzz_thrift). These are
+    // Thrift's readers with each type byte checked before the cast: an unknown type is malformed
+    // input (TProtocolException INVALID_DATA naming the byte), as skip() would have said anyway.
+    uint32_t readMessageBegin_virt(std::string& name, th::protocol::TMessageType& type, int32_t& seqid) override {
+        uint32_t n = 0;
+        int32_t head = 0;
+        n += readI32(head);
+        int32_t t = 0;
+        if (head < 0) {  // strict: version + type, name, seqid
+            if ((head & VERSION_MASK) != VERSION_1) {
+                throw th::protocol::TProtocolException(th::protocol::TProtocolException::BAD_VERSION,
+                                                       "Bad version identifier");
+            }
+            t = head & 0xff;
+            n += readString(name);
+        } else {  // pre-versioned: name (head is its length), type byte, seqid
+            int8_t b = 0;
+            n += readStringBody(name, head);
+            n += readByte(b);
+            t = b;
+        }
+        if (t < th::protocol::T_CALL || t > th::protocol::T_ONEWAY) {
+            throw th::protocol::TProtocolException(th::protocol::TProtocolException::INVALID_DATA,
+                                                   "unknown Thrift message type " + std::to_string(t));
+        }
+        type = static_cast<th::protocol::TMessageType>(t);
+        return n + readI32(seqid);
+    }
+    // Thrift's skip() (an unknown method's arguments, an unknown field) reads through the
+    // non-virtual readers of TBinaryProtocolT; through the TProtocol interface it uses the ones below.
+    uint32_t skip_virt(th::protocol::TType type) override {
+        return th::protocol::skip(static_cast<th::protocol::TProtocol&>(*this), type);
+    }
+    uint32_t readFieldBegin_virt(std::string&, th::protocol::TType& type, int16_t& id) override {
+        int8_t b = 0;
+        const uint32_t n = readByte(b);
+        if (b == th::protocol::T_STOP) {
+            type = th::protocol::T_STOP;
+            id = 0;
+            return n;
+        }
+        type = wire_type(b);
+        return n + readI16(id);
+    }
     uint32_t readListBegin_virt(th::protocol::TType& elem, uint32_t& size) override {
-        const uint32_t n = TBinaryProtocolT::readListBegin(elem, size);
+        const uint32_t n = read_sequence_head(&elem, &size);
+        th::protocol::TList list(elem, size);
+        checkReadBytesAvailable(list);
         check(elem, size);
         return n;
     }
     uint32_t readSetBegin_virt(th::protocol::TType& elem, uint32_t& size) override {
-        const uint32_t n = TBinaryProtocolT::readSetBegin(elem, size);
+        const uint32_t n = read_sequence_head(&elem, &size);
+        th::protocol::TSet set(elem, size);
+        checkReadBytesAvailable(set);
         check(elem, size);
         return n;
     }
     uint32_t readMapBegin_virt(th::protocol::TType& key, th::protocol::TType& value, uint32_t& size) override {
-        const uint32_t n = TBinaryProtocolT::readMapBegin(key, value, size);
+        int8_t k = 0;
+        uint32_t n = readByte(k);
+        key = wire_type(k);
+        const uint32_t rest = read_sequence_head(&value, &size);
+        th::protocol::TMap map(key, value, size);
+        checkReadBytesAvailable(map);
         check(th::protocol::T_STRUCT, size);  // no call takes a map: any is bounded like structs
-        return n;
+        return n + rest;
     }
 
 private:
+    // A value type byte as the binary protocol writes them; anything else is refused before the cast.
+    static th::protocol::TType wire_type(int8_t b) {
+        switch (b) {
+            case th::protocol::T_BOOL: case th::protocol::T_BYTE: case th::protocol::T_DOUBLE:
+            case th::protocol::T_I16: case th::protocol::T_I32: case th::protocol::T_I64:
+            case th::protocol::T_STRING: case th::protocol::T_STRUCT: case th::protocol::T_MAP:
+            case th::protocol::T_SET: case th::protocol::T_LIST:
+                return static_cast<th::protocol::TType>(b);
+            default:
+                throw th::protocol::TProtocolException(th::protocol::TProtocolException::INVALID_DATA,
+                                                       "unknown Thrift type " + std::to_string(b));
+        }
+    }
+    // Element type byte + signed 32-bit count, bounded by the container limit (Thrift's checks).
+    uint32_t read_sequence_head(th::protocol::TType* elem, uint32_t* size) {
+        int8_t e = 0;
+        int32_t count = 0;
+        uint32_t n = readByte(e);
+        *elem = wire_type(e);
+        n += readI32(count);
+        if (count < 0) throw th::protocol::TProtocolException(th::protocol::TProtocolException::NEGATIVE_SIZE);
+        if (container_limit_ > 0 && count > container_limit_) {
+            throw th::protocol::TProtocolException(th::protocol::TProtocolException::SIZE_LIMIT);
+        }
+        *size = static_cast<uint32_t>(count);
+        return n;
+    }
     static void check(th::protocol::TType elem, uint32_t size) {
         const bool scalar = elem == th::protocol::T_BOOL || elem == th::protocol::T_BYTE ||
                             elem == th::protocol::T_I16 || elem == th::protocol::T_I32 ||

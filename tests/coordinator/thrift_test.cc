@@ -334,6 +334,26 @@ TEST_F(ThriftLiveTest, HugeListHeaderIsRejectedBeforeAllocation) {
     expect_serving();
 }
 
+// A field or list element type byte that is no Thrift type (fuzz_thrift's first finding: Thrift's
+// reader casts it to its TType enum, undefined behaviour for a byte outside the enum's range) is
+// refused as malformed, naming the byte, before any cast.
+TEST_F(ThriftLiveTest, UnknownTypeByteIsRejectedAsMalformed) {
+    const std::string field = call_bytes([](protocol::TBinaryProtocol& p) {
+        p.writeByte(static_cast<int8_t>(0x99));  // type byte -103, field id 5
+        p.writeI16(5);
+    });
+    const std::string why = raw_call_rejection(field);
+    EXPECT_NE(why.find("unknown Thrift type -103"), std::string::npos) << why;
+    const std::string element = call_bytes([](protocol::TBinaryProtocol& p) {
+        p.writeFieldBegin("prompt_tokens", protocol::T_LIST, 2);
+        p.writeByte(static_cast<int8_t>(0x7f));  // element type 127, 1 element
+        p.writeI32(1);
+    });
+    const std::string why2 = raw_call_rejection(element);
+    EXPECT_NE(why2.find("unknown Thrift type 127"), std::string::npos) << why2;
+    expect_serving();
+}
+
 // A client that trickles a call (one byte every 100 ms) is cut off by the 1 s call deadline, while
 // others are served; an idle connection by the 1.5 s idle deadline.
 TEST_F(ThriftLiveTest, SlowAndIdleClientsAreCutOff) {
