@@ -6,6 +6,8 @@
 # any target found something (the reproducer is in FUZZ_DIR/TARGET/artifacts/, the log in
 # FUZZ_DIR/TARGET.log). Results are recorded in bench/RESULTS.md.
 # Usage: scripts/fuzz.sh [TARGET...]      env: RUNS=1000000 FUZZ_DIR=build-fuzz BUILD_DIR=build
+#   MAX_SECONDS=S stops each target after S seconds even if RUNS were not reached (the table says
+#   how many ran).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-1000000}
@@ -20,7 +22,7 @@ failed=0
 printf '%-20s %12s %8s %10s %8s  %s\n' target executions seconds exec/s corpus verdict
 for t in "${targets[@]}"; do
   log=$fuzz_dir/$t.log
-  DS_SOURCE_DIR=$PWD DS_BINARY_DIR=$build_dir DS_FUZZ_WORK=$fuzz_dir \
+  DS_SOURCE_DIR=$PWD DS_BINARY_DIR=$build_dir DS_FUZZ_WORK=$fuzz_dir DS_FUZZ_MAX_TIME=${MAX_SECONDS:-} \
     bash tests/fuzz/run_fuzz.sh "$t" "runs=$runs" >"$log" 2>&1
   rc=$?
   done_line=$(grep -E '^Done [0-9]+ runs in [0-9]+ second' "$log" | tail -n1)

@@ -150,6 +150,8 @@ esac
 if [[ "$budget" == runs=* ]]; then
   limit=(-runs="${budget#runs=}")
   echo "fuzzing $target for ${budget#runs=} executions"
+  # DS_FUZZ_MAX_TIME: stop earlier after that many seconds (a shared machine's time box).
+  if [ -n "${DS_FUZZ_MAX_TIME:-}" ]; then limit+=(-max_total_time="$DS_FUZZ_MAX_TIME"); fi
 else
   limit=(-max_total_time="$budget")
   echo "fuzzing $target for ${budget}s"
