@@ -18,7 +18,7 @@ constexpr uint32_t kMaxReasonBytes = 64u << 10;
 constexpr uint32_t kMaxSeqsPerBatch = 1u << 16;
 constexpr uint32_t kMaxTokensPerSeq = 1u << 24;
 constexpr uint32_t kMaxRelease = 1u << 20;
-constexpr uint32_t kMaxTopLogprobs = 20;
+constexpr uint32_t kMaxTopLogprobs = limits::kMaxTopLogprobs;
 
 class Writer {
 public:
@@ -134,10 +134,6 @@ std::string fmt_hex_magic(uint32_t magic) {
     return buf;
 }
 
-bool finite_in(float v, float lo, float hi) {
-    return std::isfinite(v) && v >= lo && v <= hi;
-}
-
 void put_sampling(Writer& w, const SamplingSpec& s) {
     w.put(s.temperature);
     w.put(s.top_k);
@@ -152,21 +148,17 @@ void put_sampling(Writer& w, const SamplingSpec& s) {
 }
 
 bool get_sampling(Reader& r, SamplingSpec* s) {
-    return r.get(&s->temperature, "sampling.temperature") &&
-           r.check(finite_in(s->temperature, 0, 100), "sampling.temperature out of range [0, 100]") &&
-           r.get(&s->top_k, "sampling.top_k") && r.check(s->top_k >= 0, "sampling.top_k is negative") &&
-           r.get(&s->top_p, "sampling.top_p") &&
-           r.check(finite_in(s->top_p, 0, 1) && s->top_p > 0, "sampling.top_p out of range (0, 1]") &&
-           r.get(&s->min_p, "sampling.min_p") && r.check(finite_in(s->min_p, 0, 1), "sampling.min_p out of range [0, 1]") &&
-           r.get(&s->repetition_penalty, "sampling.repetition_penalty") &&
-           r.check(finite_in(s->repetition_penalty, 1e-3f, 100), "sampling.repetition_penalty out of range") &&
-           r.get(&s->frequency_penalty, "sampling.frequency_penalty") &&
-           r.check(finite_in(s->frequency_penalty, -2, 2), "sampling.frequency_penalty out of range [-2, 2]") &&
-           r.get(&s->presence_penalty, "sampling.presence_penalty") &&
-           r.check(finite_in(s->presence_penalty, -2, 2), "sampling.presence_penalty out of range [-2, 2]") &&
-           r.get(&s->seed, "sampling.seed") && r.flag(&s->has_seed, "sampling.has_seed") &&
-           r.get(&s->logprobs, "sampling.logprobs") &&
-           r.check(s->logprobs <= kMaxTopLogprobs, "sampling.logprobs exceeds 20");
+    if (!(r.get(&s->temperature, "sampling.temperature") && r.get(&s->top_k, "sampling.top_k") &&
+          r.get(&s->top_p, "sampling.top_p") && r.get(&s->min_p, "sampling.min_p") &&
+          r.get(&s->repetition_penalty, "sampling.repetition_penalty") &&
+          r.get(&s->frequency_penalty, "sampling.frequency_penalty") &&
+          r.get(&s->presence_penalty, "sampling.presence_penalty") && r.get(&s->seed, "sampling.seed") &&
+          r.flag(&s->has_seed, "sampling.has_seed") && r.get(&s->logprobs, "sampling.logprobs"))) {
+        return false;
+    }
+    // The request-limits table, as the front ends applied it: a frame outside it is not from us.
+    const Status in_range = limits::check_sampling(sampling_values(*s), "sampling.");
+    return r.check(in_range.ok(), in_range.message());
 }
 
 void put_kv_ops(Writer& w, const KvOps& k) {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/request_limits.h"
 #include "common/status.h"
 
 namespace deepshard::control {
@@ -72,6 +73,13 @@ struct SamplingSpec {
     uint8_t has_seed = 0;
     uint8_t logprobs = 0;             // top-n logprobs to return (0..20)
 };
+
+// The spec's knobs for the request-limits table (common/request_limits.h), which every decoder,
+// front end and the sampler check against.
+inline limits::SamplingValues sampling_values(const SamplingSpec& s) {
+    return {s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty, s.frequency_penalty,
+            s.presence_penalty, s.logprobs};
+}
 
 // One sequence's part of a step.
 struct SeqWork {

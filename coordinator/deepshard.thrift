@@ -35,8 +35,9 @@ exception GenerationFailed {
 }
 
 struct ChatMessage {
-  1: required string role,       // system, user, assistant, tool
-  2: required string content,
+  1: optional string role,       // system, user, assistant, tool (required; checked by the server so
+                                 // that a missing one is an InvalidRequest naming it)
+  2: optional string content,    // required, like role
 }
 
 struct SamplingParams {

@@ -11,56 +11,6 @@ namespace deepshard::coordinator {
 namespace ctl = deepshard::control;
 using std::chrono::milliseconds;
 
-Status validate_params(const GenerateParams& p, const ModelInfo& model) {
-    if (p.prompt.empty()) return invalid_argument("prompt: must not be empty");
-    for (int32_t t : p.prompt) {
-        if (t < 0 || (model.vocab_size > 0 && t >= model.vocab_size)) {
-            return invalid_argument("prompt: token id " + std::to_string(t) + " is outside the vocabulary [0, " +
-                                    std::to_string(model.vocab_size) + ")");
-        }
-    }
-    const int64_t plen = static_cast<int64_t>(p.prompt.size());
-    if (plen >= model.max_context) {
-        return invalid_argument("prompt: " + std::to_string(plen) + " tokens exceed the model's context length of " +
-                                std::to_string(model.max_context));
-    }
-    if (p.max_tokens < 1) return invalid_argument("max_tokens: must be at least 1, got " + std::to_string(p.max_tokens));
-    if (plen + p.max_tokens > model.max_context) {
-        return invalid_argument("max_tokens: " + std::to_string(p.max_tokens) + " plus the prompt's " +
-                                std::to_string(plen) + " tokens exceed the model's context length of " +
-                                std::to_string(model.max_context));
-    }
-    const auto& s = p.sampling;
-    if (!std::isfinite(s.temperature) || s.temperature < 0 || s.temperature > 2) {
-        return invalid_argument("temperature: must be in [0, 2]");
-    }
-    if (!std::isfinite(s.top_p) || s.top_p <= 0 || s.top_p > 1) return invalid_argument("top_p: must be in (0, 1]");
-    if (s.top_k < 0) return invalid_argument("top_k: must be >= 0 (0 = off)");
-    if (!std::isfinite(s.min_p) || s.min_p < 0 || s.min_p > 1) return invalid_argument("min_p: must be in [0, 1]");
-    if (!std::isfinite(s.frequency_penalty) || std::fabs(s.frequency_penalty) > 2) {
-        return invalid_argument("frequency_penalty: must be in [-2, 2]");
-    }
-    if (!std::isfinite(s.presence_penalty) || std::fabs(s.presence_penalty) > 2) {
-        return invalid_argument("presence_penalty: must be in [-2, 2]");
-    }
-    if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0 || s.repetition_penalty > 10) {
-        return invalid_argument("repetition_penalty: must be in (0, 10]");
-    }
-    if (s.logprobs > 20) return invalid_argument("logprobs: at most 20");
-    if (p.stop.size() > 16) return invalid_argument("stop: at most 16 stop strings");
-    for (const auto& st : p.stop) {
-        if (st.empty() || st.size() > 1024) return invalid_argument("stop: each stop string must have 1..1024 bytes");
-        if (model::utf8::first_invalid_offset(st)) return invalid_argument("stop: not valid UTF-8");
-    }
-    for (int32_t t : p.stop_token_ids) {
-        if (t < 0 || (model.vocab_size > 0 && t >= model.vocab_size)) {
-            return invalid_argument("stop_token_ids: id " + std::to_string(t) + " is outside the vocabulary");
-        }
-    }
-    if (p.timeout && p.timeout->count() <= 0) return invalid_argument("timeout: must be positive");
-    return ok_status();
-}
-
 Engine::Engine(EngineOptions options, ModelInfo model, std::shared_ptr<const model::Tokenizer> tokenizer)
     : options_(std::move(options)), model_(std::move(model)), tokenizer_(std::move(tokenizer)),
       scheduler_(options_.scheduler) {}

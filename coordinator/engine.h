@@ -17,34 +17,12 @@
 
 #include "control/control_server.h"
 #include "coordinator/metrics.h"
+#include "coordinator/params.h"
 #include "coordinator/request.h"
 #include "coordinator/scheduler.h"
 #include "model/tokenizer/tokenizer.h"
 
 namespace deepshard::coordinator {
-
-struct ModelInfo {
-    std::string name;           // the id clients use ("model" field); the model directory's name
-    int64_t max_context = 0;    // max_position_embeddings
-    int64_t vocab_size = 0;
-    int32_t eos_id = 1;
-    int32_t bos_id = 0;
-    uint64_t fingerprint = 0;
-};
-
-// A validated generation request in model terms (front ends build it from their own types).
-struct GenerateParams {
-    std::vector<int32_t> prompt;
-    control::SamplingSpec sampling;
-    int64_t max_tokens = 16;
-    std::vector<std::string> stop;
-    std::vector<int32_t> stop_token_ids;
-    bool ignore_eos = false;
-    std::optional<std::chrono::milliseconds> timeout;
-};
-
-// Range checks shared by every front end; the message names the field.
-Status validate_params(const GenerateParams& p, const ModelInfo& model);
 
 struct EngineOptions {
     SchedulerOptions scheduler;  // max_context / eos / vocab are filled from ModelInfo

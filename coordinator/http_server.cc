@@ -143,8 +143,21 @@ private:
         http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
             if (self->read_failed(ec)) return;
             self->stream_.expires_never();
-            self->handle(self->parser_->release());
+            self->handle_guarded(self->parser_->release());
         });
+    }
+
+    // Every input is validated before use, so nothing here should throw; if something still does,
+    // the client gets a 500 naming it instead of a dropped connection (an exception escaping to the
+    // I/O thread would destroy the session without a response).
+    void handle_guarded(http::request<http::string_body> req) {
+        try {
+            handle(std::move(req));
+        } catch (const std::exception& e) {
+            spdlog::error("http: unexpected error handling a request: {}", e.what());
+            end_request();
+            send_error(500, "internal_error", std::string("internal error: ") + e.what(), true, "internal_error");
+        }
     }
 
     // ---- routing -------------------------------------------------------------------------------

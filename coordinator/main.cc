@@ -4,6 +4,7 @@
 //
 // With --ports-file the bound ports are written as JSON once every listener is up (tests bind
 // port 0 and read the real ports from there).
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -39,7 +40,12 @@ struct Args {
     int64_t prefill_chunk = 256;
     size_t max_body = 4u << 20;
     int64_t header_timeout_ms = 10000;
+    int64_t write_timeout_ms = 30000;
     int http_threads = 2;
+    size_t http_max_connections = 1024;
+    size_t thrift_max_connections = 256;
+    int64_t thrift_idle_timeout_ms = 60000;
+    int64_t thrift_request_timeout_ms = 30000;
 };
 
 Status read_file(const std::string& path, std::string* out) {
@@ -87,6 +93,8 @@ Status run(const Args& a) {
         ho.api_key = a.api_key;
         ho.max_body_bytes = a.max_body;
         ho.header_timeout = std::chrono::milliseconds(a.header_timeout_ms);
+        ho.write_timeout = std::chrono::milliseconds(a.write_timeout_ms);
+        ho.max_connections = a.http_max_connections;
         ho.threads = a.http_threads;
         DS_ASSIGN_OR_RETURN(http, HttpServer::start(ho, engine.get()));
     }
@@ -94,6 +102,11 @@ Status run(const Args& a) {
         ThriftOptions to;
         to.listen = a.thrift;
         to.api_key = a.api_key;
+        to.max_connections = a.thrift_max_connections;
+        to.idle_timeout = std::chrono::milliseconds(a.thrift_idle_timeout_ms);
+        to.request_timeout = std::chrono::milliseconds(a.thrift_request_timeout_ms);
+        to.write_timeout = std::chrono::milliseconds(a.write_timeout_ms);
+        to.max_message_bytes = a.max_body + (64u << 10);  // a call carries what an HTTP body may, plus its envelope
         DS_ASSIGN_OR_RETURN(thrift, ThriftServer::start(to, engine.get()));
     }
     nlohmann::json ports = {{"control", engine->control_port()},
@@ -151,6 +164,19 @@ int main(int argc, char** argv) {
     app.add_option("--header-timeout-ms", a.header_timeout_ms, "Deadline for a whole HTTP request header")
         ->capture_default_str();
     app.add_option("--http-threads", a.http_threads, "HTTP I/O threads")->capture_default_str();
+    app.add_option("--write-timeout-ms", a.write_timeout_ms,
+                   "Deadline for each HTTP/Thrift write (a client that stops reading is cut off)")
+        ->capture_default_str();
+    app.add_option("--http-max-connections", a.http_max_connections, "Open HTTP connections at most")
+        ->capture_default_str();
+    app.add_option("--thrift-max-connections", a.thrift_max_connections,
+                   "Thrift connections served at once (one thread each); more wait in the backlog")
+        ->capture_default_str();
+    app.add_option("--thrift-idle-timeout-ms", a.thrift_idle_timeout_ms, "Close a Thrift connection idle this long")
+        ->capture_default_str();
+    app.add_option("--thrift-request-timeout-ms", a.thrift_request_timeout_ms,
+                   "Deadline for receiving one whole Thrift call once it started")
+        ->capture_default_str();
     app.add_option("--ports-file", a.ports_file, "Write the bound ports as JSON here once listening");
     CLI11_PARSE(app, argc, argv);
     deepshard::Status s = deepshard::coordinator::run(a);

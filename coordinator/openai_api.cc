@@ -6,6 +6,8 @@
 #include <cmath>
 #include <limits>
 
+#include "common/request_limits.h"
+#include "coordinator/bounded_json.h"
 #include "model/tokenizer/chat_template.h"
 
 namespace deepshard::coordinator {
@@ -14,7 +16,7 @@ using json = nlohmann::json;
 
 namespace {
 
-constexpr int kMaxLogprobs = 20;
+constexpr int kMaxLogprobs = limits::kMaxTopLogprobs;
 
 bool fail(ApiError* e, const std::string& param, const std::string& message, int status = 400,
           const std::string& code = "") {
@@ -78,18 +80,38 @@ bool get_int(const json& body, const char* key, int64_t lo, int64_t hi, int64_t*
     return true;
 }
 
-// Number field in [lo, hi] (lo excluded when lo_open).
-bool get_number(const json& body, const char* key, double lo, double hi, bool lo_open, float* out, ApiError* e) {
+// Number field inside `range` (the request-limits table's).
+bool get_number(const json& body, const char* key, const limits::Range& range, float* out, ApiError* e) {
     const json* v = field(body, key);
     if (!v) return true;
     if (!v->is_number()) return fail(e, key, std::string(key) + ": expected a number, got " + type_name(*v));
     const double d = v->get<double>();
-    if (!std::isfinite(d) || d > hi || d < lo || (lo_open && d == lo)) {
-        return fail(e, key,
-                    std::string(key) + ": " + v->dump() + " is out of range " + (lo_open ? "(" : "[") +
-                        json(lo).dump() + ", " + json(hi).dump() + "]");
+    if (!range.contains(d)) {
+        return fail(e, key, std::string(key) + ": " + v->dump() + " is out of range " + range.text());
     }
     *out = static_cast<float>(d);
+    return true;
+}
+
+// A list field's length against its bound, before anything is copied out of it.
+bool check_count(const json& list, const std::string& param, const std::string& where, size_t max, ApiError* e) {
+    if (list.size() <= max) return true;
+    return fail(e, param, where + ": " + std::to_string(list.size()) + " entries, at most " + std::to_string(max) +
+                              " allowed");
+}
+
+// A string member of an object: absent/null gives `fallback`; any other type is an error naming `where`.
+bool get_string_member(const json& obj, const char* key, const std::string& fallback, const std::string& param,
+                       const std::string& where, std::string* out, ApiError* e) {
+    const json* v = field(obj, key);
+    if (!v) {
+        *out = fallback;
+        return true;
+    }
+    if (!v->is_string()) {
+        return fail(e, param, where + "." + key + ": expected a string, got " + type_name(*v));
+    }
+    *out = v->get<std::string>();
     return true;
 }
 
@@ -99,6 +121,7 @@ bool get_stop(const json& body, std::vector<std::string>* out, ApiError* e) {
     if (v->is_string()) {
         out->push_back(v->get<std::string>());
     } else if (v->is_array()) {
+        if (!check_count(*v, "stop", "stop", limits::kMaxStopStrings, e)) return false;
         for (const json& s : *v) {
             if (!s.is_string()) return fail(e, "stop", std::string("stop: expected strings, got ") + type_name(s));
             out->push_back(s.get<std::string>());
@@ -167,6 +190,7 @@ bool parse_messages(const json& body, const ApiContext& ctx, std::vector<int32_t
     if (!m) return fail(e, "messages", "messages: required");
     if (!m->is_array()) return fail(e, "messages", std::string("messages: expected an array, got ") + type_name(*m));
     if (m->empty()) return fail(e, "messages", "messages: must not be empty");
+    if (!check_count(*m, "messages", "messages", limits::kMaxMessages, e)) return false;
     std::vector<model::ChatMessage> messages;
     for (size_t i = 0; i < m->size(); ++i) {
         const json& msg = (*m)[i];
@@ -184,14 +208,17 @@ bool parse_messages(const json& body, const ApiContext& ctx, std::vector<int32_t
         if (content && content->is_string()) {
             cm.content = content->get<std::string>();
         } else if (content && content->is_array()) {
+            if (!check_count(*content, "messages", where + ".content", limits::kMaxContentParts, e)) return false;
             for (size_t j = 0; j < content->size(); ++j) {
                 const json& part = (*content)[j];
                 const std::string pw = where + ".content[" + std::to_string(j) + "]";
-                if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
-                    !part["text"].is_string()) {
+                const json* type = part.is_object() ? field(part, "type") : nullptr;
+                const json* text = part.is_object() ? field(part, "text") : nullptr;
+                if (!type || !type->is_string() || type->get_ref<const std::string&>() != "text" || !text ||
+                    !text->is_string()) {
                     return fail(e, "messages", pw + ": only {\"type\": \"text\", \"text\": ...} parts are supported");
                 }
-                cm.content += part["text"].get<std::string>();
+                cm.content += text->get_ref<const std::string&>();
             }
         } else if (content) {
             return fail(e, "messages", where + ".content: expected a string or an array of text parts, got " +
@@ -201,15 +228,22 @@ bool parse_messages(const json& body, const ApiContext& ctx, std::vector<int32_t
         }
         if (const json* calls = field(msg, "tool_calls"); calls && r == "assistant") {
             if (!calls->is_array()) return fail(e, "messages", where + ".tool_calls: expected an array");
-            for (const json& c : *calls) {
-                if (!c.is_object() || !c.contains("function") || !c["function"].is_object() ||
-                    !c["function"].contains("name") || !c["function"]["name"].is_string()) {
-                    return fail(e, "messages", where + ".tool_calls: each needs function.name");
-                }
-                const json& fn = c["function"];
-                const json args = fn.value("arguments", json("{}"));
-                cm.tool_calls.push_back({c.value("type", "function"), fn["name"].get<std::string>(),
-                                         args.is_string() ? args.get<std::string>() : args.dump()});
+            if (!check_count(*calls, "messages", where + ".tool_calls", limits::kMaxToolCalls, e)) return false;
+            for (size_t k = 0; k < calls->size(); ++k) {
+                const json& c = (*calls)[k];
+                const std::string cw = where + ".tool_calls[" + std::to_string(k) + "]";
+                const json* fn = c.is_object() ? field(c, "function") : nullptr;
+                const json* name = fn && fn->is_object() ? field(*fn, "name") : nullptr;
+                if (!name || !name->is_string()) return fail(e, "messages", cw + ": needs function.name (a string)");
+                model::ChatToolCall call;
+                if (!get_string_member(c, "type", "function", "messages", cw, &call.type, e)) return false;
+                call.name = name->get<std::string>();
+                // Arguments are JSON text; an object is accepted too and written out (its depth is
+                // bounded by the body's, so dump() cannot recurse without limit).
+                const json* args = field(*fn, "arguments");
+                call.arguments = !args ? "{}" : args->is_string() ? args->get<std::string>()
+                                                                  : args->dump(-1, ' ', false, json::error_handler_t::replace);
+                cm.tool_calls.push_back(std::move(call));
             }
         }
         messages.push_back(std::move(cm));
@@ -323,17 +357,10 @@ bool parse_request(ApiKind kind, const std::string& body, const ApiContext& ctx,
         return fail(e, "", "the request body is not valid UTF-8 (first bad byte at offset " + std::to_string(*bad) +
                                ")");
     }
-    json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) {
-        // Re-parse with exceptions for the position and reason.
-        std::string why = "could not parse";
-        try {
-            const json again = json::parse(body);
-            why = "unexpected value " + again.dump();
-        } catch (const json::parse_error& pe) {
-            why = pe.what();
-        }
-        return fail(e, "", "malformed JSON body: " + why);
+    json j;
+    std::string why;
+    if (!parse_bounded_json(body, JsonBounds{limits::kMaxJsonDepth, limits::kMaxJsonValues}, &j, &why)) {
+        return fail(e, "", "the request body: " + why);
     }
     if (!j.is_object()) return fail(e, "", std::string("the request body must be a JSON object, got ") + type_name(j));
 
@@ -360,7 +387,6 @@ bool parse_request(ApiKind kind, const std::string& body, const ApiContext& ctx,
                     400, "context_length_exceeded");
     }
 
-    const int64_t kMaxInt = std::numeric_limits<int32_t>::max();
     const int64_t kMin64 = std::numeric_limits<int64_t>::min();
     const int64_t kMax64 = std::numeric_limits<int64_t>::max();
     // Chat accepts max_completion_tokens (newer clients) or max_tokens.
@@ -391,14 +417,14 @@ bool parse_request(ApiKind kind, const std::string& body, const ApiContext& ctx,
 
     auto& s = p.sampling;
     s.temperature = 1.0f;  // OpenAI's default
-    if (!get_number(j, "temperature", 0, 2, false, &s.temperature, e)) return false;
-    if (!get_number(j, "top_p", 0, 1, true, &s.top_p, e)) return false;
-    if (!get_number(j, "min_p", 0, 1, false, &s.min_p, e)) return false;
-    if (!get_number(j, "frequency_penalty", -2, 2, false, &s.frequency_penalty, e)) return false;
-    if (!get_number(j, "presence_penalty", -2, 2, false, &s.presence_penalty, e)) return false;
-    if (!get_number(j, "repetition_penalty", 0, 10, true, &s.repetition_penalty, e)) return false;
+    if (!get_number(j, "temperature", limits::kTemperature, &s.temperature, e)) return false;
+    if (!get_number(j, "top_p", limits::kTopP, &s.top_p, e)) return false;
+    if (!get_number(j, "min_p", limits::kMinP, &s.min_p, e)) return false;
+    if (!get_number(j, "frequency_penalty", limits::kFrequencyPenalty, &s.frequency_penalty, e)) return false;
+    if (!get_number(j, "presence_penalty", limits::kPresencePenalty, &s.presence_penalty, e)) return false;
+    if (!get_number(j, "repetition_penalty", limits::kRepetitionPenalty, &s.repetition_penalty, e)) return false;
     int64_t top_k = 0;
-    if (!get_int(j, "top_k", -1, kMaxInt, &top_k, nullptr, e)) return false;
+    if (!get_int(j, "top_k", -1, limits::kMaxTopK, &top_k, nullptr, e)) return false;
     s.top_k = static_cast<int32_t>(std::max<int64_t>(top_k, 0));  // -1 (vLLM) = off
     bool has_seed = false;
     int64_t seed = 0;
@@ -427,13 +453,15 @@ bool parse_request(ApiKind kind, const std::string& body, const ApiContext& ctx,
     if (!get_stop(j, &p.stop, e)) return false;
     if (const json* ids = field(j, "stop_token_ids")) {
         if (!ids->is_array()) return fail(e, "stop_token_ids", "stop_token_ids: expected an array of integers");
+        if (!check_count(*ids, "stop_token_ids", "stop_token_ids", limits::kMaxStopTokenIds, e)) return false;
         if (!get_token_list(*ids, "stop_token_ids", &p.stop_token_ids, e)) return false;
     }
     if (!get_bool(j, "ignore_eos", &p.ignore_eos, e)) return false;
     if (!get_bool(j, "return_token_ids", &out->return_token_ids, e)) return false;
     if (const json* t = field(j, "timeout")) {
-        if (!t->is_number() || !std::isfinite(t->get<double>()) || t->get<double>() <= 0 || t->get<double>() > 86400) {
-            return fail(e, "timeout", "timeout: expected a number of seconds in (0, 86400]");
+        const limits::Range timeout_range{0, limits::kMaxTimeoutSeconds, /*lo_open=*/true};
+        if (!t->is_number() || !timeout_range.contains(t->get<double>())) {
+            return fail(e, "timeout", "timeout: expected a number of seconds in " + timeout_range.text());
         }
         p.timeout = std::chrono::milliseconds(std::max<int64_t>(1, std::llround(t->get<double>() * 1000)));
     }
@@ -459,17 +487,20 @@ bool parse_request(ApiKind kind, const std::string& body, const ApiContext& ctx,
     s.logprobs = static_cast<uint8_t>(std::max(out->logprobs, 0));
     if (const json* lb = field(j, "logit_bias")) {
         if (!lb->is_object()) return fail(e, "logit_bias", "logit_bias: expected an object");
+        if (!check_count(*lb, "logit_bias", "logit_bias", limits::kMaxLogitBias, e)) return false;
         if (!lb->empty()) return fail(e, "logit_bias", "logit_bias: not supported");
     }
     if (const json* rf = field(j, "response_format")) {
-        if (!rf->is_object() || rf->value("type", "") != "text") {
+        const json* type = rf->is_object() ? field(*rf, "type") : nullptr;
+        if (!type || !type->is_string() || type->get_ref<const std::string&>() != "text") {
             return fail(e, "response_format", "response_format: only {\"type\": \"text\"} is supported");
         }
     }
     if (const json* tools = field(j, "tools")) {
-        if (!tools->is_array() || !tools->empty()) return fail(e, "tools", "tools: function calling is not supported");
+        if (!tools->is_array()) return fail(e, "tools", std::string("tools: expected an array, got ") + type_name(*tools));
+        if (!check_count(*tools, "tools", "tools", limits::kMaxTools, e)) return false;
+        if (!tools->empty()) return fail(e, "tools", "tools: function calling is not supported");
     }
-
     Status v = validate_params(p, *ctx.model);
     if (!v.ok()) {
         *e = error_from_status(v);

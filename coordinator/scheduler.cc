@@ -53,6 +53,10 @@ StatusOr<uint64_t> Scheduler::submit(SequenceSpec spec, Clock::time_point) {
     s.arrival = next_arrival_++;
     s.spec = std::move(spec);
     s.tokens = s.spec.prompt;
+    if (!s.spec.sampling.has_seed) {
+        s.spec.sampling.seed = seed_source_();
+        s.spec.sampling.has_seed = 1;
+    }
     const uint64_t id = s.id;
     seqs_.emplace(id, std::move(s));
     queue_.push_back(id);

@@ -36,7 +36,9 @@
 //    length); text-based ones (stop strings) in the SequenceSink.
 //  - Losing the shard job: without retry every accepted sequence fails (kUnavailable); with retry
 //    they are re-queued in arrival order and restart from their prompt; the new job's cache starts
-//    empty and so does the mirror.
+//    empty and so does the mirror. So that a restarted sampled
+//    sequence draws exactly the tokens it drew before (the sampler is a pure function of its seed),
+//    a sequence submitted without a seed gets one at admission to the queue.
 #pragma once
 
 #include <chrono>
@@ -45,6 +47,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -203,6 +206,7 @@ private:
                          const std::vector<deepshard::control::KvReport>& got);
 
     SchedulerOptions options_;
+    std::mt19937_64 seed_source_{std::random_device{}()};  // seeds for requests that bring none
     std::optional<Capacity> capacity_;
     uint64_t next_seq_id_ = 1;
     uint64_t next_arrival_ = 1;

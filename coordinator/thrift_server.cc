@@ -13,6 +13,7 @@
 #include <thread>
 
 #include <spdlog/spdlog.h>
+#include <thrift/TApplicationException.h>
 #include <thrift/concurrency/ThreadFactory.h>
 #include <thrift/protocol/TBinaryProtocol.h>
 #include <thrift/server/TThreadedServer.h>
@@ -21,15 +22,15 @@
 
 #include "control/connection.h"
 #include "coordinator/thrift/Deepshard.h"
-#include "model/tokenizer/chat_template.h"
+#include "coordinator/thrift_guard.h"
+#include "coordinator/thrift_params.h"
 
 namespace deepshard::coordinator {
 
 namespace th = apache::thrift;
+using th::transport::TTransportException;
 
 namespace {
-
-constexpr int kMaxLogprobs = 20;
 
 [[noreturn]] void throw_invalid(const std::string& field, const std::string& message) {
     rpc::InvalidRequest e;
@@ -41,10 +42,8 @@ constexpr int kMaxLogprobs = 20;
 // Status from submission → the IDL's exception.
 [[noreturn]] void throw_status(const Status& s) {
     switch (s.code()) {
-        case StatusCode::kInvalidArgument: {
-            const auto colon = s.message().find(':');
-            throw_invalid(colon != std::string::npos && colon < 40 ? s.message().substr(0, colon) : "", s.message());
-        }
+        case StatusCode::kInvalidArgument:
+            throw_invalid(field_of(s), s.message());
         case StatusCode::kResourceExhausted: {
             rpc::Overloaded e;
             e.message = s.message();
@@ -294,56 +293,9 @@ private:
     }
 
     GenerateParams to_params(const rpc::GenerateRequest& r) const {
-        GenerateParams p;
-        const int kinds = (r.__isset.prompt ? 1 : 0) + (r.__isset.prompt_tokens ? 1 : 0) + (r.__isset.messages ? 1 : 0);
-        if (kinds != 1) throw_invalid("prompt", "exactly one of prompt, prompt_tokens, messages must be set");
-        const auto& tok = engine_->tokenizer();
-        if (r.__isset.prompt_tokens) {
-            p.prompt = r.prompt_tokens;
-        } else if (!tok) {
-            throw_invalid(r.__isset.prompt ? "prompt" : "messages",
-                          "this model has no tokenizer; send prompt_tokens");
-        } else if (r.__isset.prompt) {
-            auto ids = tok->encode(r.prompt, tok->add_bos_token());
-            if (!ids.ok()) throw_invalid("prompt", "prompt: " + ids.status().message());
-            p.prompt = std::move(ids).value();
-        } else {
-            std::vector<model::ChatMessage> messages;
-            for (const auto& m : r.messages) messages.push_back({m.role, m.content});
-            auto text = model::apply_chat_template(messages, true);
-            if (!text.ok()) throw_invalid("messages", "messages: " + text.status().message());
-            auto ids = tok->encode(*text, false);
-            if (!ids.ok()) throw_invalid("messages", "messages: " + ids.status().message());
-            p.prompt = std::move(ids).value();
-        }
-        p.max_tokens = r.__isset.max_tokens ? r.max_tokens : 16;
-        auto& s = p.sampling;
-        s.temperature = 1.0f;
-        if (r.__isset.sampling) {
-            const auto& sp = r.sampling;
-            if (sp.__isset.temperature) s.temperature = static_cast<float>(sp.temperature);
-            if (sp.__isset.top_k) s.top_k = sp.top_k;
-            if (sp.__isset.top_p) s.top_p = static_cast<float>(sp.top_p);
-            if (sp.__isset.min_p) s.min_p = static_cast<float>(sp.min_p);
-            if (sp.__isset.repetition_penalty) s.repetition_penalty = static_cast<float>(sp.repetition_penalty);
-            if (sp.__isset.frequency_penalty) s.frequency_penalty = static_cast<float>(sp.frequency_penalty);
-            if (sp.__isset.presence_penalty) s.presence_penalty = static_cast<float>(sp.presence_penalty);
-            if (sp.__isset.seed) {
-                s.has_seed = 1;
-                s.seed = static_cast<uint64_t>(sp.seed);
-            }
-        }
-        if (r.__isset.logprobs) {
-            if (r.logprobs < 0 || r.logprobs > kMaxLogprobs) throw_invalid("logprobs", "logprobs: must be in [0, 20]");
-            s.logprobs = static_cast<uint8_t>(r.logprobs);
-        }
-        if (r.__isset.stop) p.stop = r.stop;
-        if (r.__isset.stop_token_ids) p.stop_token_ids = r.stop_token_ids;
-        p.ignore_eos = r.__isset.ignore_eos && r.ignore_eos;
-        if (r.__isset.timeout_ms) p.timeout = std::chrono::milliseconds(r.timeout_ms);
-        Status v = validate_params(p, engine_->model());
-        if (!v.ok()) throw_status(v);
-        return p;
+        auto p = params_from_thrift(r, engine_->model(), engine_->tokenizer().get());
+        if (!p.ok()) throw_status(p.status());
+        return std::move(p).value();
     }
 
     ThriftOptions options_;
@@ -354,6 +306,7 @@ private:
 };
 
 struct ThriftServer::Impl {
+    ThriftOptions options;  // outlives the server: the transports keep a reference
     std::shared_ptr<Handler> handler;
     std::shared_ptr<th::server::TThreadedServer> server;
     std::thread thread;
@@ -361,6 +314,56 @@ struct ThriftServer::Impl {
 };
 
 namespace {
+
+// A call that breaks a size limit or is malformed on the wire (a missing required field, a bad
+// length) fails while its arguments are read, before the handler runs. The generated processor
+// would let that exception end the connection without a word; this one answers the call with a
+// TApplicationException saying what was wrong, then ends the connection (the rest of the call is
+// still in the stream, so the next call could not be found).
+class GuardedProcessor : public rpc::DeepshardProcessor {
+public:
+    GuardedProcessor(std::shared_ptr<rpc::DeepshardIf> handler, const ThriftOptions& options)
+        : DeepshardProcessor(std::move(handler)),
+          limits_("limits: a call of at most " + std::to_string(options.max_message_bytes) +
+                  " bytes, lists of at most " + std::to_string(options.max_list_entries) +
+                  " numbers or " + std::to_string(thrift_guard::Protocol::kMaxCompoundEntries) +
+                  " strings or structs") {}
+
+protected:
+    bool dispatchCall(th::protocol::TProtocol* in, th::protocol::TProtocol* out, const std::string& fname,
+                      int32_t seqid, void* ctx) override {
+        try {
+            return DeepshardProcessor::dispatchCall(in, out, fname, seqid, ctx);
+        } catch (const th::protocol::TProtocolException& e) {
+            const bool size = e.getType() == th::protocol::TProtocolException::SIZE_LIMIT;
+            reject(out, fname, seqid, std::string(e.what()) + (size ? " (" + limits_ + ")" : ""));
+        } catch (const TTransportException& e) {
+            if (e.getType() != TTransportException::END_OF_FILE || std::string(e.what()) != "MaxMessageSize reached") {
+                throw;  // a timeout or a disconnect: nobody to answer
+            }
+            reject(out, fname, seqid, "the call is too large (" + limits_ + ")");
+        }
+        return false;
+    }
+
+private:
+    const std::string limits_;
+
+    static void reject(th::protocol::TProtocol* out, const std::string& fname, int32_t seqid, const std::string& why) {
+        spdlog::info("thrift: rejected a {} call: {}", fname, why);
+        try {
+            th::TApplicationException x(th::TApplicationException::PROTOCOL_ERROR,
+                                        "deepshard: the " + fname + " call was rejected: " + why);
+            out->writeMessageBegin(fname, th::protocol::T_EXCEPTION, seqid);
+            x.write(out);
+            out->writeMessageEnd();
+            out->getTransport()->writeEnd();
+            out->getTransport()->flush();
+        } catch (const std::exception&) {
+            // The client is gone or not reading: nothing more to do.
+        }
+    }
+};
 
 // Signals when serve() is listening (or failed to).
 class ReadyHandler : public th::server::TServerEventHandler {
@@ -403,10 +406,12 @@ StatusOr<std::unique_ptr<ThriftServer>> ThriftServer::start(const ThriftOptions&
             if (addr.ss_family == AF_INET6) bound->store(ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port));
         }
     });
+    impl->options = options;
+    auto processor = std::make_shared<GuardedProcessor>(impl->handler, options);
     impl->server = std::make_shared<th::server::TThreadedServer>(
-        std::make_shared<rpc::DeepshardProcessor>(impl->handler), socket,
-        std::make_shared<th::transport::TBufferedTransportFactory>(),
-        std::make_shared<th::protocol::TBinaryProtocolFactory>());
+        processor, socket, std::make_shared<thrift_guard::TransportFactory>(impl->options),
+        std::make_shared<thrift_guard::ProtocolFactory>(options.max_message_bytes, options.max_list_entries));
+    impl->server->setConcurrentClientLimit(static_cast<int64_t>(std::max<size_t>(1, options.max_connections)));
     auto ready = std::make_shared<std::promise<Status>>();
     auto ready_handler = std::make_shared<ReadyHandler>(ready);
     impl->server->setServerEventHandler(ready_handler);

@@ -5,6 +5,17 @@
 // Submitted requests are kept for Poll until `keep_finished` after they finished (or after their
 // last Poll, whichever is later); at most `max_tracked` are kept (Submit beyond: Overloaded).
 // The destructor stops the server; blocked Generate/Poll calls return Unavailable.
+//
+// Hostile clients: at most `max_connections` are served at once (one thread each; further ones wait
+// in the listen backlog until a slot frees). A connection idle for `idle_timeout` between calls is
+// closed; once a call's first byte arrived, the whole call must arrive within `request_timeout`
+// (a client trickling bytes — slowloris — is cut off) and be at most `max_message_bytes`, with no
+// list longer than `max_list_entries` (lists of strings or structs: the request-limits table's
+// kMaxMessages), so that decoding one call costs a few MB at most; replies must be taken within
+// `write_timeout`. A call breaking
+// a size limit or malformed on the wire gets a TApplicationException naming the problem, then the
+// connection is closed (its stream cannot be resynchronised). Per call the work is bounded by those
+// sizes (Poll waits at most 5 s; Generate runs its one request).
 #pragma once
 
 #include <chrono>
@@ -22,6 +33,12 @@ struct ThriftOptions {
     std::string api_key;                    // non-empty: every call with an api_key field must match
     std::chrono::milliseconds keep_finished{300000};
     size_t max_tracked = 10000;
+    size_t max_connections = 256;
+    std::chrono::milliseconds idle_timeout{60000};
+    std::chrono::milliseconds request_timeout{30000};
+    std::chrono::milliseconds write_timeout{30000};
+    size_t max_message_bytes = (4u << 20) + (64u << 10);  // the HTTP body limit plus room for the envelope
+    size_t max_list_entries = size_t{1} << 18;            // a prompt of token ids up to DeepSeek's context
 };
 
 class ThriftServer {

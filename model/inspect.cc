@@ -173,17 +173,21 @@ Status inspect_model(const std::string& dir, std::ostream& out) {
     DS_ASSIGN_OR_RETURN(auto ck, Checkpoint::open(dir));
     out << format_summary(*ck, summarize(*ck));
     DS_RETURN_IF_ERROR(ck->validate());
+    // The tokenizer files are part of the model directory and validated with it: they must load
+    // (ids in range, no duplicates) and fit the model's vocabulary.
     std::error_code ec;
-    if (std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json", ec)) {
+    const bool has_tokenizer = std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json", ec);
+    if (has_tokenizer) {
         DS_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::load(dir));
         DS_RETURN_IF_ERROR(tok.check_model_vocab(ck->config().vocab_size, dir));
-        out << "\ntokenizer: " << tok.vocab_size() << " token ids, within the model's vocabulary of "
-            << ck->config().vocab_size << "\n";
+        out << "\ntokenizer: " << tok.vocab_size() << " ids (model vocabulary " << ck->config().vocab_size
+            << "), BOS " << tok.bos_id() << ", EOS " << tok.eos_id() << "\n";
     } else {
         out << "\ntokenizer: none (only token-id prompts can be served)\n";
     }
     out << "\nvalidation: OK (every tensor the config implies is present with the right shape and dtype; FP8 "
-           "scales present, shaped and finite)\n";
+           "scales present, shaped and finite"
+        << (has_tokenizer ? "; tokenizer ids unique, in range and inside the vocabulary" : "; no tokenizer") << ")\n";
     return ok_status();
 }
 

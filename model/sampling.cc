@@ -10,7 +10,6 @@
 #include <functional>
 #include <limits>
 #include <numeric>
-#include <sstream>
 
 namespace deepshard::model {
 
@@ -56,12 +55,6 @@ uint64_t rank_key(float logit, int32_t id) {
 
 int32_t key_id(uint64_t key) { return static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(key)); }
 
-std::string num(double v) {
-    std::ostringstream os;
-    os << v;
-    return os.str();
-}
-
 Status bad(const char* field, const std::string& what) {
     return invalid_argument(std::string("sampling.") + field + ": " + what);
 }
@@ -69,42 +62,33 @@ Status bad(const char* field, const std::string& what) {
 }  // namespace
 
 Status SamplingParams::validate(int64_t vocab_size) const {
-    if (!std::isfinite(temperature) || temperature < 0) {
-        return bad("temperature", "must be finite and >= 0 (0 = greedy), got " + num(temperature));
-    }
-    if (top_k < 0) {
-        return bad("top_k", "must be >= 0 (0 = off), got " + std::to_string(top_k));
-    }
-    if (!(top_p > 0 && top_p <= 1)) {  // also rejects NaN
-        return bad("top_p", "must be in (0, 1], got " + num(top_p));
-    }
-    if (!(min_p >= 0 && min_p <= 1)) {
-        return bad("min_p", "must be in [0, 1], got " + num(min_p));
-    }
-    if (!std::isfinite(repetition_penalty) || repetition_penalty <= 0) {
-        return bad("repetition_penalty", "must be finite and > 0 (1 = off), got " + num(repetition_penalty));
-    }
-    if (!std::isfinite(frequency_penalty)) {
-        return bad("frequency_penalty", "must be finite, got " + num(frequency_penalty));
-    }
-    if (!std::isfinite(presence_penalty)) {
-        return bad("presence_penalty", "must be finite, got " + num(presence_penalty));
-    }
+    // The ranges are the request-limits table's (common/request_limits.h), the same every front end
+    // and the control protocol apply, so nothing a client was allowed to send is refused here.
+    limits::SamplingValues v;
+    v.temperature = temperature;
+    v.top_k = top_k;
+    v.top_p = top_p;
+    v.min_p = min_p;
+    v.repetition_penalty = repetition_penalty;
+    v.frequency_penalty = frequency_penalty;
+    v.presence_penalty = presence_penalty;
+    v.logprobs = logprobs;
+    DS_RETURN_IF_ERROR(limits::check_sampling(v, "sampling."));
     if (max_tokens < 0) {
         return bad("max_tokens", "must be >= 0, got " + std::to_string(max_tokens));
-    }
-    if (logprobs < 0 || logprobs > kMaxTopLogprobs) {
-        return bad("logprobs",
-                   "must be in [0, " + std::to_string(kMaxTopLogprobs) + "], got " + std::to_string(logprobs));
     }
     if (vocab_size > 0 && logprobs > vocab_size) {
         return bad("logprobs", std::to_string(logprobs) + " exceeds the vocabulary of " + std::to_string(vocab_size));
     }
+    DS_RETURN_IF_ERROR(limits::check_count("sampling.stop", stop.size(), limits::kMaxStopStrings));
     for (const std::string& s : stop) {
-        if (s.empty()) {
-            return bad("stop", "stop strings must not be empty");
+        if (s.empty() || s.size() > limits::kMaxStopStringBytes) {
+            return bad("stop", "each stop string must have 1.." + std::to_string(limits::kMaxStopStringBytes) +
+                                   " bytes, got " + std::to_string(s.size()));
         }
     }
+    DS_RETURN_IF_ERROR(
+        limits::check_count("sampling.stop_token_ids", stop_token_ids.size(), limits::kMaxStopTokenIds));
     for (int32_t id : stop_token_ids) {
         if (id < 0 || (vocab_size > 0 && id >= vocab_size)) {
             return bad("stop_token_ids", "id " + std::to_string(id) + " is outside the vocabulary" +

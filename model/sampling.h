@@ -34,15 +34,17 @@
 #include <utility>
 #include <vector>
 
+#include "common/request_limits.h"
 #include "common/status.h"
 
 namespace deepshard::model {
 
-// Most top-n logprobs one token may carry (same cap as the control protocol and OpenAI).
-inline constexpr int kMaxTopLogprobs = 20;
+// Most top-n logprobs one token may carry (the request-limits table's; same as OpenAI).
+inline constexpr int kMaxTopLogprobs = limits::kMaxTopLogprobs;
 
 struct SamplingParams {
-    float temperature = 0.0f;         // 0 = greedy; must be finite and >= 0
+    // Ranges: common/request_limits.h (validate() checks them).
+    float temperature = 0.0f;         // 0 = greedy
     int32_t top_k = 0;                // 0 = off
     float top_p = 1.0f;               // (0, 1]; 1 = off
     float min_p = 0.0f;               // [0, 1]; 0 = off

@@ -16,6 +16,8 @@ PKGS=(
   iproute2 procps psmisc curl
   gnuplot-nox
   prometheus
+  # libFuzzer + ASan/UBSan for the fuzz targets (tests/fuzz/run_fuzz.sh, scripts/fuzz.sh)
+  clang libclang-rt-14-dev
   munge slurmd slurmctld slurm-client
 )
 # The openai npm client test needs node and npm; install Debian's only where none is on PATH

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <optional>
 #include <unordered_map>
 
 #include "model/tokenizer/bpe.h"
@@ -221,6 +222,20 @@ struct StringHash {
     size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
 };
 
+struct AddedToken {
+    int32_t id = -1;
+    std::string content;
+    bool normalized = true;
+    bool special = false;
+};
+
+constexpr int kMaxJsonDepth = 64;
+struct TooDeep {};
+
+// Ids index the decode tables, so they are bounded: 2^21 is 8x the largest vocabularies in use
+// (DeepSeek-V3 has 129280 rows, Gemma 262144) and keeps a hostile file's tables under 100 MB.
+constexpr int64_t kMaxTokenId = int64_t{1} << 21;
+
 struct TokenizerImpl {
     // byte-level vocab strings + added contents
     std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> piece_to_id;
@@ -344,12 +359,25 @@ struct TokenizerImpl {
         if (!capture.bad_piece.empty()) {
             return invalid_argument("model.vocab entry '" + capture.bad_piece + "' is not an integer id");
         }
+        // Every id indexes the decode tables, which are sized by the largest one: bound them, and
+        // make the vocabulary a function both ways (a piece or an id listed twice would make
+        // encode and decode disagree).
         piece_to_id.reserve(capture.entries.size() + 1024);
+        std::unordered_map<int32_t, const std::string*> id_owner;
+        id_owner.reserve(capture.entries.size());
         for (const auto& [piece, id] : capture.entries) {
-            if (id < 0 || id >= (int64_t{1} << 24)) {
-                return invalid_argument("vocab id " + std::to_string(id) + " out of range");
+            if (id < 0 || id >= kMaxTokenId) {
+                return invalid_argument("model.vocab: id " + std::to_string(id) + " of '" + piece +
+                                        "' is out of range [0, " + std::to_string(kMaxTokenId) + ")");
             }
-            piece_to_id[piece] = static_cast<int32_t>(id);
+            const auto id32 = static_cast<int32_t>(id);
+            if (!piece_to_id.emplace(piece, id32).second) {
+                return invalid_argument("model.vocab lists the piece '" + piece + "' twice");
+            }
+            if (auto [it, fresh] = id_owner.emplace(id32, &piece); !fresh) {
+                return invalid_argument("model.vocab gives id " + std::to_string(id) + " to both '" + *it->second +
+                                        "' and '" + piece + "'");
+            }
         }
         int32_t byte_ids[256];
         cp_to_byte->assign(512, 256);  // 256 = "no byte"
@@ -396,20 +424,54 @@ struct TokenizerImpl {
         return ok_status();
     }
 
-    Status parse_added_tokens(const json& added, std::vector<std::pair<int32_t, std::string>>* contents) {
-        for (const json& t : added) {
+    // Added tokens, checked like the vocabulary: ids in range, each id and each content once, and an
+    // id the vocabulary already uses only for that same text (DeepSeek-V3 repeats BOS/EOS/pad so).
+    Status parse_added_tokens(const json& added, std::vector<AddedToken>* out) {
+        if (!added.is_array()) return invalid_argument("added_tokens: expected an array");
+        std::unordered_map<int32_t, size_t> by_id;
+        std::unordered_map<std::string, size_t> by_content;
+        std::unordered_map<int32_t, const std::string*> vocab_piece;
+        for (const auto& [piece, id] : piece_to_id) vocab_piece.emplace(id, &piece);
+        for (size_t i = 0; i < added.size(); ++i) {
+            const json& t = added[i];
+            const std::string where = "added_tokens[" + std::to_string(i) + "]";
+            if (!t.is_object()) return invalid_argument(where + ": expected an object");
             if (t.value("lstrip", false) || t.value("rstrip", false) || t.value("single_word", false)) {
                 return unimplemented("added token options lstrip/rstrip/single_word are not supported");
             }
-            const auto id = t.at("id").get<int64_t>();
-            if (id < 0 || id >= (int64_t{1} << 24)) {
-                return invalid_argument("added token id " + std::to_string(id) + " out of range");
+            const auto id_it = t.find("id");
+            if (id_it == t.end() || !id_it->is_number_integer()) return invalid_argument(where + ".id: expected an integer");
+            const int64_t id = id_it->get<int64_t>();
+            if (id < 0 || id >= kMaxTokenId) {
+                return invalid_argument(where + ".id: " + std::to_string(id) + " is out of range [0, " +
+                                        std::to_string(kMaxTokenId) + ")");
             }
-            const std::string content = t.at("content").get<std::string>();
-            const auto id32 = static_cast<int32_t>(id);
-            piece_to_id[content] = id32;  // an added token wins over a vocab entry with the same text
-            (t.value("normalized", true) ? normalized_added : raw_added).add(content, id32);
-            contents->emplace_back(id32, content);
+            const auto content_it = t.find("content");
+            if (content_it == t.end() || !content_it->is_string() || content_it->get_ref<const std::string&>().empty()) {
+                return invalid_argument(where + ".content: expected a non-empty string");
+            }
+            AddedToken tok;
+            tok.id = static_cast<int32_t>(id);
+            tok.content = content_it->get<std::string>();
+            tok.normalized = t.value("normalized", true);
+            tok.special = t.value("special", false);
+            if (auto [it, fresh] = by_id.emplace(tok.id, i); !fresh) {
+                return invalid_argument(where + ": id " + std::to_string(id) + " is already added_tokens[" +
+                                        std::to_string(it->second) + "]'s");
+            }
+            if (auto [it, fresh] = by_content.emplace(tok.content, i); !fresh) {
+                return invalid_argument(where + ": the content '" + tok.content + "' is already added_tokens[" +
+                                        std::to_string(it->second) + "]'s");
+            }
+            if (auto v = vocab_piece.find(tok.id); v != vocab_piece.end() && *v->second != tok.content) {
+                return invalid_argument(where + ": id " + std::to_string(id) + " ('" + tok.content +
+                                        "') is the vocabulary's id for '" + *v->second + "'");
+            }
+            out->push_back(std::move(tok));
+        }
+        for (const AddedToken& t : *out) {
+            piece_to_id[t.content] = t.id;  // an added token wins over a vocab entry with the same text
+            (t.normalized ? normalized_added : raw_added).add(t.content, t.id);
         }
         return ok_status();
     }
@@ -422,12 +484,16 @@ struct TokenizerImpl {
         byte_to_codepoint_table(byte_cp);
         std::vector<uint32_t> cp_to_byte;
         DS_RETURN_IF_ERROR(parse_model(root.at("model"), capture, byte_cp, &cp_to_byte));
-        std::vector<std::pair<int32_t, std::string>> added;
+        std::vector<AddedToken> added;
         DS_RETURN_IF_ERROR(parse_added_tokens(root.value("added_tokens", json::array()), &added));
 
+        // Every id written below is < max_id + 1 (all are bounded by kMaxTokenId, so this is too).
         int32_t max_id = -1;
         for (const auto& [piece, id] : piece_to_id) {
             max_id = std::max(max_id, id);
+        }
+        for (const AddedToken& t : added) {
+            max_id = std::max(max_id, t.id);
         }
         id_bytes.assign(static_cast<size_t>(max_id + 1), std::string());
         id_flags.assign(static_cast<size_t>(max_id + 1), 0);
@@ -449,13 +515,9 @@ struct TokenizerImpl {
             id_bytes[id] = to_bytes(piece);
             id_flags[id] = kKnown;
         }
-        for (const auto& [id, content] : added) {
-            id_bytes[id] = to_bytes(content);
-        }
-        for (const json& t : root.value("added_tokens", json::array())) {
-            if (t.value("special", false)) {
-                id_flags[t.at("id").get<int32_t>()] |= kSpecial;
-            }
+        for (const AddedToken& t : added) {
+            id_bytes[t.id] = to_bytes(t.content);
+            id_flags[t.id] |= kKnown | (t.special ? kSpecial : 0);
         }
         return ok_status();
     }
@@ -479,7 +541,6 @@ struct TokenizerImpl {
 
 StatusOr<Tokenizer> Tokenizer::load(const std::string& dir_or_file) {
     namespace fs = std::filesystem;
-    using internal::json;
     std::error_code ec;
     fs::path path(dir_or_file);
     fs::path dir = path;
@@ -488,25 +549,44 @@ StatusOr<Tokenizer> Tokenizer::load(const std::string& dir_or_file) {
     } else {
         dir = path.parent_path();
     }
-    auto impl = std::make_shared<internal::TokenizerImpl>();
     DS_ASSIGN_OR_RETURN(std::string text, internal::read_file(path));
+    std::optional<std::string> config;
+    const fs::path config_path = dir / "tokenizer_config.json";
+    if (fs::exists(config_path, ec)) {
+        DS_ASSIGN_OR_RETURN(config, internal::read_file(config_path));
+    }
+    return parse(std::move(text), config, path.string(), config_path.string());
+}
+
+StatusOr<Tokenizer> Tokenizer::parse(std::string tokenizer_json, const std::optional<std::string>& config_json,
+                                     const std::string& origin, const std::string& config_origin) {
+    using internal::json;
+    auto impl = std::make_shared<internal::TokenizerImpl>();
     try {
         internal::VocabCapture vocab;
-        const json root = json::parse(text, [&vocab](int depth, json::parse_event_t event, json& parsed) {
+        // The DOM is copied, compared and printed recursively: a nesting bound keeps a hostile file
+        // from overflowing the stack (a real tokenizer.json nests 6 levels).
+        const json root = json::parse(tokenizer_json, [&vocab](int depth, json::parse_event_t event, json& parsed) {
+            if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
+                depth >= internal::kMaxJsonDepth) {
+                throw internal::TooDeep{};
+            }
             return vocab.on_event(depth, event, parsed);
         });
-        text = std::string();  // the raw text is no longer needed; free it before building the tables
-        DS_RETURN_IF_ERROR(impl->parse(root, vocab).with_context(path.string()));
+        tokenizer_json = std::string();  // the raw text is no longer needed; free it before building the tables
+        if (!root.is_object()) return data_loss(origin + ": not a JSON object");
+        DS_RETURN_IF_ERROR(impl->parse(root, vocab).with_context(origin));
         json config = json::object();
-        const fs::path config_path = dir / "tokenizer_config.json";
-        if (fs::exists(config_path, ec)) {
-            DS_ASSIGN_OR_RETURN(std::string config_text, internal::read_file(config_path));
-            config = json::parse(config_text);
+        if (config_json) {
+            config = json::parse(*config_json);
+            if (!config.is_object()) return data_loss(config_origin + ": not a JSON object");
         }
-        DS_RETURN_IF_ERROR(impl->parse_config(config).with_context(config_path.string()));
+        DS_RETURN_IF_ERROR(impl->parse_config(config).with_context(config_origin));
+    } catch (const internal::TooDeep&) {
+        return data_loss(origin + ": the JSON nests deeper than " + std::to_string(internal::kMaxJsonDepth) + " levels");
     } catch (const json::exception& e) {
         // Malformed JSON or a field of the wrong type: a defect of the file, not of our code.
-        return data_loss("tokenizer files under " + dir.string() + ": " + e.what());
+        return data_loss("tokenizer files " + origin + (config_json ? " / " + config_origin : "") + ": " + e.what());
     }
     return Tokenizer(std::move(impl));
 }

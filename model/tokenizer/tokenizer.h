@@ -27,6 +27,11 @@ public:
     // add_bos_token / bos_token / eos_token), or the path of a tokenizer.json itself. Without a config
     // the DeepSeek defaults apply: BOS `<｜begin▁of▁sentence｜>`, EOS `<｜end▁of▁sentence｜>`, add BOS.
     static StatusOr<Tokenizer> load(const std::string& dir_or_file);
+    // The same from the files' contents (`config_json` absent: the defaults); the origins name the
+    // files in error messages. The tokenizer.json text is consumed.
+    static StatusOr<Tokenizer> parse(std::string tokenizer_json, const std::optional<std::string>& config_json,
+                                     const std::string& origin = "tokenizer.json",
+                                     const std::string& config_origin = "tokenizer_config.json");
 
     // Text → ids. Added tokens written in the text (e.g. "<｜User｜>") become their ids. With add_bos
     // the BOS id is prepended. Invalid UTF-8 → InvalidArgument naming the first bad byte offset.

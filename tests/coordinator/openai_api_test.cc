@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/request_limits.h"
 #include "model/tokenizer/chat_template.h"
 
 namespace deepshard::coordinator {
@@ -99,6 +100,125 @@ TEST_F(OpenAiApiTest, WrongTypes) {
     expect_error(kChat, R"({"model": "m", "messages": "hi"})", 400, "messages: expected an array");
     expect_error(kChat, R"({"model": "m", "messages": [{"role": "user", "content": 5}]})", 400, "content");
     expect_error(kChat, R"({"model": "m", "messages": [{"role": "wizard", "content": "x"}]})", 400, "unknown role");
+}
+
+// Fields nested inside messages, tool calls and response_format are type-checked like top-level
+// ones: a wrong type is a 400 naming the field, never an exception (which used to drop the
+// connection without a response).
+TEST_F(OpenAiApiTest, WrongTypesInsideNestedObjects) {
+    expect_error(kChat, R"({"model": "m", "messages": [{"role": "user", "content": [{"type": 1, "text": "x"}]}]})",
+                 400, "messages[0].content[0]", "messages");
+    expect_error(kChat, R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": 7}]}]})",
+                 400, "messages[0].content[0]", "messages");
+    expect_error(kChat, R"({"model": "m", "messages": [{"role": "user", "content": ["x"]}]})", 400,
+                 "messages[0].content[0]", "messages");
+    expect_error(kChat,
+                 R"({"model": "m", "messages": [{"role": "assistant", "content": "", "tool_calls": [{"type": 3,
+                     "function": {"name": "f"}}]}, {"role": "user", "content": "x"}]})",
+                 400, "messages[0].tool_calls[0].type: expected a string", "messages");
+    expect_error(kChat,
+                 R"({"model": "m", "messages": [{"role": "assistant", "content": "", "tool_calls": [{"function":
+                     {"name": 5}}]}]})",
+                 400, "messages[0].tool_calls[0]: needs function.name", "messages");
+    expect_error(kChat,
+                 R"({"model": "m", "messages": [{"role": "assistant", "content": "", "tool_calls": [7]}]})", 400,
+                 "messages[0].tool_calls[0]", "messages");
+    expect_error(kChat, R"({"model": "m", "messages": [{"role": 5, "content": "x"}]})", 400, "role", "messages");
+    expect_error(kC, R"({"model": "m", "prompt": "hi", "response_format": {"type": 5}})", 400, "response_format",
+                 "response_format");
+    expect_error(kC, R"({"model": "m", "prompt": "hi", "response_format": "text"})", 400, "response_format",
+                 "response_format");
+    expect_error(kC, R"({"model": "m", "prompt": "hi", "stream_options": {"include_usage": "yes"}})", 400,
+                 "stream_options.include_usage", "stream_options.include_usage");
+    expect_error(kC, R"({"model": "m", "prompt": "hi", "tools": {"a": 1}})", 400, "tools: expected an array", "tools");
+    expect_error(kC, R"({"model": "m", "prompt": "hi", "logit_bias": [1]})", 400, "logit_bias", "logit_bias");
+    expect_error(kC, R"({"model": "m", "prompt": "hi", "timeout": "soon"})", 400, "timeout", "timeout");
+    // Tool-call arguments given as an object are rendered as JSON text.
+    ParsedRequest r = expect_ok(
+        kChat, R"({"model": "m", "max_tokens": 1, "messages": [{"role": "assistant", "content": null,
+                   "tool_calls": [{"function": {"name": "f", "arguments": {"a": [1]}}}]}, {"role": "user",
+                   "content": "x"}]})");
+    EXPECT_FALSE(r.params.prompt.empty());
+}
+
+// The shape of the body is bounded before anything is built from it: nesting depth (DOM copies and
+// dump() recurse per level: 100000 levels used to overflow the stack and kill the coordinator) and
+// the number of values.
+TEST_F(OpenAiApiTest, BodyStructureIsBounded) {
+    const int n = 100000;
+    const std::string deep_args = std::string(n, '[') + std::string(n, ']');
+    expect_error(kChat,
+                 R"({"model": "m", "messages": [{"role": "assistant", "content": "x", "tool_calls": [{"type":
+                     "function", "function": {"name": "f", "arguments": )" +
+                     deep_args + R"(}}]}, {"role": "user", "content": "hi"}], "max_tokens": 2})",
+                 400, "nests deeper than 32 levels");
+    expect_error(kC, R"({"model": "m", "prompt": )" + std::string(n, '[') + std::string(n, ']') + "}", 400,
+                 "nests deeper");
+    std::string objects;
+    for (int i = 0; i < n; ++i) objects += "{\"a\":";
+    expect_error(kC, R"({"model": "m", "prompt": "hi", "metadata": )" + objects + "1" + std::string(n, '}') + "}",
+                 400, "nests deeper");
+    // Exactly at the depth limit is fine (the root object is level 1).
+    std::string ok_nest = "1";
+    for (int i = 0; i < limits::kMaxJsonDepth - 1; ++i) ok_nest = "[" + ok_nest + "]";
+    expect_ok(kC, R"({"model": "m", "prompt": "hi", "max_tokens": 1, "metadata": )" + ok_nest + "}");
+    expect_error(kC, R"({"model": "m", "prompt": "hi", "metadata": [)" + ok_nest + "]}", 400, "nests deeper");
+    // Too many values: a flat list of zeros one longer than the limit.
+    std::string many = "[";
+    for (size_t i = 0; i < limits::kMaxJsonValues; ++i) many += i == 0 ? "0" : ",0";
+    many += "]";
+    expect_error(kC, R"({"model": "m", "prompt": )" + many + "}", 400, "more than");
+}
+
+// Every list a client sends has a bound from the request-limits table; one more entry is a 400
+// naming the field, before anything is copied out of it.
+TEST_F(OpenAiApiTest, ListCountsAreBounded) {
+    auto list = [](size_t n, const std::string& item) {
+        std::string s = "[";
+        for (size_t i = 0; i < n; ++i) s += (i ? "," : "") + item;
+        return s + "]";
+    };
+    auto object = [](size_t n) {
+        std::string s = "{";
+        for (size_t i = 0; i < n; ++i) s += (i ? ",\"" : "\"") + std::to_string(i) + "\": 1";
+        return s + "}";
+    };
+    const std::string hi = R"({"model": "m", "prompt": "hi", "max_tokens": 1, )";
+    expect_ok(kC, hi + R"("stop": )" + list(limits::kMaxStopStrings, "\"x\"") + "}");
+    expect_error(kC, hi + R"("stop": )" + list(limits::kMaxStopStrings + 1, "\"x\"") + "}", 400, "at most 16", "stop");
+    expect_ok(kC, hi + R"("stop_token_ids": )" + list(limits::kMaxStopTokenIds, "5") + "}");
+    expect_error(kC, hi + R"("stop_token_ids": )" + list(limits::kMaxStopTokenIds + 1, "5") + "}", 400, "at most",
+                 "stop_token_ids");
+    expect_error(kC, hi + R"("logit_bias": )" + object(limits::kMaxLogitBias + 1) + "}", 400, "at most", "logit_bias");
+    expect_error(kC, hi + R"("tools": )" + list(limits::kMaxTools + 1, "{}") + "}", 400, "at most", "tools");
+    const std::string msg = R"({"role": "user", "content": "x"})";
+    expect_error(kChat, R"({"model": "m", "messages": )" + list(limits::kMaxMessages + 1, msg) + "}", 400,
+                 "messages: 4097 entries, at most 4096", "messages");
+    const std::string part = R"({"type": "text", "text": ""})";
+    expect_error(kChat,
+                 R"({"model": "m", "messages": [{"role": "user", "content": )" +
+                     list(limits::kMaxContentParts + 1, part) + "}]}",
+                 400, "messages[0].content", "messages");
+    const std::string call = R"({"function": {"name": "f"}})";
+    expect_error(kChat,
+                 R"({"model": "m", "messages": [{"role": "assistant", "content": "", "tool_calls": )" +
+                     list(limits::kMaxToolCalls + 1, call) + "}]}",
+                 400, "messages[0].tool_calls", "messages");
+    expect_error(kC, hi + R"("stop": [")" + std::string(limits::kMaxStopStringBytes + 1, 'a') + "\"]}", 400,
+                 "1..1024 bytes", "stop");
+}
+
+// HTTP applies the request-limits table's ranges (the same the control protocol and the sampler
+// check), at their edges.
+TEST_F(OpenAiApiTest, SamplingRangesAreTheSharedTable) {
+    const std::string hi = R"({"model": "m", "prompt": "hi", "max_tokens": 1, )";
+    expect_ok(kC, hi + R"("temperature": 2, "top_p": 1, "min_p": 1, "repetition_penalty": 10,
+                          "frequency_penalty": -2, "presence_penalty": 2, "logprobs": 20})");
+    expect_error(kC, hi + R"("repetition_penalty": 10.5})", 400, "out of range (0, 10]", "repetition_penalty");
+    expect_error(kC, hi + R"("repetition_penalty": 0})", 400, "out of range (0, 10]", "repetition_penalty");
+    expect_error(kC, hi + R"("min_p": 1.5})", 400, "out of range [0, 1]", "min_p");
+    expect_error(kC, hi + R"("temperature": 2.01})", 400, "out of range [0, 2]", "temperature");
+    expect_error(kC, hi + R"("top_k": -2})", 400, "top_k", "top_k");
 }
 
 TEST_F(OpenAiApiTest, MaxTokensRange) {

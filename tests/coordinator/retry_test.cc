@@ -1,6 +1,6 @@
 // --retry end to end: deepshard-coordinator --retry + `mpirun -np 4 deepshard-shard` (pp=2 x tp=2)
-// on the tiny-bf16 golden model. Greedy (HTTP plain and SSE) and fixed-seed sampled requests are
-// running when the whole shard job is killed; /health turns 503, the requests stay queued (one more
+// on the tiny-bf16 golden model. Greedy (HTTP plain and SSE), fixed-seed sampled and unseeded
+// sampled requests (which get a seed at admission) are running when the whole shard job is killed; /health turns 503, the requests stay queued (one more
 // is accepted during the outage), a new shard job registers, /health is 200 again, and every request
 // completes with exactly the output of an undisturbed run: no 503, no token streamed twice, none
 // missing. Without --retry the same sequence ends every request with 503 (e2e_test.cc checks that),
@@ -105,12 +105,14 @@ protected:
         return false;
     }
 
-    std::string body(bool sampled, bool stream) const {
+    // `seeded` matters for sampled requests only: without a seed the coordinator assigns one at
+    // admission, which is what makes their replay after a restart exact.
+    std::string body(bool sampled, bool stream, bool seeded = true) const {
         json b = {{"model", "tiny-bf16"}, {"prompt", prompt_},  {"max_tokens", kMaxTokens},
                   {"ignore_eos", true},   {"stream", stream},   {"stream_options", {{"include_usage", true}}}};
         if (sampled) {
             b["temperature"] = 0.9;
-            b["seed"] = 4242;
+            if (seeded) b["seed"] = 4242;
         } else {
             b["temperature"] = 0;
         }
@@ -118,8 +120,8 @@ protected:
         return b.dump();
     }
 
-    std::future<Outcome> launch(bool sampled, bool stream) {
-        const std::string b = body(sampled, stream);
+    std::future<Outcome> launch(bool sampled, bool stream, bool seeded = true) {
+        const std::string b = body(sampled, stream, seeded);
         return std::async(std::launch::async, [this, b, stream] {
             // The recv deadline has to cover the outage (a new mpirun job loads the model).
             return outcome_of(http_request(http_, "POST", "/v1/completions", b, {}, seconds(300)), stream);
@@ -157,7 +159,12 @@ TEST_F(RetryTest, KilledShardJobIsReplacedAndEveryRequestFinishesUnchanged) {
                                                       {false, true},  {true, false}, {true, true}};
     std::vector<std::future<Outcome>> inflight;
     for (auto [sampled, stream] : kinds) inflight.push_back(launch(sampled, stream));
-    const double n = static_cast<double>(kinds.size());
+    // Sampled requests that bring no seed (plain and SSE): they get one at admission, so their
+    // replay reproduces what was already streamed instead of failing the request.
+    std::vector<std::future<Outcome>> unseeded;
+    unseeded.push_back(launch(true, false, /*seeded=*/false));
+    unseeded.push_back(launch(true, true, /*seeded=*/false));
+    const double n = static_cast<double>(kinds.size() + unseeded.size());
     // All admitted and a few tokens each generated (streams have sent some) before the kill.
     ASSERT_TRUE(wait_metrics(
         [&](const std::string& m) {
@@ -169,6 +176,9 @@ TEST_F(RetryTest, KilledShardJobIsReplacedAndEveryRequestFinishesUnchanged) {
     for (size_t i = 0; i < inflight.size(); ++i) {
         ASSERT_EQ(inflight[i].wait_for(seconds(0)), std::future_status::timeout)
             << "request " << i << " finished before the shard job was killed; the test would prove nothing";
+    }
+    for (auto& u : unseeded) {
+        ASSERT_EQ(u.wait_for(seconds(0)), std::future_status::timeout) << "an unseeded request finished too early";
     }
 
     cluster_.shard()->kill_now();  // mpirun and all four ranks
@@ -204,6 +214,14 @@ TEST_F(RetryTest, KilledShardJobIsReplacedAndEveryRequestFinishesUnchanged) {
         EXPECT_EQ(o.tokens, sampled ? ref_sampled.tokens : ref_greedy.tokens);
         EXPECT_EQ(o.finish_reason, "length");
         EXPECT_EQ(o.completion_tokens, kMaxTokens);
+    }
+    for (size_t i = 0; i < unseeded.size(); ++i) {
+        const Outcome o = unseeded[i].get();
+        SCOPED_TRACE(std::string("unseeded sampled request, ") + (i == 1 ? "SSE" : "plain"));
+        EXPECT_TRUE(o.error.empty()) << o.error;  // a replay that diverged would fail the request
+        EXPECT_EQ(o.tokens.size(), static_cast<size_t>(kMaxTokens));  // SSE: none streamed twice or lost
+        EXPECT_EQ(o.completion_tokens, kMaxTokens);
+        EXPECT_EQ(o.finish_reason, "length");
     }
     auto m = http_request(http_, "GET", "/metrics", "", {}, seconds(5));
     EXPECT_EQ(metric(m.body, "deepshard_shard_losses_total"), 1) << m.body;

@@ -498,5 +498,53 @@ TEST_F(SchedulerTest, EvictsCachedBlocksOnlyWhenNoneIsFree) {
     EXPECT_EQ(s.stats().kv_evicted_blocks, 1u);
 }
 
+// A sampled request without a seed gets one at admission, and a restart after losing the shard job
+// sends the very same seed, so the replay draws the tokens already streamed (the sampler is a pure
+// function of its seed). Without it every restart would sample afresh and the retry would fail with
+// "produced token X where Y was already streamed".
+TEST_F(SchedulerTest, UnseededRequestGetsASeedThatSurvivesRetry) {
+    SchedulerOptions o = opts();
+    o.retry = true;
+    Scheduler s(o);
+    s.attach(cap(100));
+    auto submit = [&](bool seeded) {
+        SequenceSpec spec;
+        spec.prompt = iota_prompt(2);
+        spec.max_tokens = 5;
+        spec.sampling.temperature = 1.0f;
+        if (seeded) {
+            spec.sampling.has_seed = 1;
+            spec.sampling.seed = 1234;
+        }
+        spec.sink = std::make_shared<Sink>();
+        auto id = s.submit(std::move(spec), now_);
+        EXPECT_TRUE(id.ok());
+        return id.ok() ? *id : 0;
+    };
+    const uint64_t unseeded = submit(false);
+    const uint64_t seeded = submit(true);
+    const uint64_t unseeded2 = submit(false);
+    std::map<uint64_t, ctl::SamplingSpec> first;
+    auto b = s.next_batch(now_);
+    ASSERT_TRUE(b.has_value());
+    for (const auto& w : b->seqs) first[w.seq_id] = w.sampling;
+    ASSERT_EQ(first.size(), 3u);
+    EXPECT_EQ(first[unseeded].has_seed, 1);
+    EXPECT_NE(first[unseeded].seed, first[unseeded2].seed);  // each request draws its own
+    EXPECT_EQ(first[seeded].has_seed, 1);
+    EXPECT_EQ(first[seeded].seed, 1234u);  // a client's seed is kept as is
+    ASSERT_TRUE(s.on_result(answer(*b, 9), now_).ok());
+    s.detach(unavailable("lost"));
+    s.attach(cap(100));
+    auto again = s.next_batch(now_);
+    ASSERT_TRUE(again.has_value());
+    ASSERT_EQ(again->seqs.size(), 3u);
+    for (const auto& w : again->seqs) {
+        EXPECT_EQ(w.is_new, 1);
+        EXPECT_EQ(w.sampling.has_seed, 1);
+        EXPECT_EQ(w.sampling.seed, first[w.seq_id].seed) << "sequence " << w.seq_id;
+    }
+}
+
 }  // namespace
 }  // namespace deepshard::coordinator

@@ -77,7 +77,8 @@ protected:
 TEST_F(InspectCli, MakeModelThenInspect) {
     TempDir tmp;
     auto mk = run({"make-model", "--preset", "tiny", "--out", tmp.path, "--seed", "5", "--shards", "2", "--set",
-                   "num_hidden_layers=2", "--tokenizer", test::source_dir() + "/testdata/tokenizer"});
+                   "num_hidden_layers=2", "--set", "vocab_size=129280", "--tokenizer",
+                   test::source_dir() + "/testdata/tokenizer"});
     ASSERT_EQ(mk.exit_code, 0) << mk.out << mk.err;
     EXPECT_TRUE(fs::exists(tmp.sub("tokenizer.json")));
     // The tiny preset's 4096-id vocabulary grew to hold the tokenizer's 128815 ids.
@@ -110,6 +111,31 @@ TEST_F(InspectCli, MakeModelThenInspect) {
     EXPECT_NE(scale.exit_code, 0);
     EXPECT_NE(scale.err.find(qa + "_scale_inv"), std::string::npos) << scale.err;
     test::write_bytes(qa_shard, saved_qa);
+
+    // The tokenizer is validated with the checkpoint: one whose ids do not fit the vocabulary (the
+    // real DeepSeek tokenizer beside tiny's 4096 rows) or that is itself malformed fails inspect, and
+    // make-model will not write such a pair.
+    const std::string small = tmp.sub("small_vocab");
+    auto mk_small = run({"make-model", "--preset", "tiny", "--out", small, "--set", "num_hidden_layers=1"});
+    ASSERT_EQ(mk_small.exit_code, 0) << mk_small.out << mk_small.err;
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+        fs::copy_file(tmp.sub(f), small + "/" + f);
+    }
+    auto misfit = run({"inspect", "--model", small});
+    EXPECT_NE(misfit.exit_code, 0);
+    EXPECT_NE(misfit.err.find("but its tokenizer uses 128815"), std::string::npos) << misfit.err;
+    const std::string saved_tok = test::read_bytes(tmp.sub("tokenizer.json"));
+    auto tok = nlohmann::json::parse(saved_tok);
+    tok["added_tokens"].push_back({{"id", 128900}, {"content", "<｜begin▁of▁sentence｜>"}});
+    test::write_bytes(tmp.sub("tokenizer.json"), tok.dump());
+    auto dup = run({"inspect", "--model", tmp.path});
+    EXPECT_NE(dup.exit_code, 0);
+    EXPECT_NE(dup.err.find("is already added_tokens[0]'s"), std::string::npos) << dup.err;
+    test::write_bytes(tmp.sub("tokenizer.json"), saved_tok);
+    auto refused = run({"make-model", "--preset", "tiny", "--out", tmp.sub("misfit"), "--set", "vocab_size=4096",
+                        "--tokenizer", test::source_dir() + "/testdata/tokenizer"});
+    EXPECT_NE(refused.exit_code, 0);
+    EXPECT_NE(refused.err.find("vocab_size"), std::string::npos) << refused.err;
 
     auto idx = nlohmann::json::parse(test::read_bytes(tmp.sub("model.safetensors.index.json")));
     idx["weight_map"]["model.norm.weight"] = "model-00003-of-00003.safetensors";

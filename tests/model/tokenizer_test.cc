@@ -492,6 +492,102 @@ TEST(TokenizerLoad, MissingAndMalformedFiles) {
         << no_vocab.status().to_string();
 }
 
+// A minimal byte-level BPE tokenizer.json: the 256 byte tokens (ids 0..255), no merges, and the
+// given added tokens.
+std::string byte_level_json(const std::string& added_tokens, const std::string& extra_vocab = "") {
+    nlohmann::json vocab = nlohmann::json::object();
+    int id = 0;
+    uint32_t extra = 0;  // GPT-2's byte map: unprintable bytes go to U+0100.. in order
+    for (int b = 0; b < 256; ++b) {
+        const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+        const uint32_t cp = printable ? static_cast<uint32_t>(b) : 256u + extra++;
+        std::string u;
+        if (cp < 0x80) {
+            u.push_back(static_cast<char>(cp));
+        } else {
+            u.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+            u.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+        }
+        vocab[u] = id++;
+    }
+    std::string v = vocab.dump();
+    if (!extra_vocab.empty()) v = v.substr(0, v.size() - 1) + "," + extra_vocab + "}";
+    return R"({"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false},
+               "model": {"type": "BPE", "merges": [], "vocab": )" +
+           v + R"(}, "added_tokens": )" + added_tokens + "}";
+}
+
+const char* kBosEos = R"({"bos_token": "<s>", "eos_token": "</s>"})";
+
+// The tokenizer files are validated like the checkpoint: added tokens with a duplicate or
+// out-of-range id, a repeated content, an id the vocabulary uses for other text, and vocabulary
+// ids out of range or listed twice are refused at load with a message naming the entry. (An
+// added token repeating another's content with a smaller id used to leave the decode tables too
+// small, and the load wrote past their end.)
+TEST(TokenizerLoad, AddedTokensAndIdsAreValidated) {
+    auto parse = [](const std::string& added, const std::string& extra_vocab = "") {
+        return Tokenizer::parse(byte_level_json(added, extra_vocab), std::string(kBosEos));
+    };
+    const std::string good = R"([{"id": 256, "content": "<s>", "special": true},
+                                 {"id": 257, "content": "</s>", "special": true}])";
+    auto ok = parse(good);
+    ASSERT_TRUE(ok.ok()) << ok.status().to_string();
+    EXPECT_EQ(ok->bos_id(), 256);
+    EXPECT_EQ(ok->vocab_size(), 258);
+    EXPECT_TRUE(ok->is_special(257));
+    EXPECT_EQ(ok->decode({256, 'h', 'i'}, /*skip_special=*/true), "hi");
+
+    struct Case {
+        const char* added;
+        const char* needle;
+    };
+    const Case cases[] = {
+        // The same content twice, the first with the largest id: the tables were sized without it and
+        // the load wrote id 900000's entry past their end.
+        {R"([{"id": 256, "content": "<s>"}, {"id": 257, "content": "</s>"}, {"id": 900000, "content": "<x>"},
+            {"id": 300, "content": "<x>"}])",
+         "added_tokens[3]: the content '<x>' is already added_tokens[2]'s"},
+        {R"([{"id": 256, "content": "<s>"}, {"id": 257, "content": "</s>"}, {"id": 900000, "content": "<a>"},
+            {"id": 900000, "content": "<b>"}])",
+         "added_tokens[3]: id 900000 is already added_tokens[2]'s"},
+        {R"([{"id": 256, "content": "<s>"}, {"id": 257, "content": "</s>"}, {"id": 300, "content": "<s>"}])",
+         "added_tokens[2]: the content '<s>' is already added_tokens[0]'s"},
+        {R"([{"id": 256, "content": "<s>"}, {"id": 257, "content": "</s>"}, {"id": 3000000, "content": "<x>"}])",
+         "added_tokens[2].id: 3000000 is out of range"},
+        {R"([{"id": -1, "content": "<s>"}])", "added_tokens[0].id: -1 is out of range"},
+        {R"([{"id": 256, "content": "<s>"}, {"id": 257, "content": "</s>"}, {"id": 65, "content": "<x>"}])",
+         "added_tokens[2]: id 65 ('<x>') is the vocabulary's id for 'A'"},
+        {R"([{"id": "256", "content": "<s>"}])", "added_tokens[0].id: expected an integer"},
+        {R"([{"id": 256, "content": 5}])", "added_tokens[0].content: expected a non-empty string"},
+        {R"([{"id": 256, "content": ""}])", "added_tokens[0].content: expected a non-empty string"},
+        {R"([7])", "added_tokens[0]: expected an object"},
+        {R"({"id": 256})", "added_tokens: expected an array"},
+    };
+    for (const Case& c : cases) {
+        auto t = parse(c.added);
+        ASSERT_FALSE(t.ok()) << c.added;
+        EXPECT_EQ(t.status().code(), StatusCode::kInvalidArgument) << t.status().to_string();
+        EXPECT_NE(t.status().message().find(c.needle), std::string::npos) << t.status().to_string();
+    }
+    // Vocabulary entries: an id out of range, an id given to two pieces, a piece listed twice.
+    auto far = parse(good, R"("zz": 5000000)");
+    ASSERT_FALSE(far.ok());
+    EXPECT_NE(far.status().message().find("id 5000000 of 'zz' is out of range"), std::string::npos)
+        << far.status().to_string();
+    auto twice = parse(good, R"("zz": 65)");
+    ASSERT_FALSE(twice.ok());
+    EXPECT_NE(twice.status().message().find("gives id 65 to both"), std::string::npos) << twice.status().to_string();
+    auto piece_twice = parse(good, R"("A": 300)");
+    ASSERT_FALSE(piece_twice.ok());
+    EXPECT_NE(piece_twice.status().message().find("lists the piece 'A' twice"), std::string::npos)
+        << piece_twice.status().to_string();
+    // Structure: a file nesting thousands of levels is refused, not a stack overflow.
+    const std::string deep = R"({"normalizer": )" + std::string(100000, '[') + std::string(100000, ']') + "}";
+    auto deep_t = Tokenizer::parse(deep, std::nullopt);
+    ASSERT_FALSE(deep_t.ok());
+    EXPECT_NE(deep_t.status().message().find("nests deeper"), std::string::npos) << deep_t.status().to_string();
+}
+
 TEST(TokenizerLoad, LoadsFromFilePathToo) {
     auto tok = Tokenizer::load(data_dir() + "/tokenizer.json");
     ASSERT_TRUE(tok.ok()) << tok.status().to_string();
