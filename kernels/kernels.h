@@ -57,7 +57,9 @@ struct MatmulJob {
     int64_t ldy = 0;
     bool accumulate = false;
 };
+#if __cplusplus >= 202002L  // std::span; the .cu files include this header as C++17 (nvcc)
 void matmul_batch(std::span<const MatmulJob> jobs, Numerics numerics = Numerics::kExact);
+#endif
 
 // SwiGLU input half of an MLP, fused: out[m, inter] = silu(x * W1^T) * (x * W3^T) with W1, W3 =
 // [inter, k]. Each block of rows of W1/W3 is computed into thread-local scratch and activated there;
@@ -71,7 +73,9 @@ struct SwigluJob {
     float* out = nullptr;
     int64_t ldo = 0;
 };
+#if __cplusplus >= 202002L  // std::span; the .cu files include this header as C++17 (nvcc)
 void swiglu_batch(std::span<const SwigluJob> jobs, Numerics numerics = Numerics::kExact);
+#endif
 void swiglu(const float* x, int64_t m, int64_t ldx, const WeightView& w1, const WeightView& w3, float* out,
             int64_t ldo, Numerics numerics = Numerics::kExact);
 

@@ -62,9 +62,11 @@ struct ExpertMlp {
 // gate/up products + SiLU of every active expert (and the shared one), then the down projections
 // split by columns of y, each column block summing all experts in order (deterministic, no atomics).
 // y [T, H] (row stride H) is overwritten.
+#if __cplusplus >= 202002L  // std::span; the .cu files include this header as C++17 (nvcc)
 void moe_ffn(const float* x, int64_t T, int64_t H, const int32_t* offsets, const int32_t* tokens,
              const float* pair_weights, std::span<const ExpertMlp> experts, const ExpertMlp* shared, float* y,
              Numerics numerics = Numerics::kExact);
+#endif
 
 // h[i] += x[i] for i < n (the residual connection).
 void residual_add(float* h, const float* x, int64_t n);
