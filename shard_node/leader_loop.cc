@@ -30,7 +30,12 @@ Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoin
     gethostname(host, sizeof(host) - 1);
     hello.job_id = std::string(host) + ":" + std::to_string(getpid());
 
-    DS_ASSIGN_OR_RETURN(auto client, ctl::LeaderClient::connect(config.coordinator, hello, config.connect_timeout));
+    ctl::LeaderOptions lo;
+    lo.coordinator = config.coordinator;
+    lo.secret = config.secret;
+    lo.tls = config.tls;
+    lo.connect_timeout = config.connect_timeout;
+    DS_ASSIGN_OR_RETURN(auto client, ctl::LeaderClient::connect(lo, hello));
     spdlog::info("registered with the coordinator at {} ({} stages, {} KV blocks of {} tokens)", config.coordinator,
                  hello.pipeline_stages, hello.kv_blocks, hello.kv_block_size);
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "control/tls.h"
 #include "model/checkpoint.h"
 #include "shard_node/pipeline.h"
 
@@ -16,6 +17,8 @@ namespace deepshard::shard_node {
 struct LeaderConfig {
     std::string coordinator;  // HOST:PORT of the control port
     std::string plan_json;
+    std::string secret;       // the job's control secret (control/auth.h)
+    control::TlsFiles tls;    // dial with TLS (tls.client) and verify with tls.ca
     std::chrono::milliseconds connect_timeout{30000};
 };
 

@@ -16,9 +16,11 @@
 #include "comm/mpi/mpi_comm.h"
 #include "comm/mpi/mpi_runtime.h"
 #include "common/logging.h"
+#include "control/auth.h"
 #include "model/checkpoint.h"
 #include "model/generate_cli.h"
 #include "shard_node/leader_loop.h"
+#include "shard_node/load_barrier.h"
 #include "shard_node/pipeline.h"
 
 namespace deepshard::shard_node {
@@ -34,6 +36,8 @@ struct ShardArgs {
     int64_t timeout_ms = 0;
     int64_t connect_timeout_ms = 30000;
     std::string device;  // empty: the plan's device for this rank
+    std::string control_secret_file;
+    control::TlsFiles tls;
 };
 
 // Steps of the distributed model as a model::StepFn: one batch through the pipeline, logits back.
@@ -61,6 +65,11 @@ model::StepFn driver_step(Pipeline* pipeline) {
 }
 
 Status run_rank(const ShardArgs& args, comm::Communicator* world) {
+    // The leader needs the control secret: a job started without it fails now, not after loading.
+    std::string secret;
+    if (world->rank() == 0 && !args.coordinator.empty()) {
+        DS_ASSIGN_OR_RETURN(secret, control::load_control_secret(args.control_secret_file));
+    }
     DS_ASSIGN_OR_RETURN(auto ckpt_ptr, model::Checkpoint::open(args.model));
     std::shared_ptr<const model::Checkpoint> ckpt(std::move(ckpt_ptr));
     std::ifstream in(args.plan);
@@ -84,8 +93,8 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
     spdlog::info("rank {}: stage {} local {} on {} loaded {:.1f} MB of weights in {:.2f} s ({:.2f} GB/s)",
                  world->rank(), layout.stage_of(world->rank()), layout.local_of(world->rank()),
                  model::device_name(rd.device), ls.bytes / 1e6, ls.seconds, ls.gb_per_s());
-    // Loading can take long on big models: wait for everyone with a generous deadline.
-    DS_RETURN_IF_ERROR(world->barrier().with_context("waiting for every rank to load its shard"));
+    // Loading takes as long as it takes on big models: wait for everyone as long as it plausibly can.
+    DS_RETURN_IF_ERROR(wait_for_every_rank_loaded(world, *ckpt, ls));
 
     if (!pipeline->is_leader()) {
         return pipeline->serve();
@@ -97,6 +106,8 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
         LeaderConfig lc;
         lc.coordinator = args.coordinator;
         lc.plan_json = plan_text.str();
+        lc.tls = args.tls;
+        lc.secret = std::move(secret);
         lc.connect_timeout = std::chrono::milliseconds(args.connect_timeout_ms);
         s = run_leader(lc, *ckpt, pipeline.get());
     }
@@ -126,6 +137,13 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"cpu", "cuda"}));
     app.add_option("--timeout-ms", args.timeout_ms, "deadline of every communication (default DS_COMM_TIMEOUT_MS)");
     app.add_option("--connect-timeout-ms", args.connect_timeout_ms, "deadline to register with the coordinator");
+    app.add_option("--control-secret-file", args.control_secret_file,
+                   "file (mode 0600) with the control secret shared with the coordinator (default: "
+                   "DS_CONTROL_SECRET_FILE, else the value of DS_CONTROL_SECRET)");
+    app.add_flag("--control-tls", args.tls.client, "dial the coordinator's control port with TLS");
+    app.add_option("--tls-ca", args.tls.ca,
+                   "PEM CA (or the coordinator's certificate) to verify the control port's TLS certificate with "
+                   "(implies --control-tls)");
     model::add_generate_options(&app, &args.options);
     try {
         app.parse(argc, argv);
