@@ -295,6 +295,7 @@ void FramedConnection::on_tick() {
 
 void FramedConnection::close_now(Status reason) {
     if (closed_.exchange(true)) return;
+    went_quiet_.store(Clock::now() - last_rx_ >= options_.heartbeat_period * 2);
     boost::system::error_code ec;
     lowest().shutdown(tcp::socket::shutdown_both, ec);
     lowest().close(ec);

@@ -96,6 +96,11 @@ public:
     bool is_tls() const { return tls_.has_value(); }
     // Strand only, after on_ready: the TLS exporter value ("" over plain TCP).
     const std::string& channel_binding() const { return channel_binding_; }
+    // After on_close: whether the link had gone quiet (nothing received for two heartbeat periods)
+    // before it closed. A peer process that exits or crashes closes a busy link at once; a link
+    // that closes after going quiet (heartbeats lost, or a FIN that arrives after a partition) is a
+    // network problem worth waiting out.
+    bool went_quiet() const { return went_quiet_.load(); }
 
 private:
     FramedConnection(tcp::socket socket, ConnectionOptions options, std::shared_ptr<asio::ssl::context> tls,
@@ -136,6 +141,7 @@ private:
     bool close_when_flushed_ = false;
     Status pending_close_;
     std::atomic<bool> closed_{false};
+    std::atomic<bool> went_quiet_{false};
 };
 
 // "host:port" (or "[v6]:port") → parts; kInvalidArgument naming the text otherwise.

@@ -171,7 +171,9 @@ struct ControlServer::Impl : std::enable_shared_from_this<ControlServer::Impl> {
                     std::lock_guard lock(self->mu);
                     self->pending.erase(p->id);
                 }
-                if (p->stage == Pending::Stage::kDone) self->on_session_close(p->session, p->conn.get(), s);
+                if (p->stage == Pending::Stage::kDone) {
+                    self->on_session_close(p->session, p->conn.get(), s, p->conn->went_quiet());
+                }
             });
     }
 
@@ -391,8 +393,9 @@ struct ControlServer::Impl : std::enable_shared_from_this<ControlServer::Impl> {
         }
     }
 
-    // The connection of session `session_id` closed (io thread).
-    void on_session_close(uint64_t session_id, const FramedConnection* c, const Status& why) {
+    // The connection of session `session_id` closed (io thread). Only a link that went quiet
+    // first gets the grace period: a leader process that exits or crashes closes a live link.
+    void on_session_close(uint64_t session_id, const FramedConnection* c, const Status& why, bool quiet) {
         std::shared_ptr<Session> s;
         bool grace = false;
         {
@@ -401,7 +404,7 @@ struct ControlServer::Impl : std::enable_shared_from_this<ControlServer::Impl> {
             s = session;
             s->link.unbind(c);
             s->conn.reset();
-            grace = !s->ending && !stopping.load() && why.code() == StatusCode::kUnavailable &&
+            grace = !s->ending && !stopping.load() && why.code() == StatusCode::kUnavailable && quiet &&
                     options.resume_grace.count() > 0;
             if (grace) {
                 s->down_since = Clock::now();

@@ -14,9 +14,11 @@
 // socket and a fixed-size handshake state until it has proved it holds the secret.
 //
 // A second leader that connects while one is registered is refused with the reason. When the
-// registered leader's link breaks (I/O error, heartbeats lost), the session is kept for
-// `resume_grace`: the leader may reconnect and resume it (nothing lost or duplicated, see
-// protocol.h); batches sent meanwhile wait. Only when the grace period passes is the job lost.
+// registered leader's link breaks after going quiet (heartbeats lost; an I/O error after silence),
+// the session is kept for `resume_grace`: the leader may reconnect and resume it (nothing lost or
+// duplicated, see protocol.h); batches sent meanwhile wait. Only when the grace period passes is
+// the job lost. A link closed while traffic was flowing (the leader process exited or crashed) or
+// a Shutdown from the leader loses the job at once.
 #pragma once
 
 #include <chrono>

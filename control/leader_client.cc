@@ -318,7 +318,9 @@ struct LeaderClient::Impl : std::enable_shared_from_this<LeaderClient::Impl> {
             if (c != conn) return;
             link.unbind(c.get());
             conn.reset();
-            reconnect = !leaving && !shutdown_reason && s.code() == StatusCode::kUnavailable && grace_ms > 0;
+            // As on the coordinator: only a link that went quiet first is worth resuming.
+            reconnect = !leaving && !shutdown_reason && s.code() == StatusCode::kUnavailable && c->went_quiet() &&
+                        grace_ms > 0;
             if (!reconnect) closed = s.ok() ? unavailable("connection closed") : s;
         }
         cv.notify_all();

@@ -272,6 +272,23 @@ TEST_F(TransportTest, BrokenLinkKeepsTheSessionForTheGracePeriodOnly) {
     EXPECT_EQ(server_->send_batch(session, StepBatch{}).code(), StatusCode::kUnavailable);
 }
 
+TEST_F(TransportTest, ALeaderThatExitsIsLostAtOnceDespiteTheGracePeriod) {
+    ControlServerOptions o = test_server_options();
+    o.resume_grace = 60s;
+    start(o);
+    {
+        RawPeer p(server_->port());
+        ASSERT_TRUE(p.authenticate(kSecret));
+        std::string f;
+        encode(test_hello(), &f);
+        p.send(f);
+        ASSERT_TRUE(listener_.wait([&] { return listener_.registered_.size() == 1; }));
+    }  // the process "crashes": its socket closes while the link is busy, not after silence
+    ASSERT_TRUE(listener_.wait([&] { return listener_.lost_.size() == 1; }, 20s));
+    EXPECT_TRUE(listener_.links_.empty());
+    EXPECT_FALSE(server_->has_leader());
+}
+
 TEST_F(TransportTest, ResumingAnUnknownSessionIsRefused) {
     RawPeer p(server_->port());
     ASSERT_TRUE(p.authenticate(kSecret));

@@ -291,8 +291,13 @@ void LiveCluster::start_shard_job(const std::string& log_name) {
                                  plan_, std::string("--coordinator"), "127.0.0.1:" + std::to_string(port("control"))}) {
         cmd.push_back(a);
     }
+    // The job proves it belongs to this coordinator with the control secret it wrote (its path is in
+    // the ports file); the path goes in the environment, mpirun hands it to rank 0.
+    cmd.insert(cmd.begin() + 1, {"-x", "DS_CONTROL_SECRET_FILE"});
     shard_ = std::make_unique<BackgroundProcess>(
-        cmd, dir_ + "/" + log_name, std::vector<std::string>{"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
+        cmd, dir_ + "/" + log_name,
+        std::vector<std::string>{"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
+                                 "DS_CONTROL_SECRET_FILE=" + ports_.value("control_secret_file", std::string())});
 }
 
 bool LiveCluster::wait_health(int status, std::chrono::milliseconds timeout) {
