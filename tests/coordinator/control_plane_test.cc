@@ -14,97 +14,16 @@
 #include "control/leader_client.h"
 #include "coordinator/engine.h"
 #include "coordinator/model_loader.h"
+#include "tests/coordinator/fake_leader.h"
 #include "tests/coordinator/live_util.h"
 
 namespace deepshard::coordinator {
 namespace {
 
 using namespace std::chrono_literals;
-using control::LeaderClient;
+using testing_util::FakeLeader;
 
 const std::string kSecret = "control-plane-test-secret-0123456789";
-
-// A shard job's leader that answers every step with token (seq_id + position) % 97 + 3, in order.
-// `stall`: receives steps and never answers. `hold_first`: answers step 1 only after step 2 arrived,
-// then step 2 `gap` later (so that the engine works on step 1's result when step 2's arrives).
-class FakeLeader {
-public:
-    struct Options {
-        bool stall = false;
-        bool hold_first = false;
-        std::chrono::milliseconds gap{100};
-        uint32_t stages = 2;
-    };
-    FakeLeader(uint16_t port, uint64_t fingerprint, Options o) : o_(o) {
-        control::LeaderOptions lo;
-        lo.coordinator = "127.0.0.1:" + std::to_string(port);
-        lo.secret = kSecret;
-        lo.connect_timeout = 10s;
-        control::Hello h;
-        h.model_fingerprint = fingerprint;
-        h.world_size = o.stages;
-        h.pipeline_stages = o.stages;
-        h.kv_blocks = 1000;
-        h.kv_block_size = 16;
-        h.max_batch_tokens = 2048;
-        h.max_sequences = 64;
-        h.vocab_size = 1000;
-        h.job_id = "fake";
-        auto c = LeaderClient::connect(lo, h);
-        if (!c.ok()) {
-            error_ = c.status().to_string();
-            return;
-        }
-        client_ = std::move(c).value();
-        thread_ = std::thread([this] { run(); });
-    }
-    ~FakeLeader() {
-        stop_ = true;
-        if (thread_.joinable()) thread_.join();
-    }
-    const std::string& error() const { return error_; }
-    LeaderClient& client() { return *client_; }
-    int steps_received() const { return received_.load(); }
-
-private:
-    control::StepResult answer(const control::StepBatch& b) {
-        control::StepResult r;
-        r.step_id = b.step_id;
-        for (const auto& w : b.seqs) {
-            if (!w.sample) continue;
-            const uint32_t pos = w.start_pos + static_cast<uint32_t>(w.tokens.size());
-            r.outputs.push_back({w.seq_id, static_cast<int32_t>((w.seq_id + pos) % 97 + 3), -0.25f, {}, {}});
-        }
-        return r;
-    }
-    void run() {
-        std::vector<control::StepBatch> held;
-        while (!stop_) {
-            auto b = client_->next_batch(50ms);
-            if (!b.ok()) {
-                if (b.status().code() == StatusCode::kDeadlineExceeded) continue;
-                return;  // shut down or lost
-            }
-            received_++;
-            if (o_.stall) continue;
-            if (o_.hold_first && held.size() < 2) {
-                held.push_back(*b);
-                if (held.size() < 2) continue;
-                (void)client_->send_result(answer(held[0]));
-                std::this_thread::sleep_for(o_.gap);
-                (void)client_->send_result(answer(held[1]));
-                continue;
-            }
-            (void)client_->send_result(answer(*b));
-        }
-    }
-    Options o_;
-    std::string error_;
-    std::unique_ptr<LeaderClient> client_;
-    std::thread thread_;
-    std::atomic<bool> stop_{false};
-    std::atomic<int> received_{0};
-};
 
 class ControlPlaneTest : public ::testing::Test {
 protected:
@@ -151,7 +70,7 @@ TEST_F(ControlPlaneTest, HeartbeatsAndResultsDoNotWaitBehindTheEngineLock) {
     ASSERT_TRUE(engine);
     FakeLeader::Options fo;
     fo.hold_first = true;
-    FakeLeader leader(engine->control_port(), model_.fingerprint, fo);
+    FakeLeader leader(engine->control_port(), kSecret, model_.fingerprint, fo);
     ASSERT_EQ(leader.error(), "");
     ASSERT_TRUE(wait_registered(*engine));
     const uint64_t session = engine->health().session_id;
@@ -188,7 +107,7 @@ TEST_F(ControlPlaneTest, AStepThatNeverComesBackLosesTheJobByItsDeadline) {
     ASSERT_TRUE(engine);
     FakeLeader::Options fo;
     fo.stall = true;
-    FakeLeader leader(engine->control_port(), model_.fingerprint, fo);
+    FakeLeader leader(engine->control_port(), kSecret, model_.fingerprint, fo);
     ASSERT_EQ(leader.error(), "");
     ASSERT_TRUE(wait_registered(*engine));
     auto r = engine->submit(params(4), false);
@@ -212,7 +131,7 @@ TEST_F(ControlPlaneTest, WithRetryTheRequestsOfATimedOutJobRunOnTheNextJob) {
     ASSERT_TRUE(engine);
     FakeLeader::Options stall;
     stall.stall = true;
-    auto first = std::make_unique<FakeLeader>(engine->control_port(), model_.fingerprint, stall);
+    auto first = std::make_unique<FakeLeader>(engine->control_port(), kSecret, model_.fingerprint, stall);
     ASSERT_EQ(first->error(), "");
     ASSERT_TRUE(wait_registered(*engine));
     const uint64_t first_session = engine->health().session_id;
@@ -222,7 +141,7 @@ TEST_F(ControlPlaneTest, WithRetryTheRequestsOfATimedOutJobRunOnTheNextJob) {
     for (int i = 0; i < 1000 && engine->health().available; ++i) std::this_thread::sleep_for(10ms);
     ASSERT_FALSE(engine->health().available);
     EXPECT_FALSE((*r)->finished());
-    FakeLeader second(engine->control_port(), model_.fingerprint, FakeLeader::Options{});
+    FakeLeader second(engine->control_port(), kSecret, model_.fingerprint, FakeLeader::Options{});
     ASSERT_EQ(second.error(), "");
     const RequestSnapshot s = (*r)->wait(SIZE_MAX, Clock::now() + 30s);
     ASSERT_TRUE(s.finished);
