@@ -384,7 +384,8 @@ struct ControlServer::Impl : std::enable_shared_from_this<ControlServer::Impl> {
                     std::lock_guard lock(mu);
                     s->ending = true;
                 }
-                c->close(unavailable("the shard job shut down: " + (m.ok() ? m->reason : m.status().message())));
+                // kCancelled: a departure, not a loss (no resume grace, no "lost" warning).
+                c->close(cancelled("the shard job shut down: " + (m.ok() ? m->reason : m.status().message())));
                 return;
             }
             default:
@@ -398,10 +399,12 @@ struct ControlServer::Impl : std::enable_shared_from_this<ControlServer::Impl> {
     void on_session_close(uint64_t session_id, const FramedConnection* c, const Status& why, bool quiet) {
         std::shared_ptr<Session> s;
         bool grace = false;
+        bool ending = false;
         {
             std::lock_guard lock(mu);
             if (!session || session->id != session_id || session->conn.get() != c) return;  // replaced
             s = session;
+            ending = s->ending;
             s->link.unbind(c);
             s->conn.reset();
             grace = !s->ending && !stopping.load() && why.code() == StatusCode::kUnavailable && quiet &&
@@ -414,8 +417,17 @@ struct ControlServer::Impl : std::enable_shared_from_this<ControlServer::Impl> {
             }
         }
         if (!grace) {
-            spdlog::warn("shard job session {} lost: {}", session_id, why.message());
-            if (!stopping.load()) listener->on_lost(session_id, why);
+            // A job that said goodbye, or a coordinator that is stopping, is no loss worth a warning.
+            if (ending || stopping.load()) {
+                spdlog::info("shard job session {} ended: {}", session_id, why.message());
+            } else {
+                spdlog::warn("shard job session {} lost: {}", session_id, why.message());
+            }
+            // Whatever closed the socket after the goodbye (its EOF may win the race), it was one.
+            const Status reason = ending && why.code() != StatusCode::kCancelled
+                                      ? cancelled("the shard job shut down (" + why.message() + ")")
+                                      : why;
+            if (!stopping.load()) listener->on_lost(session_id, reason);
             return;
         }
         spdlog::warn("shard job session {}: link lost ({}); keeping the session {} ms for the leader to resume",

@@ -351,11 +351,19 @@ void Engine::loop() {
         // the old session before attaching the new one.
         for (auto& [session, reason] : lost) {
             if (leader_ && leader_->session_id == session) {
-                metrics_->shard_losses++;
-                unavailable_reason_ = "shard job lost: " + reason.message();
-                spdlog::warn("{}; {} in-flight requests {}", unavailable_reason_, scheduler_.stats().running,
-                             options_.scheduler.retry ? "re-queued (--retry)" : "failed");
-                scheduler_.detach(reason);
+                // kCancelled: the job left on purpose (its leader sent Shutdown, e.g. on SIGTERM).
+                const bool left = reason.code() == StatusCode::kCancelled;
+                const size_t running = scheduler_.stats().running;
+                const char* fate = options_.scheduler.retry ? "re-queued (--retry)" : "failed";
+                if (left) {
+                    unavailable_reason_ = "shard job left: " + reason.message();
+                    spdlog::info("{}; {} in-flight requests {}", unavailable_reason_, running, fate);
+                } else {
+                    metrics_->shard_losses++;
+                    unavailable_reason_ = "shard job lost: " + reason.message();
+                    spdlog::warn("{}; {} in-flight requests {}", unavailable_reason_, running, fate);
+                }
+                scheduler_.detach(left ? unavailable(unavailable_reason_) : reason);
                 leader_.reset();
                 step_sent_.clear();
                 results.clear();

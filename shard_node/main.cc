@@ -5,9 +5,20 @@
 //  - service mode (--coordinator HOST:PORT): registers with the coordinator and executes the step
 //    batches it sends.
 // The other ranks serve pipeline steps until rank 0 shuts the pipeline down.
+//
+// SIGTERM/SIGINT (mpirun forwards them to every rank, then SIGKILLs after
+// odls_base_sigkill_timeout): a leader in service mode tells the coordinator it leaves (Shutdown,
+// so that is no "shard job lost") and shuts the pipeline down, which ends the other ranks; a rank
+// that does not finish within kSignalExitAfter after the signal exits anyway.
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
 #include <fstream>
 #include <sstream>
 
@@ -25,6 +36,49 @@
 
 namespace deepshard::shard_node {
 namespace {
+
+// Set by the signal thread; read by the leader's loop.
+std::atomic<bool> g_stop_requested{false};
+constexpr auto kSignalExitAfter = std::chrono::seconds(5);
+
+// Takes SIGTERM/SIGINT (blocked in every thread) synchronously: sets g_stop_requested, then ends
+// the process if it has not finished on its own kSignalExitAfter later.
+class SignalWatch {
+public:
+    SignalWatch() {
+        sigemptyset(&sigs_);
+        sigaddset(&sigs_, SIGTERM);
+        sigaddset(&sigs_, SIGINT);
+        pthread_sigmask(SIG_BLOCK, &sigs_, nullptr);
+        thread_ = std::thread([this] { run(); });
+    }
+    ~SignalWatch() {
+        done_ = true;
+        thread_.join();
+    }
+    SignalWatch(const SignalWatch&) = delete;
+    SignalWatch& operator=(const SignalWatch&) = delete;
+
+private:
+    void run() {
+        int sig = 0;
+        while (!done_ && sig <= 0) {
+            timespec ts{0, 100 * 1000 * 1000};
+            sig = sigtimedwait(&sigs_, nullptr, &ts);
+        }
+        if (done_) return;
+        spdlog::info("signal {} ({}): stopping", sig, strsignal(sig));
+        g_stop_requested = true;
+        const auto until = std::chrono::steady_clock::now() + kSignalExitAfter;
+        while (!done_ && std::chrono::steady_clock::now() < until) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        if (!done_) std::_Exit(128 + sig);
+    }
+    sigset_t sigs_;
+    std::atomic<bool> done_{false};
+    std::thread thread_;
+};
 
 struct ShardArgs {
     std::string model;
@@ -109,6 +163,7 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
         lc.tls = args.tls;
         lc.secret = std::move(secret);
         lc.connect_timeout = std::chrono::milliseconds(args.connect_timeout_ms);
+        lc.stop = &g_stop_requested;
         s = run_leader(lc, *ckpt, pipeline.get());
     }
     Status down = pipeline->shutdown();
@@ -121,6 +176,8 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
 int main(int argc, char** argv) {
     using namespace deepshard;
     init_logging();
+    // Before MPI starts its threads, so that they inherit the blocked signals.
+    shard_node::SignalWatch signals;
     auto runtime = comm::MpiRuntime::create(&argc, &argv);
     if (!runtime.ok()) {
         std::fprintf(stderr, "error: %s\n", runtime.status().to_string().c_str());

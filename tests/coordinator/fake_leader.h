@@ -5,6 +5,8 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +27,7 @@ public:
         bool stall = false;
         bool hold_first = false;
         std::chrono::milliseconds gap{100};
+        std::chrono::milliseconds delay{0};  // before each answer
         uint32_t stages = 2;
     };
     FakeLeader(uint16_t port, const std::string& secret, uint64_t fingerprint, Options o) : o_(o) {
@@ -57,6 +60,11 @@ public:
     const std::string& error() const { return error_; }
     control::LeaderClient& client() { return *client_; }
     int steps_received() const { return received_.load(); }
+    // Distinct sequences the steps so far carried.
+    size_t seqs_seen() const {
+        std::lock_guard lock(mu_);
+        return seen_.size();
+    }
     // Why next_batch() stopped the answering thread (kOk while it runs): kCancelled when the
     // coordinator sent Shutdown, kUnavailable when the link was lost.
     StatusCode ended_with() const { return ended_with_.load(); }
@@ -82,6 +90,10 @@ private:
                 return;
             }
             received_++;
+            {
+                std::lock_guard lock(mu_);
+                for (const auto& w : b->seqs) seen_.insert(w.seq_id);
+            }
             if (o_.stall) continue;
             if (o_.hold_first && held.size() < 2) {
                 held.push_back(*b);
@@ -91,6 +103,7 @@ private:
                 (void)client_->send_result(answer(held[1]));
                 continue;
             }
+            if (o_.delay.count() > 0) std::this_thread::sleep_for(o_.delay);
             (void)client_->send_result(answer(*b));
         }
     }
@@ -100,6 +113,8 @@ private:
     std::thread thread_;
     std::atomic<bool> stop_{false};
     std::atomic<int> received_{0};
+    mutable std::mutex mu_;
+    std::set<uint64_t> seen_;
     std::atomic<StatusCode> ended_with_{StatusCode::kOk};
 };
 

@@ -51,9 +51,19 @@ bool BackgroundProcess::running() {
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
         reaped_ = true;
+        wait_status_ = status;
         return false;
     }
     return true;
+}
+
+std::optional<int> BackgroundProcess::wait_exit(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (running()) {
+        if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return wait_status_;
 }
 
 std::vector<pid_t> BackgroundProcess::descendants(const std::string& name) const {
