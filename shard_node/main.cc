@@ -7,14 +7,18 @@
 // The other ranks serve pipeline steps until rank 0 shuts the pipeline down.
 //
 // SIGTERM/SIGINT (mpirun forwards them to every rank, then SIGKILLs after
-// odls_base_sigkill_timeout): a leader in service mode tells the coordinator it leaves (Shutdown,
-// so that is no "shard job lost") and shuts the pipeline down, which ends the other ranks; a rank
-// that does not finish within kSignalExitAfter after the signal exits anyway.
+// odls_base_sigkill_timeout): in service mode an idle leader tells the coordinator it leaves
+// (Shutdown, so that is no "shard job lost") and shuts the pipeline down, which ends the other
+// ranks; a leader whose steps in flight do not come back within a moment exits without a goodbye
+// (mpirun also sends SIGTERM when it tears the job down after a rank died, and the coordinator must
+// see that loss promptly); a rank that has not finished kSignalExitAfter after the signal exits
+// anyway. In driver mode a signal ends the rank at once.
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -39,6 +43,8 @@ namespace {
 
 // Set by the signal thread; read by the leader's loop.
 std::atomic<bool> g_stop_requested{false};
+// Service mode (--coordinator): a signal asks for a goodbye; otherwise it ends the rank at once.
+std::atomic<bool> g_graceful_stop{false};
 constexpr auto kSignalExitAfter = std::chrono::seconds(5);
 
 // Takes SIGTERM/SIGINT (blocked in every thread) synchronously: sets g_stop_requested, then ends
@@ -50,6 +56,9 @@ public:
         sigaddset(&sigs_, SIGTERM);
         sigaddset(&sigs_, SIGINT);
         pthread_sigmask(SIG_BLOCK, &sigs_, nullptr);
+        // mpirun may close our output pipes while it stops the job: a log line written then must
+        // not kill the leader before it said goodbye.
+        std::signal(SIGPIPE, SIG_IGN);
         thread_ = std::thread([this] { run(); });
     }
     ~SignalWatch() {
@@ -67,6 +76,7 @@ private:
             sig = sigtimedwait(&sigs_, nullptr, &ts);
         }
         if (done_) return;
+        if (!g_graceful_stop) std::_Exit(128 + sig);
         spdlog::info("signal {} ({}): stopping", sig, strsignal(sig));
         g_stop_requested = true;
         const auto until = std::chrono::steady_clock::now() + kSignalExitAfter;
@@ -207,6 +217,7 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         return app.exit(e);
     }
+    shard_node::g_graceful_stop = !args.coordinator.empty();
     auto world = comm::MpiComm::world();
     if (!world.ok()) {
         std::fprintf(stderr, "error: %s\n", world.status().to_string().c_str());
@@ -217,6 +228,11 @@ int main(int argc, char** argv) {
     }
     const int rank = world->rank();
     Status s = shard_node::run_rank(args, &world.value());
+    if (!s.ok() && shard_node::g_stop_requested) {
+        std::fprintf(stderr, "rank %d: %s\n", rank, s.to_string().c_str());
+        std::fflush(stderr);
+        std::_Exit(128 + SIGTERM);  // stopped on purpose: no MPI abort on top
+    }
     if (!s.ok()) {
         char host[256] = {0};
         gethostname(host, sizeof(host) - 1);
