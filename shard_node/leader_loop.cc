@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <optional>
-#include <thread>
 
 #include "control/leader_client.h"
 #include "common/env.h"
@@ -50,19 +48,15 @@ Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoin
     // Idle waits stay short so that a stop request is seen promptly (mpirun SIGKILLs soon after
     // forwarding SIGTERM); the idle ticks still go out every tick_every (from last_activity).
     const auto idle_wait = std::min(tick_every, milliseconds(100));
-    // After a stop request, steps in flight get this long to come back (a healthy pipeline
-    // answers in milliseconds; a broken one never does and must not delay the loss).
-    constexpr auto kStopWaitForSteps = milliseconds(500);
-    std::optional<std::chrono::steady_clock::time_point> stop_seen;
     for (;;) {
         const bool stopping = config.stop != nullptr && config.stop->load();
-        if (stopping && !stop_seen) stop_seen = std::chrono::steady_clock::now();
-        // Hand finished steps back first.
+        // Hand finished steps back first (when stopping, wait for every step in flight).
         for (;;) {
             bool ready = false;
             StepReply reply;
-            DS_RETURN_IF_ERROR(pipeline->collect(pipeline->in_flight() >= static_cast<int64_t>(max_in_flight), &ready,
-                                                 &reply));
+            const int64_t in_flight = pipeline->in_flight();
+            const bool block = in_flight >= static_cast<int64_t>(max_in_flight) || (stopping && in_flight > 0);
+            DS_RETURN_IF_ERROR(pipeline->collect(block, &ready, &reply));
             if (!ready) break;
             reply.result.step_seconds =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started[reply.step_id]).count();
@@ -70,19 +64,8 @@ Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoin
             DS_RETURN_IF_ERROR(client->send_result(reply.result));
         }
         const bool idle = pipeline->in_flight() == 0;
-        if (stopping) {
-            // Steps in flight may never come back (mpirun also sends SIGTERM when it tears the
-            // job down after a rank died): no waiting for them and no goodbye; the coordinator
-            // sees the job lost at once, as it is.
-            if (!idle) {
-                if (std::chrono::steady_clock::now() - *stop_seen < kStopWaitForSteps) {
-                    std::this_thread::sleep_for(milliseconds(1));
-                    continue;  // collect what comes back
-                }
-                return cancelled("stopped by a signal with " + std::to_string(pipeline->in_flight()) +
-                                 " step(s) still in flight");
-            }
-            // Idle: a goodbye, so that the coordinator reports a departure, not a lost job.
+        if (stopping && idle) {
+            // A goodbye, so that the coordinator reports a departure, not a lost job.
             spdlog::info("stopping: telling the coordinator that the shard job leaves");
             client->shutdown("the shard job was stopped by a signal");
             return ok_status();

@@ -1,9 +1,8 @@
 // Service mode of rank 0: register with the coordinator (versioned Hello with the model
 // fingerprint, plan and capacity), then execute the step batches it sends, keeping up to one batch
 // per pipeline stage in flight, and return the sampled tokens. Returns when the coordinator shuts
-// the job down (OK), when *stop becomes true (OK once idle: the coordinator is told that the job
-// leaves; kCancelled when steps in flight do not come back within 500 ms: no goodbye, it is a
-// loss) or when the coordinator is lost (kUnavailable).
+// the job down (OK), when *stop becomes true (OK; the coordinator is told that the job leaves,
+// after the steps in flight were answered) or when the coordinator is lost (kUnavailable).
 #pragma once
 
 #include <atomic>

@@ -9,8 +9,8 @@
 // SIGTERM/SIGINT (mpirun forwards them to every rank, then SIGKILLs after
 // odls_base_sigkill_timeout): in service mode an idle leader tells the coordinator it leaves
 // (Shutdown, so that is no "shard job lost") and shuts the pipeline down, which ends the other
-// ranks; a leader whose steps in flight do not come back within a moment exits without a goodbye
-// (mpirun also sends SIGTERM when it tears the job down after a rank died, and the coordinator must
+// ranks; a leader with steps in flight exits at once without a goodbye (they may never come back:
+// mpirun also sends SIGTERM when it tears the job down after a rank died, and the coordinator must
 // see that loss promptly); a rank that has not finished kSignalExitAfter after the signal exits
 // anyway. In driver mode a signal ends the rank at once.
 #include <signal.h>
