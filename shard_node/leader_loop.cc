@@ -68,6 +68,7 @@ Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoin
             // A goodbye, so that the coordinator reports a departure, not a lost job.
             spdlog::info("stopping: telling the coordinator that the shard job leaves");
             client->shutdown("the shard job was stopped by a signal");
+            if (config.said_goodbye != nullptr) *config.said_goodbye = true;
             return ok_status();
         }
         auto batch = client->next_batch(idle ? idle_wait : milliseconds(1));

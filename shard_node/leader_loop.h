@@ -23,6 +23,7 @@ struct LeaderConfig {
     control::TlsFiles tls;    // dial with TLS (tls.client) and verify with tls.ca
     std::chrono::milliseconds connect_timeout{30000};
     const std::atomic<bool>* stop = nullptr;  // e.g. set on SIGTERM
+    std::atomic<bool>* said_goodbye = nullptr;  // set once the coordinator was told the job leaves
 };
 
 Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoint, Pipeline* pipeline);

@@ -11,8 +11,9 @@
 // (Shutdown, so that is no "shard job lost") and shuts the pipeline down, which ends the other
 // ranks; a leader with steps in flight exits at once without a goodbye (they may never come back:
 // mpirun also sends SIGTERM when it tears the job down after a rank died, and the coordinator must
-// see that loss promptly); a rank that has not finished kSignalExitAfter after the signal exits
-// anyway. In driver mode a signal ends the rank at once.
+// see that loss promptly; a leader stuck in such a step exits after kGoodbyeWithin); a rank that
+// has not finished within kSignalExitAfter exits anyway. In driver mode a signal ends the rank at
+// once.
 #include <signal.h>
 #include <unistd.h>
 
@@ -45,6 +46,12 @@ namespace {
 std::atomic<bool> g_stop_requested{false};
 // Service mode (--coordinator): a signal asks for a goodbye; otherwise it ends the rank at once.
 std::atomic<bool> g_graceful_stop{false};
+// Rank 0 in service mode; set by the leader once the coordinator was told that the job leaves.
+std::atomic<bool> g_is_leader{false};
+std::atomic<bool> g_said_goodbye{false};
+// A leader that has not said goodbye by then is stuck in a step whose rank died: it exits, so that
+// it does not delay the coordinator's view of the loss (mpirun SIGKILLs after about 1 s anyway).
+constexpr auto kGoodbyeWithin = std::chrono::milliseconds(500);
 constexpr auto kSignalExitAfter = std::chrono::seconds(5);
 
 // Takes SIGTERM/SIGINT (blocked in every thread) synchronously: sets g_stop_requested, then ends
@@ -79,9 +86,10 @@ private:
         if (!g_graceful_stop) std::_Exit(128 + sig);
         spdlog::info("signal {} ({}): stopping", sig, strsignal(sig));
         g_stop_requested = true;
-        const auto until = std::chrono::steady_clock::now() + kSignalExitAfter;
-        while (!done_ && std::chrono::steady_clock::now() < until) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        const auto t0 = std::chrono::steady_clock::now();
+        while (!done_ && std::chrono::steady_clock::now() < t0 + kSignalExitAfter) {
+            if (g_is_leader && !g_said_goodbye && std::chrono::steady_clock::now() >= t0 + kGoodbyeWithin) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
         }
         if (!done_) std::_Exit(128 + sig);
     }
@@ -174,6 +182,8 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
         lc.secret = std::move(secret);
         lc.connect_timeout = std::chrono::milliseconds(args.connect_timeout_ms);
         lc.stop = &g_stop_requested;
+        lc.said_goodbye = &g_said_goodbye;
+        g_is_leader = true;
         s = run_leader(lc, *ckpt, pipeline.get());
     }
     Status down = pipeline->shutdown();

@@ -53,8 +53,8 @@ TEST(ShardSigtermTest, ACleanSigtermOfTheShardJobIsADepartureNotALoss) {
     EXPECT_NE(h.body.find("stopped by a signal"), std::string::npos) << h.body;
     const std::string coordinator_log = cluster.coordinator().log();
     EXPECT_EQ(coordinator_log.find("lost"), std::string::npos) << coordinator_log;
-    const std::string shard_log = cluster.shard()->log();
-    EXPECT_NE(shard_log.find("telling the coordinator that the shard job leaves"), std::string::npos) << shard_log;
+    // (The coordinator's word for it: mpirun may drop the ranks' last output while it stops them.)
+    EXPECT_NE(coordinator_log.find("shard job left: the shard job shut down"), std::string::npos) << coordinator_log;
     // The coordinator keeps serving: it answers the next request with a clear 503 (no job).
     const auto r2 = http_request(cluster.http(), "POST", "/v1/completions",
                                  R"({"model":"tiny-bf16","prompt":[5,6,7],"max_tokens":2})", {}, 30s);

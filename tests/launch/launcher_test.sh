@@ -195,7 +195,8 @@ stop_launcher() {
             echo "$after" | tail -40
             fail "SIGTERM: the shard job was reported lost or needed SIGKILL"
         fi
-        grep -q 'telling the coordinator that the shard job leaves' <<<"$after" ||
+        # (The coordinator's line: mpirun may drop the ranks' last output while it stops them.)
+        grep -q 'shard job left: the shard job shut down' <<<"$after" ||
             { echo "$after" | tail -40; fail "SIGTERM: the shard job's leader did not say goodbye"; }
     fi
     echo "SIGTERM: launcher exited 0, its processes ($kids) are gone"
