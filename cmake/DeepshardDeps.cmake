@@ -8,6 +8,7 @@ find_package(GTest REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 find_package(Boost 1.74 REQUIRED)
+find_package(OpenSSL 3 REQUIRED)  # control-port authentication (HMAC), TLS for control/HTTP/Thrift
 
 find_package(MPI COMPONENTS C CXX)
 set(DS_WITH_MPI ${MPI_FOUND})

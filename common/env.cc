@@ -16,6 +16,9 @@ const std::vector<EnvKnob>& env_knobs() {
         {"DS_COMM_TIMEOUT_MS", "30000", "deadline of every communicator operation"},
         {"DS_COMM_SPIN_US", "1000", "comm: busy-poll this long before yielding/sleeping while waiting"},
         {"DS_HEARTBEAT_MS", "500", "shard job <-> coordinator heartbeat period"},
+        {"DS_CONTROL_SECRET_FILE", "", "file (mode 0600) holding the shard job's control secret"},
+        {"DS_CONTROL_SECRET", "", "the control secret itself (for a leader host without the file)"},
+        {"DS_API_KEYS", "", "coordinator: API keys clients may present, comma-separated"},
         {"DS_PROGRESS", "auto", "loading progress bar: auto (on a terminal), on, off"},
     };
     return knobs;

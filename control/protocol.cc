@@ -40,6 +40,10 @@ public:
         put<uint32_t>(static_cast<uint32_t>(v.size()));
         for (const T& x : v) put<T>(x);
     }
+    template <size_t N>
+    void bytes(const std::array<uint8_t, N>& a) {
+        out_->append(reinterpret_cast<const char*>(a.data()), N);
+    }
 
 private:
     std::string* out_;
@@ -86,6 +90,17 @@ public:
         v->resize(c);
         if (c > 0) std::memcpy(v->data(), p_ + pos_, c * sizeof(T));
         pos_ += c * sizeof(T);
+        return true;
+    }
+    template <size_t N>
+    bool bytes(std::array<uint8_t, N>* a, const char* field) {
+        if (!status_.ok()) return false;
+        if (n_ - pos_ < N) {
+            status_ = protocol_error(std::string("truncated frame reading ") + field);
+            return false;
+        }
+        std::memcpy(a->data(), p_ + pos_, N);
+        pos_ += N;
         return true;
     }
     bool flag(uint8_t* v, const char* field) {
@@ -219,6 +234,21 @@ bool get_kv_ops(Reader& r, KvOps* k) {
 
 }  // namespace
 
+void encode(const AuthHello& m, std::string* out) {
+    frame(MessageType::kAuthHello, out, [&](Writer& w) { w.bytes(m.client_nonce); });
+}
+
+void encode(const AuthChallenge& m, std::string* out) {
+    frame(MessageType::kAuthChallenge, out, [&](Writer& w) {
+        w.bytes(m.server_nonce);
+        w.bytes(m.server_mac);
+    });
+}
+
+void encode(const AuthProof& m, std::string* out) {
+    frame(MessageType::kAuthProof, out, [&](Writer& w) { w.bytes(m.client_mac); });
+}
+
 void encode(const Hello& m, std::string* out) {
     frame(MessageType::kHello, out, [&](Writer& w) {
         w.put(m.version);
@@ -233,11 +263,18 @@ void encode(const Hello& m, std::string* out) {
         w.put(m.vocab_size);
         w.str(m.job_id);
         w.put(m.kv_domains);
+        w.put(m.resume_session);
+        w.put(m.received);
     });
 }
 
 void encode(const HelloAck& m, std::string* out) {
-    frame(MessageType::kHelloAck, out, [&](Writer& w) { w.put(m.session_id); });
+    frame(MessageType::kHelloAck, out, [&](Writer& w) {
+        w.put(m.session_id);
+        w.put(m.resumed);
+        w.put(m.received);
+        w.put(m.resume_grace_ms);
+    });
 }
 
 void encode(const Refuse& m, std::string* out) {
@@ -296,6 +333,7 @@ void encode(const Heartbeat& m, std::string* out) {
     frame(MessageType::kHeartbeat, out, [&](Writer& w) {
         w.put(m.sequence);
         w.put(m.unix_millis);
+        w.put(m.ack);
     });
 }
 
@@ -322,7 +360,7 @@ StatusOr<FrameHeader> decode_header(const uint8_t* data, size_t size) {
         return protocol_error("frame version " + std::to_string(version) + " is not the supported version " +
                               std::to_string(kVersion));
     }
-    if (type < static_cast<uint16_t>(MessageType::kHello) || type > static_cast<uint16_t>(MessageType::kShutdown)) {
+    if (type < static_cast<uint16_t>(MessageType::kHello) || type > kMaxMessageType) {
         return protocol_error("unknown frame type " + std::to_string(type));
     }
     if (length > kMaxPayload) {
@@ -357,7 +395,8 @@ StatusOr<Hello> decode_hello(const std::string& payload) {
         r.check(m.max_sequences <= kMaxSeqsPerBatch, "hello.max_sequences exceeds the limit") &&
         r.get(&m.vocab_size, "hello.vocab_size") && r.check(m.vocab_size >= 1, "hello.vocab_size is 0") &&
         r.str(&m.job_id, kMaxReasonBytes, "hello.job_id") && r.get(&m.kv_domains, "hello.kv_domains") &&
-        r.check(m.kv_domains >= 1 && m.kv_domains <= m.world_size, "hello.kv_domains out of range [1, world_size]");
+        r.check(m.kv_domains >= 1 && m.kv_domains <= m.world_size, "hello.kv_domains out of range [1, world_size]") &&
+        r.get(&m.resume_session, "hello.resume_session") && r.get(&m.received, "hello.received");
     DS_RETURN_IF_ERROR(r.finish("Hello"));
     return m;
 }
@@ -365,8 +404,34 @@ StatusOr<Hello> decode_hello(const std::string& payload) {
 StatusOr<HelloAck> decode_hello_ack(const std::string& payload) {
     Reader r(payload);
     HelloAck m;
-    r.get(&m.session_id, "hello_ack.session_id");
+    r.get(&m.session_id, "hello_ack.session_id") && r.check(m.session_id != 0, "hello_ack.session_id is 0") &&
+        r.flag(&m.resumed, "hello_ack.resumed") && r.get(&m.received, "hello_ack.received") &&
+        r.get(&m.resume_grace_ms, "hello_ack.resume_grace_ms");
     DS_RETURN_IF_ERROR(r.finish("HelloAck"));
+    return m;
+}
+
+StatusOr<AuthHello> decode_auth_hello(const std::string& payload) {
+    Reader r(payload);
+    AuthHello m;
+    r.bytes(&m.client_nonce, "auth_hello.client_nonce");
+    DS_RETURN_IF_ERROR(r.finish("AuthHello"));
+    return m;
+}
+
+StatusOr<AuthChallenge> decode_auth_challenge(const std::string& payload) {
+    Reader r(payload);
+    AuthChallenge m;
+    r.bytes(&m.server_nonce, "auth_challenge.server_nonce") && r.bytes(&m.server_mac, "auth_challenge.server_mac");
+    DS_RETURN_IF_ERROR(r.finish("AuthChallenge"));
+    return m;
+}
+
+StatusOr<AuthProof> decode_auth_proof(const std::string& payload) {
+    Reader r(payload);
+    AuthProof m;
+    r.bytes(&m.client_mac, "auth_proof.client_mac");
+    DS_RETURN_IF_ERROR(r.finish("AuthProof"));
     return m;
 }
 
@@ -484,7 +549,8 @@ StatusOr<StepResult> decode_step_result(const std::string& payload) {
 StatusOr<Heartbeat> decode_heartbeat(const std::string& payload) {
     Reader r(payload);
     Heartbeat m;
-    r.get(&m.sequence, "heartbeat.sequence") && r.get(&m.unix_millis, "heartbeat.unix_millis");
+    r.get(&m.sequence, "heartbeat.sequence") && r.get(&m.unix_millis, "heartbeat.unix_millis") &&
+        r.get(&m.ack, "heartbeat.ack");
     DS_RETURN_IF_ERROR(r.finish("Heartbeat"));
     return m;
 }
@@ -495,6 +561,22 @@ StatusOr<Shutdown> decode_shutdown(const std::string& payload) {
     r.str(&m.reason, kMaxReasonBytes, "shutdown.reason");
     DS_RETURN_IF_ERROR(r.finish("Shutdown"));
     return m;
+}
+
+const char* message_type_name(MessageType type) {
+    switch (type) {
+        case MessageType::kHello: return "Hello";
+        case MessageType::kHelloAck: return "HelloAck";
+        case MessageType::kRefuse: return "Refuse";
+        case MessageType::kStepBatch: return "StepBatch";
+        case MessageType::kStepResult: return "StepResult";
+        case MessageType::kHeartbeat: return "Heartbeat";
+        case MessageType::kShutdown: return "Shutdown";
+        case MessageType::kAuthHello: return "AuthHello";
+        case MessageType::kAuthChallenge: return "AuthChallenge";
+        case MessageType::kAuthProof: return "AuthProof";
+    }
+    return "unknown";
 }
 
 }  // namespace deepshard::control

@@ -5,13 +5,26 @@
 // frame is a kProtocol error that names the field, and the connection is dropped.
 //
 // Sequence of a session:
-//   leader -> Hello{version, fingerprint, plan, capacity}
-//   coordinator -> HelloAck | Refuse{reason}          (fingerprint or plan mismatch is refused)
+//   leader -> AuthHello{client nonce}
+//   coordinator -> AuthChallenge{server nonce, MAC_K("coordinator", nonces, channel)} | Refuse
+//   leader -> AuthProof{MAC_K("leader", nonces, channel)}   (after checking the coordinator's MAC)
+//   leader -> Hello{version, fingerprint, plan, capacity, resume_session, received}
+//   coordinator -> HelloAck | Refuse{reason}          (bad proof, fingerprint or plan mismatch)
 //   coordinator -> StepBatch ...      leader -> StepResult (same step_id; up to P batches in flight)
-//   both ways   -> Heartbeat every DS_HEARTBEAT_MS; silence for several periods = peer lost
+//   both ways   -> Heartbeat{ack} every DS_HEARTBEAT_MS; silence for several periods = link lost
 //   either      -> Shutdown{reason}
+// K is the job's shared secret (auth.h); "channel" is the TLS exporter value when the link is TLS
+// (so a man in the middle terminating TLS cannot relay the proofs), empty otherwise. Until the
+// proof checks out a peer may send only the few bytes of the handshake (kMaxHandshakePayload).
+//
+// Resume: StepBatch and StepResult are the session's data frames; each side numbers the ones it
+// sends (1, 2, ...), keeps them until the peer acknowledges them (Heartbeat.ack = data frames
+// received so far) and, after a reconnect within the coordinator's grace period, resends the ones
+// the peer has not received (Hello.received / HelloAck.received). A network blip therefore loses
+// and duplicates nothing.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -22,8 +35,16 @@
 namespace deepshard::control {
 
 inline constexpr uint32_t kMagic = 0x50435344;  // "DSCP"
-inline constexpr uint16_t kVersion = 2;  // 2: kv_domains, StepBatch.kv, StepResult.kv
-inline constexpr uint32_t kMaxPayload = 256u << 20;
+inline constexpr uint16_t kVersion = 2;  // 2: kv_domains, StepBatch.kv, StepResult.kv; authentication; resume
+// Payload limits per connection state (a peer's budget grows only as it proves who it is).
+inline constexpr uint32_t kMaxHandshakePayload = 96;   // AuthHello / AuthChallenge / AuthProof
+inline constexpr uint32_t kMaxRefusePayload = 64u << 10;
+inline constexpr uint32_t kMaxHelloPayload = (16u << 20) + (64u << 10);  // plan JSON + job id
+inline constexpr uint32_t kMaxPayload = 256u << 20;    // session frames (StepBatch / StepResult)
+inline constexpr size_t kNonceBytes = 32;
+inline constexpr size_t kMacBytes = 32;  // HMAC-SHA256
+using Nonce = std::array<uint8_t, kNonceBytes>;
+using Mac = std::array<uint8_t, kMacBytes>;
 
 enum class MessageType : uint16_t {
     kHello = 1,
@@ -33,6 +54,28 @@ enum class MessageType : uint16_t {
     kStepResult = 5,
     kHeartbeat = 6,
     kShutdown = 7,
+    kAuthHello = 8,
+    kAuthChallenge = 9,
+    kAuthProof = 10,
+};
+inline constexpr uint16_t kMaxMessageType = 10;
+
+// Bit of a message type in a set of allowed types (FramedConnection's read policy).
+constexpr uint32_t type_bit(MessageType t) {
+    return 1u << static_cast<uint16_t>(t);
+}
+
+struct AuthHello {
+    Nonce client_nonce{};
+};
+
+struct AuthChallenge {
+    Nonce server_nonce{};
+    Mac server_mac{};  // proves the coordinator holds the secret
+};
+
+struct AuthProof {
+    Mac client_mac{};  // proves the leader holds the secret
 };
 
 struct Hello {
@@ -51,10 +94,15 @@ struct Hello {
     // cache), ranks_per_stage with data-parallel attention (each local rank its own sequences).
     // kv_blocks is per domain.
     uint32_t kv_domains = 1;
+    uint64_t resume_session = 0;      // non-zero: continue this session after a reconnect
+    uint64_t received = 0;            // data frames received in that session so far
 };
 
 struct HelloAck {
     uint64_t session_id = 0;
+    uint8_t resumed = 0;              // 1: the session continues (see Hello.resume_session)
+    uint64_t received = 0;            // data frames the coordinator received in the session
+    uint32_t resume_grace_ms = 0;     // how long the coordinator keeps a session whose link broke
 };
 
 struct Refuse {
@@ -156,6 +204,7 @@ struct StepResult {
 struct Heartbeat {
     uint64_t sequence = 0;
     uint64_t unix_millis = 0;
+    uint64_t ack = 0;                 // data frames received in the session so far
 };
 
 struct Shutdown {
@@ -171,6 +220,9 @@ struct FrameHeader {
 inline constexpr size_t kFrameHeaderSize = 12;
 
 // Encoders append a complete frame (header + payload) to `out`.
+void encode(const AuthHello& m, std::string* out);
+void encode(const AuthChallenge& m, std::string* out);
+void encode(const AuthProof& m, std::string* out);
 void encode(const Hello& m, std::string* out);
 void encode(const HelloAck& m, std::string* out);
 void encode(const Refuse& m, std::string* out);
@@ -182,6 +234,9 @@ void encode(const Shutdown& m, std::string* out);
 // Parses and validates a 12-byte header (magic, version, known type, length <= kMaxPayload).
 StatusOr<FrameHeader> decode_header(const uint8_t* data, size_t size);
 // Decoders validate every field of the payload; trailing bytes are an error.
+StatusOr<AuthHello> decode_auth_hello(const std::string& payload);
+StatusOr<AuthChallenge> decode_auth_challenge(const std::string& payload);
+StatusOr<AuthProof> decode_auth_proof(const std::string& payload);
 StatusOr<Hello> decode_hello(const std::string& payload);
 StatusOr<HelloAck> decode_hello_ack(const std::string& payload);
 StatusOr<Refuse> decode_refuse(const std::string& payload);
@@ -189,5 +244,8 @@ StatusOr<StepBatch> decode_step_batch(const std::string& payload);
 StatusOr<StepResult> decode_step_result(const std::string& payload);
 StatusOr<Heartbeat> decode_heartbeat(const std::string& payload);
 StatusOr<Shutdown> decode_shutdown(const std::string& payload);
+
+// "Hello", "StepBatch", ... for messages.
+const char* message_type_name(MessageType type);
 
 }  // namespace deepshard::control

@@ -29,15 +29,23 @@ StatusOr<std::unique_ptr<Engine>> Engine::start(EngineOptions options, ModelInfo
 
 Engine::~Engine() {
     {
-        std::lock_guard lock(mu_);
+        std::lock_guard lock(inbox_mu_);
         stop_ = true;
     }
-    cv_.notify_all();
+    inbox_cv_.notify_all();
     if (thread_.joinable()) thread_.join();
     control_.reset();  // tells the shard job to shut down
     // Nothing accepted is silently lost: whatever is still pending ends with an error.
     std::lock_guard lock(mu_);
     scheduler_.detach(unavailable("the coordinator is shutting down"));
+}
+
+void Engine::wake() {
+    {
+        std::lock_guard lock(inbox_mu_);
+        work_ = true;
+    }
+    inbox_cv_.notify_all();
 }
 
 StatusOr<std::shared_ptr<Request>> Engine::submit(GenerateParams params, bool want_logprobs) {
@@ -60,6 +68,10 @@ StatusOr<std::shared_ptr<Request>> Engine::submit(GenerateParams params, bool wa
     spec.sink = req;
     {
         std::lock_guard lock(mu_);
+        if (draining_) {
+            metrics_->requests_rejected++;
+            return unavailable("the coordinator is shutting down");
+        }
         if (!scheduler_.attached() && !options_.scheduler.retry) {
             metrics_->requests_rejected++;
             return unavailable("no shard job is serving the model (" + unavailable_reason_ + ")");
@@ -70,9 +82,8 @@ StatusOr<std::shared_ptr<Request>> Engine::submit(GenerateParams params, bool wa
             return id.status();
         }
         req->set_id(*id);
-        work_ = true;
     }
-    cv_.notify_all();
+    wake();
     return req;
 }
 
@@ -80,20 +91,44 @@ void Engine::cancel(const std::shared_ptr<Request>& request) {
     {
         std::lock_guard lock(mu_);
         scheduler_.cancel(request->id());
-        work_ = true;
     }
-    cv_.notify_all();
+    wake();
+}
+
+size_t Engine::drain(milliseconds timeout) {
+    {
+        std::lock_guard lock(mu_);
+        draining_ = true;
+    }
+    const auto until = Clock::now() + timeout;
+    for (;;) {
+        {
+            std::lock_guard lock(mu_);
+            if (scheduler_.idle()) return 0;
+            if (Clock::now() >= until) {
+                const SchedulerStats st = scheduler_.stats();
+                const size_t left = st.queued + st.running;
+                spdlog::warn("shutdown: {} request(s) still running after {} ms; ending them with an error", left,
+                             timeout.count());
+                scheduler_.fail_all(unavailable("the coordinator is shutting down (the request did not finish within "
+                                                "the " + std::to_string(timeout.count()) + " ms drain period)"));
+                return left;
+            }
+        }
+        std::this_thread::sleep_for(milliseconds(10));
+    }
 }
 
 HealthInfo Engine::health() const {
     std::lock_guard lock(mu_);
     HealthInfo h;
-    h.available = scheduler_.attached();
+    h.draining = draining_;
+    h.available = scheduler_.attached() && !draining_;
     if (leader_) {
         h.shard_job = leader_->hello.job_id;
         h.session_id = leader_->session_id;
     }
-    if (!h.available) h.reason = unavailable_reason_;
+    if (!h.available) h.reason = draining_ ? "the coordinator is shutting down" : unavailable_reason_;
     return h;
 }
 
@@ -119,11 +154,14 @@ EngineStats Engine::stats() const {
 std::string Engine::metrics_text() const {
     SchedulerStats st;
     bool up = false;
+    bool link = false;
     {
         std::lock_guard lock(mu_);
         st = scheduler_.stats();
         up = scheduler_.attached();
+        link = up && link_up_;
     }
+    const ctl::ControlServerStats cs = control_->stats();
     std::string out;
     // Names follow the Prometheus conventions: unit suffix (plural, e.g. _blocks, _tokens,
     // _seconds), _total only on counters, _ratio for fractions. observability/ reads them.
@@ -171,6 +209,21 @@ std::string Engine::metrics_text() const {
     render_counter(&out, "deepshard_shard_registrations_total", "Shard job registrations",
                    static_cast<double>(metrics_->shard_registrations));
     render_counter(&out, "deepshard_shard_losses_total", "Shard jobs lost", static_cast<double>(metrics_->shard_losses));
+    render_counter(&out, "deepshard_step_timeouts_total", "Step batches that missed their deadline (job dropped)",
+                   static_cast<double>(metrics_->step_timeouts));
+    render_gauge(&out, "deepshard_control_link_up", "1 when the registered shard job's control link is connected",
+                 link ? 1 : 0);
+    render_counter(&out, "deepshard_control_resumes_total", "Control sessions resumed after a broken link",
+                   static_cast<double>(cs.resumes));
+    render_gauge(&out, "deepshard_control_pending_connections", "Control connections not (yet) authenticated",
+                 static_cast<double>(cs.pending_connections));
+    render_counter(&out, "deepshard_control_auth_failures_total", "Control connections with a wrong proof",
+                   static_cast<double>(cs.auth_failures));
+    render_counter(&out, "deepshard_control_evicted_total",
+                   "Unauthenticated control connections pushed out by newer ones (cap reached)",
+                   static_cast<double>(cs.pending_evicted));
+    render_counter(&out, "deepshard_control_handshake_timeouts_total", "Control handshakes not finished in time",
+                   static_cast<double>(cs.handshake_timeouts));
     metrics_->ttft.render(&out);
     metrics_->itl.render(&out);
     metrics_->step_time.render(&out);
@@ -179,60 +232,129 @@ std::string Engine::metrics_text() const {
     return out;
 }
 
+// The ControlListener methods run on the control I/O thread: they only fill the inbox.
 void Engine::on_registered(const ctl::LeaderInfo& leader) {
     {
-        std::lock_guard lock(mu_);
+        std::lock_guard lock(inbox_mu_);
         pending_leader_ = leader;
         work_ = true;
     }
-    cv_.notify_all();
+    inbox_cv_.notify_all();
 }
 
 void Engine::on_result(uint64_t session_id, ctl::StepResult result) {
     {
-        std::lock_guard lock(mu_);
+        std::lock_guard lock(inbox_mu_);
         pending_results_.emplace_back(session_id, std::move(result));
         work_ = true;
     }
-    cv_.notify_all();
+    inbox_cv_.notify_all();
 }
 
 void Engine::on_lost(uint64_t session_id, const Status& reason) {
     {
-        std::lock_guard lock(mu_);
+        std::lock_guard lock(inbox_mu_);
         pending_lost_.emplace_back(session_id, reason);
         work_ = true;
     }
-    cv_.notify_all();
+    inbox_cv_.notify_all();
+}
+
+void Engine::on_link(uint64_t session_id, bool connected, const Status& why) {
+    {
+        std::lock_guard lock(inbox_mu_);
+        pending_link_.emplace_back(session_id, connected, why);
+        work_ = true;
+    }
+    inbox_cv_.notify_all();
+}
+
+milliseconds Engine::step_deadline(int64_t tokens) const {
+    const double expected = std::max(est_step_s_, est_token_s_ * static_cast<double>(std::max<int64_t>(tokens, 1)));
+    const auto derived = milliseconds(static_cast<int64_t>(options_.step_timeout_factor * expected * 1000.0));
+    return std::max(options_.step_timeout_min, derived);
+}
+
+void Engine::check_step_deadlines(Clock::time_point now) {
+    if (!leader_ || !link_up_) return;
+    for (const auto& [step_id, st] : step_sent_) {
+        const milliseconds limit = step_deadline(st.tokens);
+        if (now - st.sent <= limit) continue;
+        const uint64_t session = leader_->session_id;
+        char buf[256];
+        std::snprintf(buf, sizeof(buf),
+                      "step %llu (%lld tokens) did not come back within %lld ms (measured step time %.0f ms); "
+                      "the shard job is treated as lost",
+                      static_cast<unsigned long long>(step_id), static_cast<long long>(st.tokens),
+                      static_cast<long long>(limit.count()), est_step_s_ * 1000.0);
+        const Status why = deadline_exceeded(buf);
+        metrics_->shard_losses++;
+        metrics_->step_timeouts++;
+        unavailable_reason_ = "shard job lost: " + why.message();
+        spdlog::error("{}; {} in-flight requests {}", why.message(), scheduler_.stats().running,
+                      options_.scheduler.retry ? "re-queued (--retry)" : "failed");
+        scheduler_.detach(why);
+        leader_.reset();
+        step_sent_.clear();
+        control_->drop_leader(session, why.message());
+        return;
+    }
 }
 
 void Engine::loop() {
-    std::unique_lock lock(mu_);
-    while (!stop_) {
-        // The timeout bounds how late a deadline is noticed.
-        cv_.wait_for(lock, milliseconds(20), [&] { return stop_ || work_; });
-        if (stop_) break;
-        work_ = false;
+    for (;;) {
+        std::optional<ctl::LeaderInfo> registered;
+        std::vector<std::pair<uint64_t, Status>> lost;
+        std::vector<std::pair<uint64_t, ctl::StepResult>> results;
+        std::vector<std::tuple<uint64_t, bool, Status>> links;
+        {
+            std::unique_lock il(inbox_mu_);
+            // The timeout bounds how late a deadline is noticed.
+            inbox_cv_.wait_for(il, milliseconds(20), [&] { return stop_ || work_; });
+            if (stop_) break;
+            work_ = false;
+            registered = std::move(pending_leader_);
+            pending_leader_.reset();
+            lost.swap(pending_lost_);
+            results.swap(pending_results_);
+            links.swap(pending_link_);
+        }
+        std::lock_guard lock(mu_);
         const auto t0 = Clock::now();
         // Order matters: a loss followed by a new registration in the same wake-up must detach
         // the old session before attaching the new one.
-        for (auto& [session, reason] : pending_lost_) {
+        for (auto& [session, reason] : lost) {
             if (leader_ && leader_->session_id == session) {
-                metrics_->shard_losses++;
-                unavailable_reason_ = "shard job lost: " + reason.message();
-                spdlog::warn("{}; {} in-flight requests {}", unavailable_reason_, scheduler_.stats().running,
-                             options_.scheduler.retry ? "re-queued (--retry)" : "failed");
-                scheduler_.detach(reason);
+                // kCancelled: the job left on purpose (its leader sent Shutdown, e.g. on SIGTERM).
+                const bool left = reason.code() == StatusCode::kCancelled;
+                const size_t running = scheduler_.stats().running;
+                const char* fate = options_.scheduler.retry ? "re-queued (--retry)" : "failed";
+                if (left) {
+                    unavailable_reason_ = "shard job left: " + reason.message();
+                    spdlog::info("{}; {} in-flight requests {}", unavailable_reason_, running, fate);
+                } else {
+                    metrics_->shard_losses++;
+                    unavailable_reason_ = "shard job lost: " + reason.message();
+                    spdlog::warn("{}; {} in-flight requests {}", unavailable_reason_, running, fate);
+                }
+                scheduler_.detach(left ? unavailable(unavailable_reason_) : reason);
                 leader_.reset();
                 step_sent_.clear();
-                pending_results_.clear();
+                results.clear();
             }
         }
-        pending_lost_.clear();
-        if (pending_leader_) {
-            const auto& h = pending_leader_->hello;
+        for (auto& [session, connected, why] : links) {
+            if (!leader_ || leader_->session_id != session) continue;
+            link_up_ = connected;
+            // Steps in flight could not come back while the link was down: their clocks restart.
+            if (connected) {
+                for (auto& [id, st] : step_sent_) st.sent = t0;
+            }
+        }
+        if (registered) {
+            const auto& h = registered->hello;
             Capacity cap;
-            cap.session_id = pending_leader_->session_id;
+            cap.session_id = registered->session_id;
             cap.kv_blocks = h.kv_blocks;
             cap.kv_block_size = h.kv_block_size;
             cap.pipeline_stages = h.pipeline_stages;
@@ -242,20 +364,24 @@ void Engine::loop() {
             cap.kv_domains = h.kv_domains;
             if (leader_) scheduler_.detach(unavailable("replaced by a new shard job"));
             scheduler_.attach(cap);
-            leader_ = std::move(pending_leader_);
-            pending_leader_.reset();
+            leader_ = std::move(registered);
             metrics_->shard_registrations++;
             step_sent_.clear();
+            link_up_ = true;
         }
-        std::vector<std::pair<uint64_t, ctl::StepResult>> results = std::move(pending_results_);
-        pending_results_.clear();
         const auto now = Clock::now();
         int steps = 0;
         for (auto& [session, r] : results) {
             if (!leader_ || leader_->session_id != session) continue;  // from a lost job
             auto sent = step_sent_.find(r.step_id);
             if (sent != step_sent_.end()) {
-                metrics_->step_time.observe(std::chrono::duration<double>(now - sent->second).count());
+                const double rt = std::chrono::duration<double>(now - sent->second.sent).count();
+                metrics_->step_time.observe(rt);
+                const double per_token = rt / static_cast<double>(std::max<int64_t>(sent->second.tokens, 1));
+                // A moving average that follows slow steps at once and fast ones gradually, so that
+                // one quick step after a slow one does not shrink the deadline below what is normal.
+                est_step_s_ = rt > est_step_s_ ? rt : 0.9 * est_step_s_ + 0.1 * rt;
+                est_token_s_ = per_token > est_token_s_ ? per_token : 0.9 * est_token_s_ + 0.1 * per_token;
                 step_sent_.erase(sent);
             }
             metrics_->shard_step.observe(r.step_seconds);
@@ -268,10 +394,13 @@ void Engine::loop() {
             }
         }
         scheduler_.expire(now);
+        check_step_deadlines(now);
         while (leader_) {
             auto batch = scheduler_.next_batch(now);
             if (!batch) break;
-            step_sent_[batch->step_id] = Clock::now();
+            int64_t tokens = 0;
+            for (const auto& w : batch->seqs) tokens += static_cast<int64_t>(w.tokens.size());
+            step_sent_[batch->step_id] = InFlightStep{Clock::now(), tokens};
             Status s = control_->send_batch(leader_->session_id, *batch);
             if (!s.ok()) break;  // the loss notification follows and fails/re-queues the work
         }

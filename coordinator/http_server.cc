@@ -20,10 +20,13 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "control/auth.h"
 #include "control/connection.h"
+#include "control/tls_context.h"
 #include "coordinator/openai_api.h"
 
 namespace deepshard::coordinator {
@@ -34,14 +37,14 @@ namespace http = beast::http;
 using tcp = asio::ip::tcp;
 using json = nlohmann::json;
 
-class Session;
-
 struct HttpServer::Impl {
     HttpOptions options;
     Engine* engine = nullptr;
     ApiContext ctx;
     uint64_t id_salt = 0;
+    std::shared_ptr<asio::ssl::context> tls;  // set: every connection is TLS
     std::atomic<size_t> connections{0};
+    std::atomic<size_t> busy{0};  // connections between reading a request and finishing its response
     std::atomic<bool> stopping{false};
 
     // Requests that a session may still be subscribed to (see ~HttpServer).
@@ -71,27 +74,52 @@ std::string strip_query(beast::string_view target) {
     return q == std::string::npos ? t : t.substr(0, q);
 }
 
-bool constant_time_equal(const std::string& a, const std::string& b) {
-    if (a.size() != b.size()) return false;
-    unsigned char diff = 0;
-    for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-    return diff == 0;
-}
+template <typename Stream>
+constexpr bool kIsTls = !std::is_same_v<Stream, beast::tcp_stream>;
 
 }  // namespace
 
-class Session : public std::enable_shared_from_this<Session> {
+// One connection; Stream is beast::tcp_stream or beast::ssl_stream<beast::tcp_stream>.
+template <typename Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
 public:
-    Session(tcp::socket socket, HttpServer::Impl* impl) : stream_(std::move(socket)), impl_(impl) {}
+    template <typename... Args>
+    explicit Session(HttpServer::Impl* impl, Args&&... args) : stream_(std::forward<Args>(args)...), impl_(impl) {}
 
     ~Session() {
         end_request();
+        set_busy(false);
         impl_->connections--;
     }
 
-    void start() { do_read(); }
+    void start() {
+        if constexpr (kIsTls<Stream>) {
+            // The TLS handshake is part of the header deadline: a silent peer cannot hold the slot.
+            tcp().expires_after(impl_->options.header_timeout);
+            stream_.async_handshake(asio::ssl::stream_base::server,
+                                    [self = this->shared_from_this()](beast::error_code ec) {
+                                        if (ec) return self->hard_close();
+                                        self->do_read();
+                                    });
+        } else {
+            do_read();
+        }
+    }
 
 private:
+    beast::tcp_stream& tcp() { return beast::get_lowest_layer(stream_); }
+    std::shared_ptr<Session> shared_from_this() { return std::enable_shared_from_this<Session<Stream>>::shared_from_this(); }
+
+    void set_busy(bool b) {
+        if (b == busy_) return;
+        busy_ = b;
+        if (b) {
+            impl_->busy++;
+        } else {
+            impl_->busy--;
+        }
+    }
+
     // ---- reading -------------------------------------------------------------------------------
     void do_read() {
         parser_.emplace();
@@ -99,7 +127,7 @@ private:
         parser_->body_limit(impl_->options.max_body_bytes);
         // One deadline for the whole header (idle keep-alive time included): a client that
         // trickles bytes cannot hold the connection.
-        stream_.expires_after(impl_->options.header_timeout);
+        tcp().expires_after(impl_->options.header_timeout);
         http::async_read_header(stream_, buffer_, *parser_,
                                 [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
     }
@@ -127,7 +155,7 @@ private:
         auto& req = parser_->get();
         if (beast::iequals(req[http::field::expect], "100-continue")) {
             continue_ = std::make_shared<std::string>("HTTP/1.1 100 Continue\r\n\r\n");
-            stream_.expires_after(impl_->options.write_timeout);
+            tcp().expires_after(impl_->options.write_timeout);
             asio::async_write(stream_, asio::buffer(*continue_),
                               [self = shared_from_this()](beast::error_code e, size_t) {
                                   if (e) return self->close();
@@ -139,10 +167,10 @@ private:
     }
 
     void read_body() {
-        stream_.expires_after(impl_->options.body_timeout);
+        tcp().expires_after(impl_->options.body_timeout);
         http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
             if (self->read_failed(ec)) return;
-            self->stream_.expires_never();
+            self->tcp().expires_never();
             self->handle_guarded(self->parser_->release());
         });
     }
@@ -162,6 +190,7 @@ private:
 
     // ---- routing -------------------------------------------------------------------------------
     void handle(http::request<http::string_body> req) {
+        set_busy(true);
         keep_alive_ = req.keep_alive();
         const std::string path = strip_query(req.target());
         const bool is_get = req.method() == http::verb::get || req.method() == http::verb::head;
@@ -175,9 +204,10 @@ private:
             return send_response(200, impl_->engine->metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
         }
         const bool v1 = path.rfind("/v1/", 0) == 0;
-        if (v1 && !impl_->options.api_key.empty()) {
+        if (v1 && impl_->options.api_keys.enabled()) {
             const std::string auth(req[http::field::authorization]);
-            if (!constant_time_equal(auth, "Bearer " + impl_->options.api_key)) {
+            const bool bearer = auth.rfind("Bearer ", 0) == 0;
+            if (!bearer || impl_->options.api_keys.match(auth.substr(7)) < 0) {
                 return send_error(401, "invalid_api_key",
                                   auth.empty() ? "missing API key: send 'Authorization: Bearer <key>'"
                                                : "invalid API key",
@@ -208,7 +238,8 @@ private:
 
     void send_health() {
         const HealthInfo h = impl_->engine->health();
-        json j = {{"status", h.available ? "ok" : "unavailable"}, {"model", impl_->ctx.model->name}};
+        json j = {{"status", h.available ? "ok" : h.draining ? "draining" : "unavailable"},
+                  {"model", impl_->ctx.model->name}};
         if (h.available) {
             j["shard_job"] = h.shard_job;
             j["session_id"] = h.session_id;
@@ -246,7 +277,7 @@ private:
             sres_.chunked(true);
             sr_.emplace(sres_);
             writing_ = true;
-            stream_.expires_after(impl_->options.write_timeout);
+            tcp().expires_after(impl_->options.write_timeout);
             http::async_write_header(stream_, *sr_, [self = shared_from_this()](beast::error_code ec, size_t) {
                 self->writing_ = false;
                 if (ec) return self->abandon();
@@ -269,10 +300,10 @@ private:
     // pipelined its next request, which stays in the kernel buffer until this one is answered).
     void watch_disconnect() {
         const uint64_t gen = ++watch_gen_;
-        stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), gen](beast::error_code ec) {
+        tcp().socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), gen](beast::error_code ec) {
             if (ec || gen != self->watch_gen_ || !self->request_) return;
             char byte;
-            const ssize_t n = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+            const ssize_t n = ::recv(self->tcp().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
                 return self->watch_disconnect();  // stale edge: wait again
             }
@@ -327,14 +358,14 @@ private:
         if (out.empty()) return;
         chunk_ = std::move(out);
         writing_ = true;
-        stream_.expires_after(impl_->options.write_timeout);
+        tcp().expires_after(impl_->options.write_timeout);
         asio::async_write(stream_, http::make_chunk(asio::buffer(chunk_)),
                           [self = shared_from_this()](beast::error_code ec, size_t) {
                               self->writing_ = false;
                               if (ec) return self->abandon();
                               if (!self->done_) return self->pump();
                               self->end_request();
-                              self->stream_.expires_after(self->impl_->options.write_timeout);
+                              self->tcp().expires_after(self->impl_->options.write_timeout);
                               asio::async_write(self->stream_, http::make_chunk_last(),
                                                 [self](beast::error_code e, size_t) {
                                                     if (e) return self->close();
@@ -391,7 +422,7 @@ private:
         if (close_after) keep_alive_ = false;
         res_.keep_alive(keep_alive_);
         res_.prepare_payload();
-        stream_.expires_after(impl_->options.write_timeout);
+        tcp().expires_after(impl_->options.write_timeout);
         http::async_write(stream_, res_, [self = shared_from_this()](beast::error_code ec, size_t) {
             if (ec) return self->close();
             self->after_response();
@@ -399,17 +430,31 @@ private:
     }
 
     void after_response() {
+        set_busy(false);
         if (!keep_alive_ || impl_->stopping.load()) return close();
         do_read();
     }
 
+    // After a complete exchange: TLS says goodbye properly (close_notify, bounded), then TCP.
     void close() {
-        beast::error_code ec;
-        stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-        stream_.close();
+        if constexpr (kIsTls<Stream>) {
+            if (!closing_) {
+                closing_ = true;
+                tcp().expires_after(std::chrono::seconds(2));
+                stream_.async_shutdown([self = shared_from_this()](beast::error_code) { self->hard_close(); });
+                return;
+            }
+        }
+        hard_close();
     }
 
-    beast::tcp_stream stream_;
+    void hard_close() {
+        beast::error_code ec;
+        tcp().socket().shutdown(tcp::socket::shutdown_send, ec);
+        tcp().close();
+    }
+
+    Stream stream_;
     HttpServer::Impl* impl_;
     beast::flat_buffer buffer_;
     std::optional<http::request_parser<http::string_body>> parser_;
@@ -429,6 +474,8 @@ private:
     bool writing_ = false;
     std::string chunk_;
     uint64_t watch_gen_ = 0;
+    bool busy_ = false;
+    bool closing_ = false;
     std::shared_ptr<Session> self_;  // set only while a request runs with no readiness wait pending
 };
 
@@ -442,7 +489,11 @@ void HttpServer::Impl::accept() {
             socket.close(ignored);  // over the limit: refuse by closing
         } else {
             connections++;
-            std::make_shared<Session>(std::move(socket), this)->start();
+            if (tls) {
+                std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(this, std::move(socket), *tls)->start();
+            } else {
+                std::make_shared<Session<beast::tcp_stream>>(this, std::move(socket))->start();
+            }
         }
         accept();
     });
@@ -459,6 +510,9 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::start(const HttpOptions& optio
     impl->ctx.model = &engine->model();
     impl->ctx.tokenizer = engine->tokenizer().get();
     impl->id_salt = std::random_device()() & 0xffffff;
+    if (options.tls.server_enabled()) {
+        DS_ASSIGN_OR_RETURN(impl->tls, control::make_tls_server_context(options.tls));
+    }
     impl->io = std::make_unique<asio::io_context>(std::max(1, options.threads));
     impl->acceptor = std::make_unique<tcp::acceptor>(*impl->io);
     try {
@@ -508,6 +562,23 @@ HttpServer::~HttpServer() {
     (void)impl_->engine->health();
     impl_->acceptor.reset();
     impl_->io.reset();  // destroys pending handlers and with them the sessions
+}
+
+void HttpServer::stop_accepting() {
+    impl_->stopping.store(true);
+    asio::post(*impl_->io, [impl = impl_.get()] {
+        beast::error_code ec;
+        impl->acceptor->close(ec);
+    });
+}
+
+bool HttpServer::wait_idle(std::chrono::milliseconds timeout) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (impl_->busy.load() > 0) {
+        if (std::chrono::steady_clock::now() >= until) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return true;
 }
 
 uint16_t HttpServer::port() const {

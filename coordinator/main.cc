@@ -5,16 +5,33 @@
 // With --ports-file the bound ports are written as JSON once every listener is up (tests bind
 // port 0 and read the real ports from there).
 #include <algorithm>
+//
+// Security: the control port admits only a shard job that proves it holds the control secret
+// (--control-secret-file; created 0600 when missing; without the flag a fresh one is made in the
+// temp directory, logged, named in the ports file and removed at exit). --tls-cert/--tls-key turn on
+// TLS for the control port, HTTP and Thrift together. API keys come from --api-key, --api-key-file
+// or DS_API_KEYS.
+//
+// Shutdown (SIGTERM/SIGINT) drains: the listeners close, new requests are refused, accepted ones
+// finish (SSE streams end with their last event and [DONE]) for up to --drain-timeout-s, then the
+// rest end with a "shutting down" error, and the shard job is told to stop.
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/env.h"
 #include "common/logging.h"
 #include "common/version.h"
+#include "common/secret_file.h"
+#include "control/auth.h"
+#include "coordinator/api_keys.h"
 #include "coordinator/engine.h"
 #include "coordinator/http_server.h"
 #include "coordinator/model_loader.h"
@@ -30,7 +47,11 @@ struct Args {
     std::string http = "127.0.0.1:8000";
     std::string thrift = "127.0.0.1:9090";
     std::string control = "127.0.0.1:7000";
-    std::string api_key;
+    std::vector<std::string> api_keys;
+    std::string api_key_file;
+    std::string control_secret_file;
+    std::string tls_cert;
+    std::string tls_key;
     std::string ports_file;
     bool retry = false;
     bool no_prefix_cache = false;
@@ -46,7 +67,35 @@ struct Args {
     size_t thrift_max_connections = 256;
     int64_t thrift_idle_timeout_ms = 60000;
     int64_t thrift_request_timeout_ms = 30000;
+    int64_t resume_grace_ms = 10000;
+    int64_t step_timeout_min_ms = 60000;
+    int64_t handshake_timeout_ms = 5000;
+    size_t max_pending_control = 8;
+    double drain_timeout_s = 30;
 };
+
+bool is_loopback(const std::string& host_port) {
+    return host_port.rfind("127.", 0) == 0 || host_port.rfind("[::1]", 0) == 0 || host_port.rfind("localhost:", 0) == 0;
+}
+
+// The control secret: the given file (created 0600 when it does not exist yet), else a fresh file
+// in the temp directory that the caller removes at exit (`created`).
+StatusOr<std::string> control_secret(const std::string& flag, std::string* path, bool* created) {
+    *created = false;
+    *path = flag.empty() ? env_str("DS_CONTROL_SECRET_FILE", "") : flag;
+    if (path->empty()) {
+        *path = (std::filesystem::temp_directory_path() /
+                 ("deepshard-control-" + std::to_string(getpid()) + ".secret")).string();
+        DS_RETURN_IF_ERROR(write_new_secret_file(*path));
+        *created = true;
+        spdlog::info("control secret written to {} (mode 0600); start the shard job with DS_CONTROL_SECRET_FILE={}",
+                     *path, *path);
+    } else if (!std::filesystem::exists(*path)) {
+        DS_RETURN_IF_ERROR(write_new_secret_file(*path));
+        spdlog::info("control secret written to {} (mode 0600)", *path);
+    }
+    return control::read_control_secret_file(*path);
+}
 
 Status read_file(const std::string& path, std::string* out) {
     std::ifstream in(path);
@@ -59,6 +108,30 @@ Status read_file(const std::string& path, std::string* out) {
 
 Status run(const Args& a) {
     DS_ASSIGN_OR_RETURN(LoadedModel m, load_model(a.model, a.name));
+    DS_ASSIGN_OR_RETURN(ApiKeys keys, ApiKeys::load(a.api_keys, a.api_key_file));
+    control::TlsFiles tls;
+    tls.cert = a.tls_cert;
+    tls.key = a.tls_key;
+    DS_RETURN_IF_ERROR(control::check_tls_server_files(tls));
+    if (!tls.server_enabled()) {
+        for (const std::string* addr : {&a.http, &a.thrift, &a.control}) {
+            if (!addr->empty() && !is_loopback(*addr)) {
+                spdlog::warn("{} is not a loopback address and TLS is off: traffic there is readable by anyone on the "
+                             "network (pass --tls-cert and --tls-key)",
+                             *addr);
+            }
+        }
+    }
+    std::string secret_path;
+    bool secret_created = false;
+    DS_ASSIGN_OR_RETURN(std::string secret, control_secret(a.control_secret_file, &secret_path, &secret_created));
+    struct RemoveOnExit {
+        std::string path;
+        ~RemoveOnExit() {
+            if (!path.empty()) std::remove(path.c_str());
+        }
+    } remove_secret{secret_created ? secret_path : ""};
+
     EngineOptions eo;
     eo.scheduler.max_queue = a.max_queue;
     eo.scheduler.max_running = a.max_running;
@@ -67,6 +140,12 @@ Status run(const Args& a) {
     eo.scheduler.retry = a.retry;
     eo.scheduler.prefix_cache = !a.no_prefix_cache;
     eo.control.listen = a.control;
+    eo.control.secret = std::move(secret);
+    eo.control.tls = tls;
+    eo.control.resume_grace = std::chrono::milliseconds(a.resume_grace_ms);
+    eo.control.handshake_timeout = std::chrono::milliseconds(a.handshake_timeout_ms);
+    eo.control.max_pending_connections = a.max_pending_control;
+    eo.step_timeout_min = std::chrono::milliseconds(a.step_timeout_min_ms);
     if (!a.plan.empty()) {
         std::string plan;
         DS_RETURN_IF_ERROR(read_file(a.plan, &plan));
@@ -90,7 +169,8 @@ Status run(const Args& a) {
     if (!a.http.empty()) {
         HttpOptions ho;
         ho.listen = a.http;
-        ho.api_key = a.api_key;
+        ho.api_keys = keys;
+        ho.tls = tls;
         ho.max_body_bytes = a.max_body;
         ho.header_timeout = std::chrono::milliseconds(a.header_timeout_ms);
         ho.write_timeout = std::chrono::milliseconds(a.write_timeout_ms);
@@ -101,7 +181,8 @@ Status run(const Args& a) {
     if (!a.thrift.empty()) {
         ThriftOptions to;
         to.listen = a.thrift;
-        to.api_key = a.api_key;
+        to.api_keys = keys;
+        to.tls = tls;
         to.max_connections = a.thrift_max_connections;
         to.idle_timeout = std::chrono::milliseconds(a.thrift_idle_timeout_ms);
         to.request_timeout = std::chrono::milliseconds(a.thrift_request_timeout_ms);
@@ -112,10 +193,13 @@ Status run(const Args& a) {
     nlohmann::json ports = {{"control", engine->control_port()},
                             {"http", http ? http->port() : 0},
                             {"thrift", thrift ? thrift->port() : 0},
-                            {"pid", static_cast<int64_t>(getpid())}};
-    spdlog::info("deepshard-coordinator serving '{}' (fingerprint {:016x}): control :{} http :{} thrift :{}{}",
+                            {"pid", static_cast<int64_t>(getpid())},
+                            {"control_secret_file", secret_path},
+                            {"tls", tls.server_enabled()}};
+    spdlog::info("deepshard-coordinator serving '{}' (fingerprint {:016x}): control :{} http :{} thrift :{}{}{}{}",
                  m.info.name, m.info.fingerprint, engine->control_port(), http ? http->port() : 0,
-                 thrift ? thrift->port() : 0, a.retry ? " (retry on shard loss)" : "");
+                 thrift ? thrift->port() : 0, a.retry ? " (retry on shard loss)" : "", tls.server_enabled() ? ", TLS" : "",
+                 keys.enabled() ? ", " + std::to_string(keys.size()) + " API key(s)" : "");
     if (!a.ports_file.empty()) {
         const std::string tmp = a.ports_file + ".tmp";
         {
@@ -127,10 +211,21 @@ Status run(const Args& a) {
     }
     int sig = 0;
     sigwait(&sigs, &sig);
-    spdlog::info("signal {}: shutting down", sig);
+    const auto drain = std::chrono::milliseconds(static_cast<int64_t>(a.drain_timeout_s * 1000));
+    spdlog::info("signal {} ({}): shutting down: no new requests; the accepted ones get up to {} s to finish", sig,
+                 strsignal(sig), a.drain_timeout_s);
+    if (http) http->stop_accepting();
+    if (thrift) thrift->stop_accepting();
+    const size_t failed = engine->drain(drain);
+    // The last SSE events and responses (including the "shutting down" errors) go out before
+    // the sockets close.
+    if (http && !http->wait_idle(std::chrono::seconds(5))) {
+        spdlog::warn("shutdown: some HTTP responses were still being written after 5 s");
+    }
     thrift.reset();
     http.reset();
     engine.reset();
+    spdlog::info("stopped{}", failed ? " (" + std::to_string(failed) + " request(s) ended with an error)" : "");
     return ok_status();
 }
 
@@ -150,7 +245,30 @@ int main(int argc, char** argv) {
     app.add_option("--http", a.http, "HTTP listen address HOST:PORT ('' disables)")->capture_default_str();
     app.add_option("--thrift", a.thrift, "Thrift listen address HOST:PORT ('' disables)")->capture_default_str();
     app.add_option("--control", a.control, "Control port for the shard job's leader")->capture_default_str();
-    app.add_option("--api-key", a.api_key, "Require this key (HTTP: Authorization: Bearer; Thrift: api_key)");
+    app.add_option("--api-key", a.api_keys,
+                   "Require this key (HTTP: Authorization: Bearer; Thrift: api_key); repeatable. Prefer "
+                   "--api-key-file or DS_API_KEYS: a command line is visible to every user");
+    app.add_option("--api-key-file", a.api_key_file, "File with API keys, one per line ('#' comments; mode 0600)");
+    app.add_option("--control-secret-file", a.control_secret_file,
+                   "The shard job's control secret (mode 0600; created if missing; default DS_CONTROL_SECRET_FILE, "
+                   "else a fresh file in the temp directory)");
+    app.add_option("--tls-cert", a.tls_cert, "PEM certificate chain: TLS on the control port, HTTP and Thrift");
+    app.add_option("--tls-key", a.tls_key, "PEM private key of --tls-cert");
+    app.add_option("--resume-grace-ms", a.resume_grace_ms,
+                   "How long a shard job whose control link broke may reconnect and resume (0: lost at once)")
+        ->capture_default_str();
+    app.add_option("--step-timeout-min-ms", a.step_timeout_min_ms,
+                   "Floor of the step deadline (a step not back by then, or 10x its measured time, loses the job)")
+        ->capture_default_str();
+    app.add_option("--handshake-timeout-ms", a.handshake_timeout_ms,
+                   "Deadline for a control connection to authenticate and register")
+        ->capture_default_str();
+    app.add_option("--max-pending-control", a.max_pending_control,
+                   "Unauthenticated control connections at once (the oldest is dropped beyond)")
+        ->capture_default_str();
+    app.add_option("--drain-timeout-s", a.drain_timeout_s,
+                   "On SIGTERM: how long accepted requests may still run before they end with an error")
+        ->capture_default_str();
     app.add_flag("--retry", a.retry, "On shard-job loss keep requests and rerun them when a job re-registers");
     app.add_flag("--no-prefix-cache", a.no_prefix_cache,
                  "Do not share KV blocks between requests with a common prompt prefix (cold-run baseline)");

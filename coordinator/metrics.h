@@ -45,6 +45,7 @@ struct Metrics {
     std::atomic<uint64_t> steps_total{0};
     std::atomic<uint64_t> shard_registrations{0};
     std::atomic<uint64_t> shard_losses{0};
+    std::atomic<uint64_t> step_timeouts{0};    // steps that did not come back by their deadline
 
     // deepshard_requests_finished_total{reason="stop|length|cancelled|error"}.
     void render_finished(std::string* out) const;

@@ -95,6 +95,12 @@ void Scheduler::finish(uint64_t id, FinishReason reason, const Status& error) {
     if (s.spec.sink) s.spec.sink->on_finish(reason, error);
 }
 
+void Scheduler::fail_all(const Status& error) {
+    std::vector<uint64_t> ids;
+    for (const auto& [id, s] : seqs_) ids.push_back(id);
+    for (uint64_t id : ids) finish(id, FinishReason::kError, error);
+}
+
 void Scheduler::attach(const Capacity& capacity) {
     capacity_ = capacity;
     pending_release_.clear();

@@ -149,6 +149,8 @@ public:
     Status on_result(const control::StepResult& result, Clock::time_point now);
     // Fails every sequence whose deadline has passed.
     void expire(Clock::time_point now);
+    // Ends every queued and running sequence with kError(`error`), retry or not (shutdown).
+    void fail_all(const Status& error);
 
     SchedulerStats stats() const;
     bool idle() const { return queue_.empty() && running_.empty(); }

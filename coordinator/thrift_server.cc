@@ -18,6 +18,8 @@
 #include <thrift/protocol/TBinaryProtocol.h>
 #include <thrift/server/TThreadedServer.h>
 #include <thrift/transport/TBufferTransports.h>
+#include <thrift/transport/TSSLServerSocket.h>
+#include <thrift/transport/TSSLSocket.h>
 #include <thrift/transport/TServerSocket.h>
 
 #include "control/connection.h"
@@ -95,7 +97,7 @@ public:
     }
 
     void Generate(rpc::GenerateResponse& out, const rpc::GenerateRequest& request) override {
-        check_key(request.api_key);
+        (void)check_key(request.api_key);
         GenerateParams params = to_params(request);
         const bool want_lp = request.__isset.logprobs;
         auto submitted = engine_->submit(std::move(params), want_lp);
@@ -128,7 +130,7 @@ public:
     }
 
     int64_t Submit(const rpc::GenerateRequest& request) override {
-        check_key(request.api_key);
+        const int owner = check_key(request.api_key);
         GenerateParams params = to_params(request);
         {
             std::lock_guard lock(mu_);
@@ -145,14 +147,13 @@ public:
         std::shared_ptr<Request> r = std::move(submitted).value();
         const int64_t id = static_cast<int64_t>(r->id());
         std::lock_guard lock(mu_);
-        tracked_[id] = Tracked{r, Clock::now(), request.__isset.logprobs};
+        tracked_[id] = Tracked{r, Clock::now(), request.__isset.logprobs, owner};
         return id;
     }
 
     void Poll(rpc::PollResponse& out, int64_t request_id, int64_t offset, int32_t wait_ms,
               const std::string& api_key) override {
-        check_key(api_key);
-        Tracked t = lookup(request_id);
+        Tracked t = lookup(request_id, check_key(api_key));
         if (offset < 0) {
             rpc::NotFound e;  // no InvalidRequest on Poll: an impossible offset names nothing
             e.message = "offset must be >= 0";
@@ -183,13 +184,12 @@ public:
     }
 
     void Cancel(int64_t request_id, const std::string& api_key) override {
-        check_key(api_key);
-        Tracked t = lookup(request_id);
+        Tracked t = lookup(request_id, check_key(api_key));
         engine_->cancel(t.request);
     }
 
     void Tokenize(std::vector<int32_t>& out, const std::string& text, bool add_bos, const std::string& api_key) override {
-        check_key(api_key);
+        (void)check_key(api_key);
         const auto& tok = engine_->tokenizer();
         if (!tok) throw_invalid("text", "this model has no tokenizer");
         auto ids = tok->encode(text, add_bos);
@@ -198,7 +198,7 @@ public:
     }
 
     void Detokenize(std::string& out, const std::vector<int32_t>& tokens, const std::string& api_key) override {
-        check_key(api_key);
+        (void)check_key(api_key);
         const auto& tok = engine_->tokenizer();
         if (!tok) throw_invalid("tokens", "this model has no tokenizer");
         for (int32_t t : tokens) {
@@ -254,6 +254,7 @@ private:
         std::shared_ptr<Request> request;
         Clock::time_point touched;
         bool logprobs = false;
+        int owner = -1;  // index of the API key that submitted it (-1: no keys configured)
     };
 
     bool stopping() {
@@ -261,19 +262,23 @@ private:
         return stopping_;
     }
 
-    void check_key(const std::string& key) const {
-        if (options_.api_key.empty()) return;
-        if (key != options_.api_key) {
+    // Which configured key `key` is (constant-time), -1 when keys are off; Unauthorized otherwise.
+    int check_key(const std::string& key) const {
+        if (!options_.api_keys.enabled()) return -1;
+        const int which = options_.api_keys.match(key);
+        if (which < 0) {
             rpc::Unauthorized e;
             e.message = key.empty() ? "missing api_key" : "invalid api_key";
             throw e;
         }
+        return which;
     }
 
-    Tracked lookup(int64_t id) {
+    // A request of another key is indistinguishable from one that does not exist.
+    Tracked lookup(int64_t id, int owner) {
         std::lock_guard lock(mu_);
         auto it = tracked_.find(id);
-        if (it == tracked_.end()) {
+        if (it == tracked_.end() || it->second.owner != owner) {
             rpc::NotFound e;
             e.message = "no submitted request with id " + std::to_string(id) + " (unknown or expired)";
             throw e;
@@ -308,6 +313,7 @@ private:
 struct ThriftServer::Impl {
     ThriftOptions options;  // outlives the server: the transports keep a reference
     std::shared_ptr<Handler> handler;
+    std::shared_ptr<th::transport::TServerSocket> socket;
     std::shared_ptr<th::server::TThreadedServer> server;
     std::thread thread;
     uint16_t port = 0;
@@ -396,7 +402,23 @@ StatusOr<std::unique_ptr<ThriftServer>> ThriftServer::start(const ThriftOptions&
     }
     auto impl = std::make_unique<Impl>();
     impl->handler = std::make_shared<Handler>(options, engine);
-    auto socket = std::make_shared<th::transport::TServerSocket>(host, port);
+    std::shared_ptr<th::transport::TServerSocket> socket;
+    if (options.tls.server_enabled()) {
+        DS_RETURN_IF_ERROR(control::check_tls_server_files(options.tls));
+        try {
+            auto factory = std::make_shared<th::transport::TSSLSocketFactory>(th::transport::SSLProtocol::TLSv1_2);
+            factory->server(true);
+            factory->loadCertificate(options.tls.cert.c_str());
+            factory->loadPrivateKey(options.tls.key.c_str());
+            factory->authenticate(false);  // clients authenticate with api_key, not certificates
+            socket = std::make_shared<th::transport::TSSLServerSocket>(host, port, factory);
+        } catch (const std::exception& e) {
+            return invalid_argument(std::string("--tls-cert/--tls-key for Thrift: ") + e.what());
+        }
+    } else {
+        socket = std::make_shared<th::transport::TServerSocket>(host, port);
+    }
+    impl->socket = socket;
     auto bound = std::make_shared<std::atomic<int>>(port);
     socket->setListenCallback([bound](THRIFT_SOCKET fd) {
         sockaddr_storage addr{};
@@ -438,6 +460,11 @@ ThriftServer::~ThriftServer() {
     impl_->handler->stop();
     impl_->server->stop();
     if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+void ThriftServer::stop_accepting() {
+    // serve() leaves its accept loop and closes the listener; connected clients keep being served.
+    impl_->socket->interrupt();
 }
 
 uint16_t ThriftServer::port() const {

@@ -4,6 +4,8 @@
 //
 // Submitted requests are kept for Poll until `keep_finished` after they finished (or after their
 // last Poll, whichever is later); at most `max_tracked` are kept (Submit beyond: Overloaded).
+// With API keys, a submitted request belongs to the key that submitted it: Poll and Cancel with
+// another key get NotFound, exactly as for an id that does not exist.
 // The destructor stops the server; blocked Generate/Poll calls return Unavailable.
 //
 // Hostile clients: at most `max_connections` are served at once (one thread each; further ones wait
@@ -24,13 +26,16 @@
 #include <string>
 
 #include "common/status.h"
+#include "control/tls.h"
+#include "coordinator/api_keys.h"
 #include "coordinator/engine.h"
 
 namespace deepshard::coordinator {
 
 struct ThriftOptions {
     std::string listen = "127.0.0.1:9090";  // port 0 picks a free port (see port())
-    std::string api_key;                    // non-empty: every call with an api_key field must match
+    ApiKeys api_keys;                       // any key set: every call with an api_key field must match
+    control::TlsFiles tls;                  // cert + key: TSSLServerSocket (TLS only)
     std::chrono::milliseconds keep_finished{300000};
     size_t max_tracked = 10000;
     size_t max_connections = 256;
@@ -49,6 +54,8 @@ public:
     ThriftServer& operator=(const ThriftServer&) = delete;
 
     uint16_t port() const;
+    // Shutdown, step 1: closes the listening socket; connected clients are still served.
+    void stop_accepting();
 
     struct Impl;
 

@@ -20,6 +20,7 @@
 #include <sstream>
 
 #include "common/logging.h"
+#include "common/secret_file.h"
 #include "launch/process.h"
 #include "topology/discovery.h"
 
@@ -251,6 +252,24 @@ StatusOr<Prepared> prepare(const LaunchOptions& o) {
         p.control_host = p.net.iface_ipv4.empty() ? host : p.net.iface_ipv4;
     }
     p.ports_file = p.run_dir + "/ports.json";
+    // A fresh secret per launch (a previous launch's file in a reused run dir is replaced).
+    p.secret_file = p.run_dir + "/control.secret";
+    fs::remove(p.secret_file, ec);
+    DS_RETURN_IF_ERROR(write_new_secret_file(p.secret_file));
+    if (p.plan.single_host()) {
+        p.secret_env.emplace_back("DS_CONTROL_SECRET_FILE", p.secret_file);
+    } else {
+        DS_ASSIGN_OR_RETURN(std::string value, read_secret_file(p.secret_file, "control secret file"));
+        p.secret_env.emplace_back("DS_CONTROL_SECRET", value);
+    }
+    std::string api_key_file = o.api_key_file;
+    if (!o.api_key.empty()) {
+        if (!api_key_file.empty()) return invalid_argument("pass --api-key or --api-key-file, not both");
+        api_key_file = p.run_dir + "/api-keys";
+        fs::remove(api_key_file, ec);
+        DS_RETURN_IF_ERROR(write_secret_file(api_key_file, o.api_key + "\n"));
+    }
+    if (o.tls_cert.empty() != o.tls_key.empty()) return invalid_argument("TLS needs both --tls-cert and --tls-key");
     p.coordinator_argv = {resolve_bin(o.coordinator_bin, "deepshard-coordinator"),
                           "--model",
                           o.model,
@@ -263,23 +282,24 @@ StatusOr<Prepared> prepare(const LaunchOptions& o) {
                           "--control",
                           control,
                           "--ports-file",
-                          p.ports_file};
-    if (!o.api_key.empty()) {
-        p.coordinator_argv.insert(p.coordinator_argv.end(), {"--api-key", o.api_key});
+                          p.ports_file,
+                          "--control-secret-file",
+                          p.secret_file};
+    if (!api_key_file.empty()) {
+        p.coordinator_argv.insert(p.coordinator_argv.end(), {"--api-key-file", api_key_file});
+    }
+    if (!o.tls_cert.empty()) {
+        p.coordinator_argv.insert(p.coordinator_argv.end(), {"--tls-cert", o.tls_cert, "--tls-key", o.tls_key});
     }
     if (o.coordinator_retry) {
         p.coordinator_argv.push_back("--retry");
     }
     p.coordinator_argv.insert(p.coordinator_argv.end(), o.coordinator_args.begin(), o.coordinator_args.end());
 
-    std::vector<std::string> shown = p.coordinator_argv;
-    for (size_t i = 0; i + 1 < shown.size(); ++i) {
-        if (shown[i] == "--api-key") {
-            shown[i + 1] = "***";
-        }
-    }
     const std::string env_text = launch_env_text(
-        p.env, {"coordinator: " + join(shown), "shard job:   " + join(shard_job_argv(o, p, p.control_host + ":PORT")),
+        p.env, {"coordinator: " + join(p.coordinator_argv),
+                "shard job:   " + join(shard_job_argv(o, p, p.control_host + ":PORT")),
+                "(the shard job's environment also holds " + p.secret_env.front().first + ")",
                 "(PORT: the control port in " + p.ports_file + ")"});
     DS_RETURN_IF_ERROR(write_file(p.run_dir + "/launch.env", env_text));
     return p;
@@ -332,10 +352,14 @@ std::vector<std::string> shard_job_argv(const LaunchOptions& o, const Prepared& 
         for (const auto& [k, v] : p.env.env) {
             a.insert(a.end(), {"-x", k});
         }
+        for (const auto& [k, v] : p.secret_env) {
+            a.insert(a.end(), {"-x", k});  // the name only: mpirun forwards the value from its environment
+        }
     }
     a.insert(a.end(), o.mpi_args.begin(), o.mpi_args.end());
     a.insert(a.end(), {resolve_bin(o.shard_bin, "deepshard-shard"), "--model", o.model, "--plan", o.plan,
                        "--coordinator", control});
+    if (!o.tls_cert.empty()) a.insert(a.end(), {"--control-tls", "--tls-ca", o.tls_cert});
     a.insert(a.end(), o.shard_args.begin(), o.shard_args.end());
     return a;
 }
@@ -368,6 +392,7 @@ public:
         }
         const std::string control = p_.control_host + ":" + std::to_string(control_port);
         std::vector<std::pair<std::string, std::string>> env = p_.env.env;
+        env.insert(env.end(), p_.secret_env.begin(), p_.secret_env.end());
         if (o_.launcher == "srun") {
             for (const auto& [k, v] : p_.env.mca) {
                 env.emplace_back("OMPI_MCA_" + k, v);

@@ -31,7 +31,10 @@ struct LaunchOptions {
     std::string http = "127.0.0.1:8000";
     std::string thrift = "127.0.0.1:9090";
     std::string control;  // "" = 127.0.0.1:0 on one host, <interface IPv4>:0 across hosts
-    std::string api_key;
+    std::string api_key;       // written to RUN/api-keys (0600); never on the coordinator's command line
+    std::string api_key_file;  // passed to the coordinator as is
+    std::string tls_cert;      // with tls_key: TLS for control, HTTP and Thrift; the shard job
+    std::string tls_key;       // verifies the control port against tls_cert
     bool coordinator_retry = false;  // the coordinator's --retry (re-run requests on a new job)
     std::vector<std::string> coordinator_args;
     double coordinator_timeout_s = 60;  // until its ports file appears
@@ -66,6 +69,12 @@ struct Prepared {
     std::vector<std::string> coordinator_argv;
     std::string ports_file;
     std::string control_host;  // what the shard leader dials (port comes from the ports file)
+    // The job's control secret: a fresh RUN/control.secret (0600) per launch. The coordinator gets
+    // its path; the shard job gets DS_CONTROL_SECRET_FILE (one host) or the value in
+    // DS_CONTROL_SECRET (several hosts: rank 0 may run where the file is not), in its environment
+    // only, never on a command line or in launch.env.
+    std::string secret_file;
+    std::vector<std::pair<std::string, std::string>> secret_env;
 };
 
 // Reads the plan, discovers this host, writes hostfile/rankfile/launch.env into the run dir.

@@ -30,7 +30,12 @@ int main(int argc, char** argv) {
     app.add_option("--thrift", o.thrift, "Coordinator Thrift address ('' disables)")->capture_default_str();
     app.add_option("--control", o.control,
                    "Coordinator control address (default 127.0.0.1:0 on one host, <interface IPv4>:0 across hosts)");
-    app.add_option("--api-key", o.api_key, "API key the coordinator requires");
+    app.add_option("--api-key", o.api_key,
+                   "API key the coordinator requires (handed over in a 0600 file; DS_API_KEYS or --api-key-file "
+                   "keep it off this command line too)");
+    app.add_option("--api-key-file", o.api_key_file, "File of API keys for the coordinator (one per line, mode 0600)");
+    app.add_option("--tls-cert", o.tls_cert, "PEM certificate: TLS on the control port, HTTP and Thrift");
+    app.add_option("--tls-key", o.tls_key, "PEM private key of --tls-cert");
     app.add_flag("--coordinator-retry", o.coordinator_retry,
                  "Coordinator keeps in-flight requests across a shard-job restart (its --retry)");
     app.add_option("--coordinator-arg", o.coordinator_args, "Extra coordinator argument (repeatable)")

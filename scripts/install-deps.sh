@@ -10,6 +10,7 @@ PKGS=(
   libpcre2-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
   openmpi-bin libopenmpi-dev libucx-dev ucx-utils
   libboost-dev libboost-system-dev libboost-program-options-dev
+  libssl-dev openssl
   libthrift-dev thrift-compiler libevent-dev python3-thrift
   libhwloc-dev hwloc libibverbs-dev ibverbs-utils
   python3 python3-numpy

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "control/leader_client.h"
@@ -31,7 +32,12 @@ Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoin
     gethostname(host, sizeof(host) - 1);
     hello.job_id = std::string(host) + ":" + std::to_string(getpid());
 
-    DS_ASSIGN_OR_RETURN(auto client, ctl::LeaderClient::connect(config.coordinator, hello, config.connect_timeout));
+    ctl::LeaderOptions lo;
+    lo.coordinator = config.coordinator;
+    lo.secret = config.secret;
+    lo.tls = config.tls;
+    lo.connect_timeout = config.connect_timeout;
+    DS_ASSIGN_OR_RETURN(auto client, ctl::LeaderClient::connect(lo, hello));
     spdlog::info("registered with the coordinator at {} ({} stages, {} KV blocks of {} tokens)", config.coordinator,
                  hello.pipeline_stages, hello.kv_blocks, hello.kv_block_size);
 
@@ -40,13 +46,18 @@ Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoin
     const size_t max_in_flight = static_cast<size_t>(layout.num_stages());
     std::map<uint64_t, std::chrono::steady_clock::time_point> started;
     auto last_activity = std::chrono::steady_clock::now();
+    // Idle waits stay short so that a stop request is seen promptly (mpirun SIGKILLs soon after
+    // forwarding SIGTERM); the idle ticks still go out every tick_every (from last_activity).
+    const auto idle_wait = std::min(tick_every, milliseconds(100));
     for (;;) {
-        // Hand finished steps back first.
+        const bool stopping = config.stop != nullptr && config.stop->load();
+        // Hand finished steps back first (when stopping, wait for every step in flight).
         for (;;) {
             bool ready = false;
             StepReply reply;
-            DS_RETURN_IF_ERROR(pipeline->collect(pipeline->in_flight() >= static_cast<int64_t>(max_in_flight), &ready,
-                                                 &reply));
+            const int64_t in_flight = pipeline->in_flight();
+            const bool block = in_flight >= static_cast<int64_t>(max_in_flight) || (stopping && in_flight > 0);
+            DS_RETURN_IF_ERROR(pipeline->collect(block, &ready, &reply));
             if (!ready) break;
             reply.result.step_seconds =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started[reply.step_id]).count();
@@ -54,7 +65,14 @@ Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoin
             DS_RETURN_IF_ERROR(client->send_result(reply.result));
         }
         const bool idle = pipeline->in_flight() == 0;
-        auto batch = client->next_batch(idle ? tick_every : milliseconds(1));
+        if (stopping && idle) {
+            // A goodbye, so that the coordinator reports a departure, not a lost job.
+            spdlog::info("stopping: telling the coordinator that the shard job leaves");
+            client->shutdown("the shard job was stopped by a signal");
+            if (config.said_goodbye != nullptr) *config.said_goodbye = true;
+            return ok_status();
+        }
+        auto batch = client->next_batch(idle ? idle_wait : milliseconds(1));
         if (batch.ok()) {
             PipelineStep step;
             step.batch = std::move(batch).value();

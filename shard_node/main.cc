@@ -5,9 +5,25 @@
 //  - service mode (--coordinator HOST:PORT): registers with the coordinator and executes the step
 //    batches it sends.
 // The other ranks serve pipeline steps until rank 0 shuts the pipeline down.
+//
+// SIGTERM/SIGINT (mpirun forwards them to every rank, then SIGKILLs after
+// odls_base_sigkill_timeout): in service mode an idle leader tells the coordinator it leaves
+// (Shutdown, so that is no "shard job lost") and shuts the pipeline down, which ends the other
+// ranks; a leader with steps in flight exits at once without a goodbye (they may never come back:
+// mpirun also sends SIGTERM when it tears the job down after a rank died, and the coordinator must
+// see that loss promptly; a leader stuck in such a step exits after kGoodbyeWithin); a rank that
+// has not finished within kSignalExitAfter exits anyway. In driver mode a signal ends the rank at
+// once.
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
 #include <fstream>
 #include <sstream>
 
@@ -18,13 +34,71 @@
 #include "common/logging.h"
 #include "common/version.h"
 #include "kernels/kernels.h"
+#include "control/auth.h"
 #include "model/checkpoint.h"
 #include "model/generate_cli.h"
 #include "shard_node/leader_loop.h"
+#include "shard_node/load_barrier.h"
 #include "shard_node/pipeline.h"
 
 namespace deepshard::shard_node {
 namespace {
+
+// Set by the signal thread; read by the leader's loop.
+std::atomic<bool> g_stop_requested{false};
+// Service mode (--coordinator): a signal asks for a goodbye; otherwise it ends the rank at once.
+std::atomic<bool> g_graceful_stop{false};
+// Rank 0 in service mode; set by the leader once the coordinator was told that the job leaves.
+std::atomic<bool> g_is_leader{false};
+std::atomic<bool> g_said_goodbye{false};
+// A leader that has not said goodbye by then is stuck in a step whose rank died: it exits, so that
+// it does not delay the coordinator's view of the loss (mpirun SIGKILLs after about 1 s anyway).
+constexpr auto kGoodbyeWithin = std::chrono::milliseconds(500);
+constexpr auto kSignalExitAfter = std::chrono::seconds(5);
+
+// Takes SIGTERM/SIGINT (blocked in every thread) synchronously: sets g_stop_requested, then ends
+// the process if it has not finished on its own kSignalExitAfter later.
+class SignalWatch {
+public:
+    SignalWatch() {
+        sigemptyset(&sigs_);
+        sigaddset(&sigs_, SIGTERM);
+        sigaddset(&sigs_, SIGINT);
+        pthread_sigmask(SIG_BLOCK, &sigs_, nullptr);
+        // mpirun may close our output pipes while it stops the job: a log line written then must
+        // not kill the leader before it said goodbye.
+        std::signal(SIGPIPE, SIG_IGN);
+        thread_ = std::thread([this] { run(); });
+    }
+    ~SignalWatch() {
+        done_ = true;
+        thread_.join();
+    }
+    SignalWatch(const SignalWatch&) = delete;
+    SignalWatch& operator=(const SignalWatch&) = delete;
+
+private:
+    void run() {
+        int sig = 0;
+        while (!done_ && sig <= 0) {
+            timespec ts{0, 100 * 1000 * 1000};
+            sig = sigtimedwait(&sigs_, nullptr, &ts);
+        }
+        if (done_) return;
+        if (!g_graceful_stop) std::_Exit(128 + sig);
+        spdlog::info("signal {} ({}): stopping", sig, strsignal(sig));
+        g_stop_requested = true;
+        const auto t0 = std::chrono::steady_clock::now();
+        while (!done_ && std::chrono::steady_clock::now() < t0 + kSignalExitAfter) {
+            if (g_is_leader && !g_said_goodbye && std::chrono::steady_clock::now() >= t0 + kGoodbyeWithin) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        if (!done_) std::_Exit(128 + sig);
+    }
+    sigset_t sigs_;
+    std::atomic<bool> done_{false};
+    std::thread thread_;
+};
 
 struct ShardArgs {
     std::string model;
@@ -38,6 +112,8 @@ struct ShardArgs {
     int64_t connect_timeout_ms = 30000;
     std::string device;    // empty: the plan's device for this rank
     std::string numerics;  // empty: the plan's numerics (fast when the plan names none)
+    std::string control_secret_file;
+    control::TlsFiles tls;
 };
 
 // Steps of the distributed model as a model::StepFn: one batch through the pipeline, logits back.
@@ -65,6 +141,11 @@ model::StepFn driver_step(Pipeline* pipeline) {
 }
 
 Status run_rank(const ShardArgs& args, comm::Communicator* world) {
+    // The leader needs the control secret: a job started without it fails now, not after loading.
+    std::string secret;
+    if (world->rank() == 0 && !args.coordinator.empty()) {
+        DS_ASSIGN_OR_RETURN(secret, control::load_control_secret(args.control_secret_file));
+    }
     DS_ASSIGN_OR_RETURN(auto ckpt_ptr, model::Checkpoint::open(args.model));
     std::shared_ptr<const model::Checkpoint> ckpt(std::move(ckpt_ptr));
     std::ifstream in(args.plan);
@@ -95,8 +176,8 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
                  world->rank(), layout.stage_of(world->rank()), layout.local_of(world->rank()),
                  model::device_name(rd.device), kernels::numerics_name(opt.numerics), ls.bytes / 1e6, ls.seconds,
                  ls.gb_per_s());
-    // Loading can take long on big models: wait for everyone with a generous deadline.
-    DS_RETURN_IF_ERROR(world->barrier().with_context("waiting for every rank to load its shard"));
+    // Loading takes as long as it takes on big models: wait for everyone as long as it plausibly can.
+    DS_RETURN_IF_ERROR(wait_for_every_rank_loaded(world, *ckpt, ls));
 
     if (!pipeline->is_leader()) {
         return pipeline->serve();
@@ -108,7 +189,12 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
         LeaderConfig lc;
         lc.coordinator = args.coordinator;
         lc.plan_json = plan_text.str();
+        lc.tls = args.tls;
+        lc.secret = std::move(secret);
         lc.connect_timeout = std::chrono::milliseconds(args.connect_timeout_ms);
+        lc.stop = &g_stop_requested;
+        lc.said_goodbye = &g_said_goodbye;
+        g_is_leader = true;
         s = run_leader(lc, *ckpt, pipeline.get());
     }
     Status down = pipeline->shutdown();
@@ -121,6 +207,8 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
 int main(int argc, char** argv) {
     using namespace deepshard;
     init_logging();
+    // Before MPI starts its threads, so that they inherit the blocked signals.
+    shard_node::SignalWatch signals;
     auto runtime = comm::MpiRuntime::create(&argc, &argv);
     if (!runtime.ok()) {
         std::fprintf(stderr, "error: %s\n", runtime.status().to_string().c_str());
@@ -144,12 +232,20 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"exact", "fast"}));
     app.add_option("--timeout-ms", args.timeout_ms, "deadline of every communication (default DS_COMM_TIMEOUT_MS)");
     app.add_option("--connect-timeout-ms", args.connect_timeout_ms, "deadline to register with the coordinator");
+    app.add_option("--control-secret-file", args.control_secret_file,
+                   "file (mode 0600) with the control secret shared with the coordinator (default: "
+                   "DS_CONTROL_SECRET_FILE, else the value of DS_CONTROL_SECRET)");
+    app.add_flag("--control-tls", args.tls.client, "dial the coordinator's control port with TLS");
+    app.add_option("--tls-ca", args.tls.ca,
+                   "PEM CA (or the coordinator's certificate) to verify the control port's TLS certificate with "
+                   "(implies --control-tls)");
     model::add_generate_options(&app, &args.options);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
         return app.exit(e);
     }
+    shard_node::g_graceful_stop = !args.coordinator.empty();
     auto world = comm::MpiComm::world();
     if (!world.ok()) {
         std::fprintf(stderr, "error: %s\n", world.status().to_string().c_str());
@@ -160,6 +256,11 @@ int main(int argc, char** argv) {
     }
     const int rank = world->rank();
     Status s = shard_node::run_rank(args, &world.value());
+    if (!s.ok() && shard_node::g_stop_requested) {
+        std::fprintf(stderr, "rank %d: %s\n", rank, s.to_string().c_str());
+        std::fflush(stderr);
+        std::_Exit(128 + SIGTERM);  // stopped on purpose: no MPI abort on top
+    }
     if (!s.ok()) {
         char host[256] = {0};
         gethostname(host, sizeof(host) - 1);

@@ -49,10 +49,13 @@ for _ in $(seq 300); do [ -s "$WORK/ports.json" ] && break; sleep 0.1; done
 [ -s "$WORK/ports.json" ] || { echo "coordinator did not start:" >&2; cat "$WORK/coordinator.log" >&2; exit 1; }
 CONTROL=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['control'])" "$WORK/ports.json")
 HTTP=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['http'])" "$WORK/ports.json")
+# The shard job proves it belongs to this coordinator with the secret the coordinator wrote.
+DS_CONTROL_SECRET_FILE=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['control_secret_file'])" "$WORK/ports.json")
+export DS_CONTROL_SECRET_FILE
 
 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np "$NP" --allow-run-as-root --oversubscribe \
   --bind-to none --mca btl self,vader,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo \
-  "$BUILD/bin/deepshard-shard" --model "$WORK/model" --plan "$WORK/plan.json" --coordinator "127.0.0.1:$CONTROL" \
+  -x DS_CONTROL_SECRET_FILE "$BUILD/bin/deepshard-shard" --model "$WORK/model" --plan "$WORK/plan.json" --coordinator "127.0.0.1:$CONTROL" \
   > "$WORK/shard.log" 2>&1 &
 SHARD_PID=$!
 echo "== waiting for the shard job to register (coordinator :$HTTP)"

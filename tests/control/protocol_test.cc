@@ -6,6 +6,7 @@
 #include <cstring>
 #include <random>
 
+#include "control/auth.h"
 #include "control/protocol.h"
 
 namespace deepshard::control {
@@ -142,6 +143,67 @@ TEST(ProtocolTest, RoundTripsEveryMessage) {
     f.clear();
     encode(Heartbeat{1, 2}, &f);
     EXPECT_EQ(decode_heartbeat(payload_of(f, MessageType::kHeartbeat))->unix_millis, 2u);
+}
+
+TEST(ProtocolTest, RoundTripsTheHandshakeAndResumeFields) {
+    std::string f;
+    AuthHello a;
+    a.client_nonce = random_nonce();
+    encode(a, &f);
+    auto a2 = decode_auth_hello(payload_of(f, MessageType::kAuthHello));
+    ASSERT_TRUE(a2.ok()) << a2.status().to_string();
+    EXPECT_EQ(a2->client_nonce, a.client_nonce);
+    EXPECT_LE(f.size() - kFrameHeaderSize, kMaxHandshakePayload);
+
+    f.clear();
+    AuthChallenge c;
+    c.server_nonce = random_nonce();
+    c.server_mac = auth_mac("k-k-k-k-k-k-k-k-k-k", AuthRole::kCoordinator, a.client_nonce, c.server_nonce, "");
+    encode(c, &f);
+    auto c2 = decode_auth_challenge(payload_of(f, MessageType::kAuthChallenge));
+    ASSERT_TRUE(c2.ok());
+    EXPECT_EQ(c2->server_nonce, c.server_nonce);
+    EXPECT_EQ(c2->server_mac, c.server_mac);
+    EXPECT_LE(f.size() - kFrameHeaderSize, kMaxHandshakePayload);
+
+    f.clear();
+    AuthProof p;
+    p.client_mac = c.server_mac;
+    encode(p, &f);
+    EXPECT_EQ(decode_auth_proof(payload_of(f, MessageType::kAuthProof))->client_mac, p.client_mac);
+    EXPECT_FALSE(decode_auth_proof(f.substr(kFrameHeaderSize, 31)).ok());
+    EXPECT_FALSE(decode_auth_proof(f.substr(kFrameHeaderSize) + "x").ok());
+
+    f.clear();
+    Hello h;
+    h.kv_blocks = 10;
+    h.vocab_size = 100;
+    h.resume_session = 9;
+    h.received = 123;
+    encode(h, &f);
+    auto h2 = decode_hello(payload_of(f, MessageType::kHello));
+    ASSERT_TRUE(h2.ok()) << h2.status().to_string();
+    EXPECT_EQ(h2->resume_session, 9u);
+    EXPECT_EQ(h2->received, 123u);
+
+    f.clear();
+    HelloAck ack;
+    ack.session_id = 9;
+    ack.resumed = 1;
+    ack.received = 77;
+    ack.resume_grace_ms = 5000;
+    encode(ack, &f);
+    auto ack2 = decode_hello_ack(payload_of(f, MessageType::kHelloAck));
+    ASSERT_TRUE(ack2.ok());
+    EXPECT_EQ(ack2->resumed, 1);
+    EXPECT_EQ(ack2->received, 77u);
+    EXPECT_EQ(ack2->resume_grace_ms, 5000u);
+
+    f.clear();
+    Heartbeat hb;
+    hb.ack = 41;
+    encode(hb, &f);
+    EXPECT_EQ(decode_heartbeat(payload_of(f, MessageType::kHeartbeat))->ack, 41u);
 }
 
 TEST(ProtocolTest, HeaderRejectsBadMagicVersionTypeAndLength) {

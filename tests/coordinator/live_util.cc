@@ -51,9 +51,19 @@ bool BackgroundProcess::running() {
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
         reaped_ = true;
+        wait_status_ = status;
         return false;
     }
     return true;
+}
+
+std::optional<int> BackgroundProcess::wait_exit(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (running()) {
+        if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return wait_status_;
 }
 
 std::vector<pid_t> BackgroundProcess::descendants(const std::string& name) const {
@@ -301,8 +311,13 @@ void LiveCluster::start_shard_job(const std::string& log_name) {
         cmd.push_back(a);
     }
     cmd.insert(cmd.end(), shard_args_.begin(), shard_args_.end());
+    // The job proves it belongs to this coordinator with the control secret it wrote (its path is in
+    // the ports file); the path goes in the environment, mpirun hands it to rank 0.
+    cmd.insert(cmd.begin() + 1, {"-x", "DS_CONTROL_SECRET_FILE"});
     shard_ = std::make_unique<BackgroundProcess>(
-        cmd, dir_ + "/" + log_name, std::vector<std::string>{"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
+        cmd, dir_ + "/" + log_name,
+        std::vector<std::string>{"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
+                                 "DS_CONTROL_SECRET_FILE=" + ports_.value("control_secret_file", std::string())});
 }
 
 bool LiveCluster::wait_health(int status, std::chrono::milliseconds timeout) {

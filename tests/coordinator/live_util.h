@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,12 +29,15 @@ public:
     // Descendants of pid() (from /proc), optionally only those whose comm is `name`.
     std::vector<pid_t> descendants(const std::string& name = "") const;
     bool running();
+    // Waits (bounded) for the process to exit; its waitpid status, or nullopt when still running.
+    std::optional<int> wait_exit(std::chrono::milliseconds timeout);
     void kill_now();
     std::string log() const;
 
 private:
     pid_t pid_ = -1;
     bool reaped_ = false;
+    int wait_status_ = 0;
     std::string log_path_;
 };
 

@@ -160,11 +160,14 @@ check_tokens() {
 
 json_field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 
-# stop_launcher PID LOG: SIGTERM, bounded wait, exit status 0, no descendant left.
+# stop_launcher PID LOG [clean]: SIGTERM, bounded wait, exit status 0, no descendant left. With
+# "clean": the stop is a departure, not a failure: the coordinator logs no lost shard job (the
+# leader said goodbye) and no process needed SIGKILL.
 stop_launcher() {
-    local pid="$1" log="$2" kids i
+    local pid="$1" log="$2" clean="${3:-}" kids i lines
     kids="$(descendants "$pid" | awk '{print $1}' | tr '\n' ' ')"
     echo "launcher $pid processes before SIGTERM: $kids"
+    lines="$(wc -l <"$log")"
     kill -TERM "$pid"
     for ((i = 0; i < 600; ++i)); do
         kill -0 "$pid" 2>/dev/null || break
@@ -185,6 +188,17 @@ stop_launcher() {
         sleep 0.1
     done
     [[ -z $left ]] || fail "processes of the launcher still alive after it exited:$left"
+    if [[ $clean == clean ]]; then
+        local after
+        after="$(tail -n +"$((lines + 1))" "$log")"
+        if grep -E 'lost|needed SIGKILL' <<<"$after"; then
+            echo "$after" | tail -40
+            fail "SIGTERM: the shard job was reported lost or needed SIGKILL"
+        fi
+        # (The coordinator's line: mpirun may drop the ranks' last output while it stops them.)
+        grep -q 'shard job left: the shard job shut down' <<<"$after" ||
+            { echo "$after" | tail -40; fail "SIGTERM: the shard job's leader did not say goodbye"; }
+    fi
     echo "SIGTERM: launcher exited 0, its processes ($kids) are gone"
 }
 
@@ -236,7 +250,7 @@ mode_local() {
     ((ok)) || { tail -40 "$log"; fail "no healthy restarted shard job"; }
     echo "restarted job ranks: $now"
     check_tokens "$(complete "" "$http")" "after restart"
-    stop_launcher "$pid" "$log"
+    stop_launcher "$pid" "$log" clean
 }
 
 mode_failures() {

@@ -1,0 +1,101 @@
+// A 2.5 s network blip on the control link (issue 12 parts 3 and 6): every packet to or from the
+// coordinator's control port is dropped, long enough for both sides to declare the link lost
+// (3 missed heartbeats of 500 ms). The shard job's leader reconnects and resumes its session within
+// the grace period: no reload (same mpirun job, same ranks, same session), nothing counted as a
+// lost job, and a request submitted during the blip completes with the output it has without one.
+//
+// Real processes: deepshard-coordinator and a 4-rank mpirun job on the tiny golden model, all in a
+// network namespace of this test's own (unshare(CLONE_NEWNET); needs root), so that the traffic
+// control rules touch nobody else: an htb root on that namespace's lo whose u32 filters send the
+// control port's packets to a class with a zero-length queue (every packet dropped) while the blip
+// lasts; MPI, HTTP and everything else pass. (Debian's kernel here has no sch_netem/sch_prio, and
+// there is no iptables; htb, pfifo and u32 are enough for a partition.)
+#include <sched.h>
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <future>
+
+#include "tests/coordinator/live_util.h"
+#include "tests/util/subprocess.h"
+
+namespace deepshard {
+namespace {
+
+using namespace testing_util;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+std::string tc(const std::vector<std::string>& args) {
+    std::vector<std::string> cmd{"tc"};
+    cmd.insert(cmd.end(), args.begin(), args.end());
+    const auto r = run_command(cmd, std::chrono::seconds(10));
+    return r.exit_code == 0 ? "" : "tc failed: " + r.out + r.err;
+}
+
+double metric(const std::string& text, const std::string& name) {
+    const auto at = text.find("\n" + name + " ");
+    if (at == std::string::npos) return -1;
+    return std::stod(text.substr(at + name.size() + 2));
+}
+
+TEST(NetworkBlipTest, TheLeaderResumesAfterABlipWithoutAReload) {
+    if (::unshare(CLONE_NEWNET) != 0) GTEST_SKIP() << "no private network namespace (needs root): " << strerror(errno);
+    ASSERT_EQ(run_command({"ip", "link", "set", "lo", "up"}, 10s).exit_code, 0);
+    if (!tc({"qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "1", "r2q", "1000000"}).empty()) {
+        GTEST_SKIP() << "no htb qdisc";
+    }
+    ASSERT_EQ(tc({"class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate", "10gbit"}), "");
+    ASSERT_EQ(tc({"class", "add", "dev", "lo", "parent", "1:", "classid", "1:2", "htb", "rate", "10gbit"}), "");
+    ASSERT_EQ(tc({"qdisc", "add", "dev", "lo", "parent", "1:2", "handle", "20:", "pfifo", "limit", "0"}), "");
+
+    ensure_test_env();
+    const std::string dir = make_temp_dir("ds_network_blip");
+    LiveCluster cluster;
+    ASSERT_EQ(cluster.start(source_path("testdata/golden/tiny-bf16"), dir), "");
+    const uint16_t http = cluster.http();
+    const std::string body = R"({"model":"tiny-bf16","prompt":[5,6,7],"max_tokens":24,"ignore_eos":true})";
+    const auto ref = http_request(http, "POST", "/v1/completions", body, {}, 120s);
+    ASSERT_EQ(ref.status, 200) << ref.body << cluster.logs();
+    const json health0 = http_request(http, "GET", "/health", "", {}, 5s).json();
+    const std::vector<pid_t> ranks = cluster.shard()->descendants("deepshard-shard");
+    ASSERT_EQ(ranks.size(), 4u);
+
+    // The blip: the control port's packets (both directions) go to the dropping class.
+    const std::string port = std::to_string(cluster.port("control"));
+    for (const char* dir_kw : {"dport", "sport"}) {
+        ASSERT_EQ(tc({"filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "ip",
+                      dir_kw, port, "0xffff", "flowid", "1:2"}),
+                  "");
+    }
+    // Submitted while the link is down: it waits for the job instead of failing.
+    auto during = std::async(std::launch::async, [&] { return http_request(http, "POST", "/v1/completions", body, {}, 120s); });
+    std::this_thread::sleep_for(2500ms);
+    ASSERT_EQ(tc({"filter", "del", "dev", "lo", "parent", "1:", "prio", "1"}), "");
+
+    const HttpResponse r = during.get();
+    ASSERT_EQ(r.status, 200) << r.body << cluster.logs();
+    EXPECT_EQ(r.json()["choices"][0]["text"], ref.json()["choices"][0]["text"]) << r.body << "\n" << ref.body;
+    // The link really broke, and the session was resumed rather than replaced.
+    const std::string m = http_request(http, "GET", "/metrics", "", {}, 5s).body;
+    EXPECT_EQ(metric(m, "deepshard_control_resumes_total"), 1) << m;
+    EXPECT_EQ(metric(m, "deepshard_shard_losses_total"), 0) << m;
+    const json health1 = http_request(http, "GET", "/health", "", {}, 5s).json();
+    EXPECT_EQ(health1.value("status", ""), "ok") << health1.dump();
+    EXPECT_EQ(health1["session_id"], health0["session_id"]) << health1.dump();
+    // No reload: the same job and ranks, registered once.
+    EXPECT_TRUE(cluster.shard()->running()) << cluster.logs();
+    EXPECT_EQ(cluster.shard()->descendants("deepshard-shard"), ranks);
+    const std::string shard_log = cluster.shard()->log();
+    const auto first = shard_log.find("registered with the coordinator");
+    ASSERT_NE(first, std::string::npos) << shard_log;
+    EXPECT_EQ(shard_log.find("registered with the coordinator", first + 1), std::string::npos) << shard_log;
+    EXPECT_NE(shard_log.find("resumed session"), std::string::npos) << shard_log;
+    std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace deepshard
