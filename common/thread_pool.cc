@@ -20,7 +20,7 @@ struct RegionGuard {
 
 ThreadPool::ThreadPool(int num_threads) {
     if (num_threads <= 0) {
-        num_threads = static_cast<int>(env_int("DS_NUM_THREADS", 0));
+        num_threads = static_cast<int>(env_int("DS_NUM_THREADS"));
     }
     if (num_threads <= 0) {
         num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

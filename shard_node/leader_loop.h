@@ -7,6 +7,7 @@
 #include <chrono>
 #include <string>
 
+#include "common/env.h"
 #include "common/status.h"
 #include "model/checkpoint.h"
 #include "shard_node/pipeline.h"
@@ -16,7 +17,7 @@ namespace deepshard::shard_node {
 struct LeaderConfig {
     std::string coordinator;  // HOST:PORT of the control port
     std::string plan_json;
-    std::chrono::milliseconds connect_timeout{30000};
+    std::chrono::milliseconds connect_timeout = comm_timeout();
 };
 
 Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoint, Pipeline* pipeline);

@@ -34,7 +34,7 @@ struct ShardArgs {
     int64_t kv_block_size = 16;
     int64_t kv_blocks = 0;
     int64_t timeout_ms = 0;
-    int64_t connect_timeout_ms = 30000;
+    int64_t connect_timeout_ms = 0;  // 0: DS_COMM_TIMEOUT_MS
     std::string device;  // empty: the plan's device for this rank
 };
 
@@ -100,7 +100,9 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
         LeaderConfig lc;
         lc.coordinator = args.coordinator;
         lc.plan_json = plan_text.str();
-        lc.connect_timeout = std::chrono::milliseconds(args.connect_timeout_ms);
+        if (args.connect_timeout_ms > 0) {
+            lc.connect_timeout = std::chrono::milliseconds(args.connect_timeout_ms);
+        }
         s = run_leader(lc, *ckpt, pipeline.get());
     }
     Status down = pipeline->shutdown();
@@ -131,7 +133,7 @@ int main(int argc, char** argv) {
     app.add_option("--device", args.device, "compute device of every rank, overriding the plan (cpu | cuda)")
         ->check(CLI::IsMember({"cpu", "cuda"}));
     app.add_option("--timeout-ms", args.timeout_ms, "deadline of every communication (default DS_COMM_TIMEOUT_MS)");
-    app.add_option("--connect-timeout-ms", args.connect_timeout_ms, "deadline to register with the coordinator");
+    app.add_option("--connect-timeout-ms", args.connect_timeout_ms, "deadline to register with the coordinator (default DS_COMM_TIMEOUT_MS)");
     model::add_generate_options(&app, &args.options);
     try {
         app.parse(argc, argv);

@@ -68,7 +68,7 @@ struct NcclState : PoisonState {
     ncclComm_t comm = nullptr;
     cudaStream_t stream = nullptr;
     float* barrier_buf = nullptr;
-    Millis timeout{30000};
+    Millis timeout = default_timeout();
     bool aborted = false;
     std::shared_ptr<OpEvent> pending;  // operation whose enqueue is still ncclInProgress
 
