@@ -31,11 +31,7 @@ const char* data_type_name(DataType t) {
 }
 
 Millis default_timeout() {
-    int64_t ms = env_int("DS_COMM_TIMEOUT_MS", 30000);
-    if (ms <= 0) {
-        ms = 30000;
-    }
-    return Millis(ms);
+    return std::chrono::duration_cast<Millis>(comm_timeout());
 }
 
 std::string describe_op(std::string_view op, int rank, int size, std::string_view comm_name,
@@ -51,7 +47,7 @@ namespace {
 // Busy-poll budget before yielding: yielding on a loaded host costs tens of microseconds per
 // round trip, far more than the operations we wait for.
 std::chrono::microseconds spin_budget() {
-    static const auto us = std::chrono::microseconds(std::max<int64_t>(0, env_int("DS_COMM_SPIN_US", 1000)));
+    static const auto us = std::chrono::microseconds(std::max<int64_t>(0, env_int("DS_COMM_SPIN_US")));
     return us;
 }
 }  // namespace

@@ -1,5 +1,6 @@
 #include "common/env.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -24,45 +25,78 @@ const std::vector<EnvKnob>& env_knobs() {
     return knobs;
 }
 
-static const char* lookup(const char* name) {
-    bool declared = false;
+static const EnvKnob& declared(const char* name) {
     for (const auto& k : env_knobs()) {
         if (std::strcmp(k.name, name) == 0) {
-            declared = true;
-            break;
+            return k;
         }
     }
-    DS_CHECK(declared) << "environment knob " << name << " is not declared in env.cc";
-    return std::getenv(name);
+    DS_CHECK(false) << "environment knob " << name << " is not declared in env.cc";
+    return env_knobs().front();
 }
 
-int64_t env_int(const char* name, int64_t fallback) {
-    const char* v = lookup(name);
+static bool parse_int(const char* v, int64_t* out) {
     if (v == nullptr || *v == '\0') {
-        return fallback;
+        return false;
     }
     char* end = nullptr;
     long long x = std::strtoll(v, &end, 10);
     if (end == v || *end != '\0') {
-        return fallback;
+        return false;
     }
+    *out = x;
+    return true;
+}
+
+static bool parse_bool(const std::string& s, bool* out) {
+    if (s == "1" || s == "on" || s == "true" || s == "yes") {
+        *out = true;
+        return true;
+    }
+    if (s == "0" || s == "off" || s == "false" || s == "no") {
+        *out = false;
+        return true;
+    }
+    return false;
+}
+
+int64_t env_int(const char* name) {
+    const EnvKnob& k = declared(name);
+    int64_t x = 0;
+    if (parse_int(std::getenv(name), &x)) {
+        return x;
+    }
+    DS_CHECK(parse_int(k.default_value, &x)) << "default of " << name << " is not an integer";
     return x;
 }
 
-std::string env_str(const char* name, const std::string& fallback) {
-    const char* v = lookup(name);
-    return (v == nullptr || *v == '\0') ? fallback : std::string(v);
+std::string env_str(const char* name) {
+    const EnvKnob& k = declared(name);
+    const char* v = std::getenv(name);
+    return (v == nullptr || *v == '\0') ? std::string(k.default_value) : std::string(v);
 }
 
-bool env_bool(const char* name, bool fallback) {
-    const char* v = lookup(name);
-    if (v == nullptr || *v == '\0') {
-        return fallback;
+bool env_bool(const char* name) {
+    const EnvKnob& k = declared(name);
+    bool b = false;
+    const char* v = std::getenv(name);
+    if (v != nullptr && parse_bool(v, &b)) {
+        return b;
     }
-    std::string s(v);
-    if (s == "1" || s == "on" || s == "true" || s == "yes") return true;
-    if (s == "0" || s == "off" || s == "false" || s == "no") return false;
-    return fallback;
+    DS_CHECK(parse_bool(k.default_value, &b)) << "default of " << name << " is not a boolean";
+    return b;
+}
+
+std::chrono::milliseconds comm_timeout() {
+    int64_t ms = env_int("DS_COMM_TIMEOUT_MS");
+    if (ms <= 0) {
+        parse_int(declared("DS_COMM_TIMEOUT_MS").default_value, &ms);
+    }
+    return std::chrono::milliseconds(ms);
+}
+
+std::chrono::milliseconds heartbeat_period() {
+    return std::chrono::milliseconds(std::max<int64_t>(10, env_int("DS_HEARTBEAT_MS")));
 }
 
 }  // namespace deepshard

@@ -15,7 +15,7 @@ void init_logging() {
     auto logger = spdlog::stderr_color_mt("deepshard");
     spdlog::set_default_logger(logger);
     spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
-    spdlog::set_level(spdlog::level::from_str(env_str("DS_LOG_LEVEL", "info")));
+    spdlog::set_level(spdlog::level::from_str(env_str("DS_LOG_LEVEL")));
 }
 
 }  // namespace deepshard

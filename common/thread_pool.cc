@@ -47,7 +47,7 @@ bool spin_until(Pred&& pred, int64_t budget_ns) {
 
 ThreadPool::ThreadPool(int num_threads, int64_t spin_us) {
     if (num_threads <= 0) {
-        num_threads = static_cast<int>(env_int("DS_NUM_THREADS", 0));
+        num_threads = static_cast<int>(env_int("DS_NUM_THREADS"));
     }
     if (num_threads <= 0) {
         num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

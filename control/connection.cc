@@ -12,8 +12,8 @@ using Clock = std::chrono::steady_clock;
 
 ConnectionOptions default_connection_options(const std::string& peer_name) {
     ConnectionOptions o;
-    o.heartbeat_period = milliseconds(std::max<int64_t>(10, env_int("DS_HEARTBEAT_MS", 500)));
-    o.write_timeout = milliseconds(std::max<int64_t>(100, env_int("DS_COMM_TIMEOUT_MS", 30000)));
+    o.heartbeat_period = heartbeat_period();
+    o.write_timeout = std::max(milliseconds(100), comm_timeout());
     o.peer_name = peer_name;
     return o;
 }

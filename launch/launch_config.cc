@@ -3,11 +3,12 @@
 // happens to be the RoCE v2 IPv4-mapped one, which depends on the order addresses were configured.
 #include "launch/launch_config.h"
 
+#include "topology/plan_file.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <sstream>
 
 namespace deepshard::launch {
@@ -80,54 +81,35 @@ bool cpus_within(const std::string& list, const std::vector<int>& pus) {
 StatusOr<PlanRanks> parse_plan_ranks(const std::string& plan_text,
                                      const std::string& source,
                                      const std::string& default_host) {
-    const nlohmann::json j = nlohmann::json::parse(plan_text, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) {
-        return invalid_argument("plan " + source + ": not a JSON object");
-    }
-    if (!j.contains("world_size") || !j["world_size"].is_number_integer() || j["world_size"].get<int>() < 1) {
-        return invalid_argument("plan " + source + ": field 'world_size' missing or not a positive integer");
-    }
+    DS_ASSIGN_OR_RETURN(topology::PlanFile file, topology::PlanFile::from_json(plan_text, source));
     PlanRanks p;
-    p.world_size = j["world_size"].get<int>();
+    p.world_size = file.world_size;
     p.ranks.resize(static_cast<size_t>(p.world_size));
     for (int r = 0; r < p.world_size; ++r) {
         p.ranks[static_cast<size_t>(r)].rank = r;
         p.ranks[static_cast<size_t>(r)].host = default_host;
     }
-    if (j.contains("ranks")) {
-        const auto& ranks = j["ranks"];
-        if (!ranks.is_array() || static_cast<int>(ranks.size()) != p.world_size) {
-            return invalid_argument("plan " + source + ": field 'ranks' must be an array of world_size (" +
-                                    std::to_string(p.world_size) + ") entries");
+    if (!file.ranks.empty() && static_cast<int>(file.ranks.size()) != p.world_size) {
+        return invalid_argument("plan " + source + ": field 'ranks' must be an array of world_size (" +
+                                std::to_string(p.world_size) + ") entries");
+    }
+    for (const auto& e : file.ranks) {
+        const std::string where = "plan " + source + ": rank " + std::to_string(e.rank);
+        RankSlot& s = p.ranks[static_cast<size_t>(e.rank)];
+        if (!e.host.empty()) {
+            s.host = e.host;
         }
-        std::vector<bool> seen(static_cast<size_t>(p.world_size), false);
-        for (size_t i = 0; i < ranks.size(); ++i) {
-            const auto& e = ranks[i];
-            const std::string where = "plan " + source + ": ranks[" + std::to_string(i) + "]";
-            if (!e.is_object() || !e.contains("rank") || !e["rank"].is_number_integer()) {
-                return invalid_argument(where + ": missing integer 'rank'");
-            }
-            const int r = e["rank"].get<int>();
-            if (r < 0 || r >= p.world_size || seen[static_cast<size_t>(r)]) {
-                return invalid_argument(where + ": rank " + std::to_string(r) + " out of range or repeated");
-            }
-            seen[static_cast<size_t>(r)] = true;
-            RankSlot& s = p.ranks[static_cast<size_t>(r)];
-            if (e.contains("host") && e["host"].is_string() && !e["host"].get<std::string>().empty()) {
-                s.host = e["host"].get<std::string>();
-            }
-            if (s.host.find_first_of(" \t=") != std::string::npos) {
-                return invalid_argument(where + ": host '" + s.host + "' cannot go into a hostfile");
-            }
-            s.numa = e.value("numa", -1);
-            s.gpu = e.value("gpu", -1);
-            s.cpus = e.value("cpus", std::string());
-            s.nic = e.value("nic", std::string());
-            if (!s.cpus.empty() && !valid_cpu_list(s.cpus)) {
-                return invalid_argument(where + ": cpus '" + s.cpus + "' is not a CPU list like 0-3,8");
-            }
-            p.gpu = p.gpu || s.gpu >= 0;
+        if (s.host.find_first_of(" \t=") != std::string::npos) {
+            return invalid_argument(where + ": host '" + s.host + "' cannot go into a hostfile");
         }
+        s.numa = e.numa;
+        s.gpu = e.gpu;
+        s.cpus = e.cpus;
+        s.nic = e.nic;
+        if (!s.cpus.empty() && !valid_cpu_list(s.cpus)) {
+            return invalid_argument(where + ": cpus '" + s.cpus + "' is not a CPU list like 0-3,8");
+        }
+        p.gpu = p.gpu || s.gpu >= 0;
     }
     for (const auto& r : p.ranks) {
         auto it = std::find_if(p.hosts.begin(), p.hosts.end(), [&](const HostSlots& h) { return h.host == r.host; });

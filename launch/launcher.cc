@@ -552,7 +552,17 @@ int run_launcher(const LaunchOptions& o) {
         return 0;
     }
     Supervisor s(o, p);
-    return s.run();
+    const int rc = s.run();
+    // A run folder the launcher made itself (no --run-dir) is its own scratch: gone with it, on a
+    // requested shutdown as on a failure. One the user named stays for them to read.
+    if (o.run_dir.empty()) {
+        std::error_code ec;
+        fs::remove_all(p.run_dir, ec);
+        if (ec) {
+            spdlog::warn("launch: cannot remove the run folder {}: {}", p.run_dir, ec.message());
+        }
+    }
+    return rc;
 }
 
 }  // namespace deepshard::launch

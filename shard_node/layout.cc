@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include <nlohmann/json.hpp>
 
 namespace deepshard::shard_node {
 
@@ -100,68 +99,44 @@ Layout Layout::even(const model::ModelConfig& c, int stages, int ranks_per_stage
     return l;
 }
 
-StatusOr<Layout> Layout::from_plan_json(const std::string& text, const model::ModelConfig& c) {
+StatusOr<Layout> Layout::from_plan(const topology::PlanFile& p, const model::ModelConfig& c) {
     Layout l;
-    try {
-        const auto j = nlohmann::json::parse(text);
-        l.ranks_per_stage = j.at("ranks_per_stage").get<int>();
-        l.world_size = j.at("world_size").get<int>();
-        const std::string attn = j.value("attention", std::string("tp"));
-        if (attn != "tp" && attn != "dp") {
-            return invalid_argument("plan: attention must be \"tp\" or \"dp\", got \"" + attn + "\"");
-        }
-        l.attention = attn == "dp" ? AttentionMode::kDataParallel : AttentionMode::kTensorParallel;
-        for (const auto& st : j.at("stages")) {
-            l.stages.push_back({st.at("first_layer").get<int64_t>(), st.at("last_layer").get<int64_t>()});
-        }
-        if (j.contains("expert_placement")) {
-            const auto& ep = j.at("expert_placement");
-            // Either one list for every stage or a list per stage (identical here: validated).
-            if (!ep.empty() && ep.front().is_array()) {
-                l.expert_owner = ep.front().get<std::vector<int>>();
-                for (const auto& per_stage : ep) {
-                    if (per_stage.get<std::vector<int>>() != l.expert_owner) {
-                        return invalid_argument("plan: stages with different expert placements are not supported");
-                    }
-                }
-            } else {
-                l.expert_owner = ep.get<std::vector<int>>();
+    if (p.ranks_per_stage <= 0 || p.stages.empty()) {
+        return invalid_argument("plan: fields 'ranks_per_stage' and 'stages' are required to run the model");
+    }
+    l.ranks_per_stage = p.ranks_per_stage;
+    l.world_size = p.world_size;
+    l.attention = p.attention == "dp" ? AttentionMode::kDataParallel : AttentionMode::kTensorParallel;
+    for (const auto& st : p.stages) {
+        l.stages.push_back({st.first_layer, st.last_layer});
+    }
+    l.expert_owner = p.expert_placement.empty() ? even(c, 1, l.ranks_per_stage, l.attention).expert_owner
+                                                : p.expert_placement;
+    if (!p.numerics.empty() && !kernels::parse_numerics(p.numerics, &l.numerics)) {
+        return invalid_argument("plan: numerics must be \"exact\" or \"fast\", got \"" + p.numerics + "\"");
+    }
+    if (!p.ranks.empty()) {
+        // Ranks the plan does not list run on the CPU.
+        l.devices.assign(static_cast<size_t>(p.world_size), RankDevice{});
+        for (const auto& r : p.ranks) {
+            RankDevice d;
+            if (!r.device.empty()) {
+                DS_ASSIGN_OR_RETURN(d.device, model::parse_device(r.device));
             }
-        } else {
-            l.expert_owner = even(c, 1, l.ranks_per_stage, l.attention).expert_owner;
-        }
-        if (j.contains("numerics")) {
-            const std::string n = j.at("numerics").get<std::string>();
-            if (!kernels::parse_numerics(n, &l.numerics)) {
-                return invalid_argument("plan: numerics must be \"exact\" or \"fast\", got \"" + n + "\"");
+            if (d.device == model::Device::kCuda && r.gpu < 0) {
+                return invalid_argument("plan: rank " + std::to_string(r.rank) + " is on device cuda without a gpu index");
             }
+            d.ordinal = std::max(r.gpu, 0);
+            l.devices[static_cast<size_t>(r.rank)] = d;
         }
-        if (j.contains("ranks")) {
-            // Per-rank device; entries are indexed by their "rank" field (the planner writes them in order).
-            l.devices.assign(static_cast<size_t>(std::max(l.world_size, 0)), RankDevice{});
-            for (const auto& r : j.at("ranks")) {
-                const int rank = r.at("rank").get<int>();
-                if (rank < 0 || rank >= l.world_size) {
-                    return invalid_argument("plan: ranks lists rank " + std::to_string(rank) + " of a " +
-                                            std::to_string(l.world_size) + "-rank job");
-                }
-                RankDevice d;
-                if (r.contains("device")) {
-                    DS_ASSIGN_OR_RETURN(d.device, model::parse_device(r.at("device").get<std::string>()));
-                }
-                const int gpu = r.value("gpu", -1);
-                if (d.device == model::Device::kCuda && gpu < 0) {
-                    return invalid_argument("plan: rank " + std::to_string(rank) + " is on device cuda without a gpu index");
-                }
-                d.ordinal = std::max(gpu, 0);
-                l.devices[static_cast<size_t>(rank)] = d;
-            }
-        }
-    } catch (const nlohmann::json::exception& e) {
-        return invalid_argument(std::string("plan: ") + e.what());
     }
     DS_RETURN_IF_ERROR(l.validate(c));
     return l;
+}
+
+StatusOr<Layout> Layout::from_plan_json(const std::string& text, const model::ModelConfig& c) {
+    DS_ASSIGN_OR_RETURN(topology::PlanFile p, topology::PlanFile::from_json(text));
+    return from_plan(p, c);
 }
 
 }  // namespace deepshard::shard_node

@@ -11,6 +11,7 @@
 #include "common/status.h"
 #include "model/config.h"
 #include "model/engine.h"
+#include "topology/plan_file.h"
 
 namespace deepshard::shard_node {
 
@@ -60,8 +61,9 @@ struct Layout {
     // possible, experts in contiguous blocks.
     static Layout even(const model::ModelConfig& config, int stages, int ranks_per_stage, AttentionMode attention);
 
-    // Reads the layout fields of a plan file written by `deepshard plan` (stages with layer ranges,
-    // ranks_per_stage, attention, expert placement).
+    // The layout fields of a plan file written by `deepshard plan` (stages with layer ranges,
+    // ranks_per_stage, attention, expert placement, per-rank device), checked against the model.
+    static StatusOr<Layout> from_plan(const topology::PlanFile& plan, const model::ModelConfig& config);
     static StatusOr<Layout> from_plan_json(const std::string& text, const model::ModelConfig& config);
 };
 

@@ -42,7 +42,7 @@ Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoin
                  hello.pipeline_stages, hello.kv_blocks, hello.kv_block_size);
 
     // Idle ticks keep every rank's receive inside its deadline while no request arrives.
-    const auto tick_every = milliseconds(std::max<int64_t>(50, env_int("DS_COMM_TIMEOUT_MS", 30000) / 4));
+    const auto tick_every = std::max(milliseconds(50), comm_timeout() / 4);
     const size_t max_in_flight = static_cast<size_t>(layout.num_stages());
     std::map<uint64_t, std::chrono::steady_clock::time_point> started;
     auto last_activity = std::chrono::steady_clock::now();

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <string>
 
+#include "common/env.h"
 #include "common/status.h"
 #include "control/tls.h"
 #include "model/checkpoint.h"
@@ -21,7 +22,7 @@ struct LeaderConfig {
     std::string plan_json;
     std::string secret;       // the job's control secret (control/auth.h)
     control::TlsFiles tls;    // dial with TLS (tls.client) and verify with tls.ca
-    std::chrono::milliseconds connect_timeout{30000};
+    std::chrono::milliseconds connect_timeout = comm_timeout();
     const std::atomic<bool>* stop = nullptr;  // e.g. set on SIGTERM
     std::atomic<bool>* said_goodbye = nullptr;  // set once the coordinator was told the job leaves
 };

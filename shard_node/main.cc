@@ -109,7 +109,7 @@ struct ShardArgs {
     int64_t kv_block_size = 16;
     int64_t kv_blocks = 0;
     int64_t timeout_ms = 0;
-    int64_t connect_timeout_ms = 30000;
+    int64_t connect_timeout_ms = 0;  // 0: DS_COMM_TIMEOUT_MS
     std::string device;    // empty: the plan's device for this rank
     std::string numerics;  // empty: the plan's numerics (fast when the plan names none)
     std::string control_secret_file;
@@ -191,7 +191,9 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
         lc.plan_json = plan_text.str();
         lc.tls = args.tls;
         lc.secret = std::move(secret);
-        lc.connect_timeout = std::chrono::milliseconds(args.connect_timeout_ms);
+        if (args.connect_timeout_ms > 0) {
+            lc.connect_timeout = std::chrono::milliseconds(args.connect_timeout_ms);
+        }
         lc.stop = &g_stop_requested;
         lc.said_goodbye = &g_said_goodbye;
         g_is_leader = true;
@@ -231,7 +233,7 @@ int main(int argc, char** argv) {
                    "(float32, the reference)")
         ->check(CLI::IsMember({"exact", "fast"}));
     app.add_option("--timeout-ms", args.timeout_ms, "deadline of every communication (default DS_COMM_TIMEOUT_MS)");
-    app.add_option("--connect-timeout-ms", args.connect_timeout_ms, "deadline to register with the coordinator");
+    app.add_option("--connect-timeout-ms", args.connect_timeout_ms, "deadline to register with the coordinator (default DS_COMM_TIMEOUT_MS)");
     app.add_option("--control-secret-file", args.control_secret_file,
                    "file (mode 0600) with the control secret shared with the coordinator (default: "
                    "DS_CONTROL_SECRET_FILE, else the value of DS_CONTROL_SECRET)");

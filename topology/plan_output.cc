@@ -102,30 +102,41 @@ nlohmann::json decode_json(const DecodeEstimate& e, int ranks, size_t nodes, con
 
 }  // namespace
 
-nlohmann::json Plan::to_json() const {
-    nlohmann::json j;
-    j["version"] = 1;
-    j["world_size"] = world_size;
-    j["ranks_per_stage"] = ranks_per_stage;
-    j["num_stages"] = stages.size();
-    j["attention"] = attention_name(attention);
-    j["stages"] = nlohmann::json::array();
-    for (size_t s = 0; s < stages.size(); ++s) {
-        std::vector<int> r;
-        for (int i = 0; i < ranks_per_stage; ++i) {
-            r.push_back(static_cast<int>(s) * ranks_per_stage + i);
-        }
-        j["stages"].push_back({{"first_layer", stages[s].first}, {"last_layer", stages[s].second}, {"ranks", r}});
+PlanFile Plan::file() const {
+    PlanFile f;
+    f.world_size = world_size;
+    f.ranks_per_stage = ranks_per_stage;
+    f.attention = attention_name(attention);
+    for (const auto& [first, last] : stages) {
+        f.stages.push_back({first, last});
     }
-    j["expert_placement"] = expert_owner;
+    f.expert_placement = expert_owner;
+    f.kv_budget_bytes = kv_budget_bytes;
+    f.numerics = options.numerics;
+    for (const auto& r : ranks) {
+        f.ranks.push_back({.rank = r.rank,
+                           .stage = r.stage,
+                           .local = r.local,
+                           .node = r.node,
+                           .host = r.host,
+                           .gpu = r.gpu,
+                           .device = r.gpu >= 0 ? "cuda" : "cpu",
+                           .numa = r.numa,
+                           .nic = r.nic,
+                           .cpus = r.cpus});
+    }
+    return f;
+}
+
+nlohmann::json Plan::to_json() const {
+    // The fields the job reads back come from the one plan-file writer; the rest is for people.
+    nlohmann::json j = file().to_json();
     const bool fp8 = dtype != DtypePath::kBf16;
     j["dtype"] = {{"path", dtype_path_name(dtype)},
                   {"weights", fp8 ? "fp8-e4m3, fp32 scale per 128x128 block" : "bf16"},
                   {"compute", dtype == DtypePath::kFp8 ? "fp8 gemm, fp32 accumulate" : "bf16 gemm, fp32 accumulate"},
                   {"kv_cache", "bf16"},
                   {"reason", dtype_reason}};
-    j["numerics"] = options.numerics;
-    j["kv_budget_bytes"] = kv_budget_bytes;
     j["kv_cache"] = {{"bytes_per_token_per_layer", kv_bytes_per_token_layer},
                      {"capacity_tokens", kv_capacity_tokens},
                      {"max_tokens_per_sequence", max_tokens_per_sequence}};
@@ -141,19 +152,6 @@ nlohmann::json Plan::to_json() const {
                                {"kv_tokens", m.kv_tokens}});
     }
     j["mem_fraction"] = options.mem_fraction;
-    j["ranks"] = nlohmann::json::array();
-    for (const auto& r : ranks) {
-        j["ranks"].push_back({{"rank", r.rank},
-                              {"stage", r.stage},
-                              {"local", r.local},
-                              {"host", r.host},
-                              {"node", r.node},
-                              {"gpu", r.gpu},
-                              {"device", r.gpu >= 0 ? "cuda" : "cpu"},
-                              {"numa", r.numa},
-                              {"nic", r.nic},
-                              {"cpus", r.cpus}});
-    }
     j["transports"] = transports(*this);
     const Workload& w = options.workload;
     const size_t nodes = cluster.nodes.size();

@@ -2,10 +2,9 @@
 // the pipeline stages, ranks per stage, TP or DP attention, expert placement and dtype path;
 // accounts every rank's memory (weights, activations, communication buffers, KV cache); binds each
 // rank to host, GPU, NUMA node and nearest NIC; predicts throughput with the cost model; and
-// refuses, with the numbers, what does not fit. The plan JSON is the file every shard process reads
-// (shard_node::Layout::from_plan_json): "world_size", "ranks_per_stage", "attention" ("tp"|"dp"),
-// "stages" [{"first_layer","last_layer" (exclusive)}], "expert_placement" (expert -> local rank),
-// plus the fields documented in plan_output.cc.
+// refuses, with the numbers, what does not fit. The plan JSON is the file every shard process and
+// the launcher read back: its fields are topology::PlanFile (plan_file.h, one reader and writer),
+// plus the predictions documented in plan_output.cc.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -18,6 +17,7 @@
 #include "model/config.h"
 #include "topology/cluster.h"
 #include "topology/cost_model.h"
+#include "topology/plan_file.h"
 #include "topology/model_stats.h"
 
 namespace deepshard::topology {
@@ -113,6 +113,9 @@ struct Plan {
     std::vector<Candidate> candidates;
     std::vector<std::string> explanation;
 
+    // The part the job reads back (topology/plan_file.h), and the whole plan as JSON: the plan file
+    // plus predictions, memory, cluster and candidates for people.
+    PlanFile file() const;
     nlohmann::json to_json() const;
     std::string summary() const;
 };

@@ -68,7 +68,7 @@ struct NcclState : PoisonState {
     ncclComm_t comm = nullptr;
     cudaStream_t stream = nullptr;
     float* barrier_buf = nullptr;
-    Millis timeout{30000};
+    Millis timeout = default_timeout();
     std::atomic<bool> aborted{false};  // read by a watchdog thread too
     std::mutex abort_mu;               // serializes abort_comm (owner error path vs watchdog)
     std::shared_ptr<OpEvent> pending;  // operation whose enqueue is still ncclInProgress

@@ -42,7 +42,7 @@ Isa parse_isa(const std::string& s, Isa fallback) {
 
 Isa initial_isa() {
     const Isa det = detected_isa();
-    const Isa want = parse_isa(env_str("DS_ISA", "auto"), det);
+    const Isa want = parse_isa(env_str("DS_ISA"), det);
     // Never run an ISA the CPU lacks, whatever DS_ISA says.
     return static_cast<int>(want) <= static_cast<int>(det) ? want : det;
 }

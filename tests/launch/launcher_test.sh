@@ -303,6 +303,46 @@ mode_failures() {
     done
     [[ -z $left ]] || fail "shard ranks left after the coordinator died:$left"
     echo "coordinator died: exit 1, shard ranks ($sleepers) stopped"
+
+    # 3. A requested shutdown (SIGTERM) without --run-dir: logged as requested, exit 0, nothing of
+    # the job left, and the launcher's own run folder (made under TMPDIR) removed.
+    mkdir -p "$tmp/tmpd"
+    log="$tmp/term.log"
+    TMPDIR="$tmp/tmpd" "$launch" --model "$model" --plan "$tmp/plan.json" --http 127.0.0.1:0 \
+        --thrift 127.0.0.1:0 --shard-bin "$tmp/fake-shard" --bind none >"$log" 2>&1 &
+    pid=$!
+    cleanups+=("kill -KILL $pid 2>/dev/null")
+    sleepers=""
+    for ((i = 0; i < 600; ++i)); do
+        sleepers="$(descendants "$pid" | awk '$2 == "sleep" {print $1}' | tr '\n' ' ')"
+        [[ $(wc -w <<<"$sleepers") == 2 ]] && break
+        sleep 0.1
+    done
+    [[ $(wc -w <<<"$sleepers") == 2 ]] || { cat "$log"; fail "the fake shard job never started 2 ranks"; }
+    local rundir
+    rundir="$(ls -d "$tmp"/tmpd/deepshard-launch.* 2>/dev/null | head -1)"
+    [[ -n $rundir ]] || fail "no run folder under TMPDIR while the launcher runs"
+    coord="$(json_field "$rundir/ports.json" pid)"
+    kill -TERM "$pid"
+    for ((i = 0; i < 600; ++i)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && fail "launcher still running 60 s after SIGTERM"
+    rc=0
+    wait "$pid" || rc=$?
+    ((rc == 0)) || { cat "$log"; fail "launcher exited $rc after SIGTERM, want 0"; }
+    grep -q 'launch: signal 15 (Terminated): shutting down' "$log" || { cat "$log"; fail "SIGTERM not logged as a requested shutdown"; }
+    grep -qi 'lost\|error' "$log" && { cat "$log"; fail "a requested shutdown logged an error"; }
+    [[ ! -e $rundir ]] || fail "run folder $rundir left behind after SIGTERM"
+    for ((i = 0; i < 100; ++i)); do
+        # shellcheck disable=SC2086
+        left="$(alive_of $sleepers $coord)"
+        [[ -z $left ]] && break
+        sleep 0.1
+    done
+    [[ -z $left ]] || fail "processes left after SIGTERM:$left"
+    echo "SIGTERM: exit 0, logged as requested, run folder removed, ranks ($sleepers) and coordinator $coord gone"
 }
 
 mode_netns() {
