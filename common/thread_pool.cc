@@ -53,7 +53,7 @@ ThreadPool::ThreadPool(int num_threads, int64_t spin_us) {
         num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     }
     if (spin_us < 0) {
-        spin_us = env_int("DS_SPIN_US", 2000);
+        spin_us = env_int("DS_SPIN_US");
     }
     spin_ns_ = std::max<int64_t>(0, spin_us) * 1000;
     for (int i = 1; i < num_threads; ++i) {

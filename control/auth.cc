@@ -42,9 +42,9 @@ StatusOr<std::string> read_control_secret_file(const std::string& path) {
 
 StatusOr<std::string> load_control_secret(const std::string& path) {
     if (!path.empty()) return read_control_secret_file(path);
-    const std::string env_path = env_str("DS_CONTROL_SECRET_FILE", "");
+    const std::string env_path = env_str("DS_CONTROL_SECRET_FILE");
     if (!env_path.empty()) return read_control_secret_file(env_path);
-    const std::string value = trim(env_str("DS_CONTROL_SECRET", ""));
+    const std::string value = trim(env_str("DS_CONTROL_SECRET"));
     if (!value.empty()) {
         DS_RETURN_IF_ERROR(check_secret(value, "DS_CONTROL_SECRET"));
         return value;

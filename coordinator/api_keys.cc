@@ -64,7 +64,7 @@ StatusOr<ApiKeys> ApiKeys::load(const std::vector<std::string>& flag_keys, const
             keys.push_back(line);
         }
     }
-    std::stringstream env(env_str("DS_API_KEYS", ""));
+    std::stringstream env(env_str("DS_API_KEYS"));
     for (std::string k; std::getline(env, k, ',');) {
         if (k.empty()) continue;
         DS_RETURN_IF_ERROR(check_key(k, "DS_API_KEYS"));

@@ -82,7 +82,7 @@ bool is_loopback(const std::string& host_port) {
 // in the temp directory that the caller removes at exit (`created`).
 StatusOr<std::string> control_secret(const std::string& flag, std::string* path, bool* created) {
     *created = false;
-    *path = flag.empty() ? env_str("DS_CONTROL_SECRET_FILE", "") : flag;
+    *path = flag.empty() ? env_str("DS_CONTROL_SECRET_FILE") : flag;
     if (path->empty()) {
         *path = (std::filesystem::temp_directory_path() /
                  ("deepshard-control-" + std::to_string(getpid()) + ".secret")).string();
