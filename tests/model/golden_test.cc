@@ -202,8 +202,10 @@ TEST_P(GoldenTest, IncrementalEqualsPrefillAndBatchesMix) {
 }
 
 // Prefix caching at the engine: sequence 2 starts from sequence 1's published prompt blocks and
-// computes only the rest. Its logits are those of a cold prefill, bit for bit (the kernels compute
-// each token's row independently of how the batch was chunked), so greedy outputs cannot change.
+// computes only the rest. Its logits are those of a cold prefill up to float32 summation order:
+// the blocked GEMM and attention kernels tile rows by the chunk's size, so a different chunking may
+// round differently (the same 1e-4 bound as incremental vs whole-prompt prefill below); the cached
+// KV itself is bit for bit the cold one (it is the cold sequence's own blocks).
 TEST_P(GoldenTest, ForkFromCachedPrefixEqualsColdPrefill) {
     auto model = make();
     ASSERT_NE(model, nullptr);
@@ -237,11 +239,13 @@ TEST_P(GoldenTest, ForkFromCachedPrefixEqualsColdPrefill) {
     auto out = model->step(std::span<const SeqChunk>(&warm, 1));
     ASSERT_TRUE(out.ok()) << out.status().to_string();
     ASSERT_EQ(out->rows, T - start);
+    float worst = 0;
     for (int64_t i = 0; i < T - start; ++i) {
         const float* a = out->logits.data() + i * V;
         const float* b = ref->logits.data() + (start + i) * V;
-        ASSERT_EQ(std::memcmp(a, b, static_cast<size_t>(V) * sizeof(float)), 0) << "position " << start + i;
+        for (int64_t v = 0; v < V; ++v) worst = std::max(worst, std::fabs(a[v] - b[v]));
     }
+    EXPECT_LE(worst, 1e-4f);
     // The fork took no new blocks for the prefix: only the computed tail.
     EXPECT_EQ(model->kv_usage().used_blocks(), cached + (T - start + bs - 1) / bs);
     model->release(2);
