@@ -81,6 +81,19 @@ protected:
         for (int i = 0; i < 1500 && leader.seqs_seen() < n; ++i) std::this_thread::sleep_for(20ms);
         return leader.seqs_seen() >= n;
     }
+    // Requests the coordinator holds (queued or running), from /metrics.
+    bool wait_accepted(int n) {
+        auto gauge = [](const std::string& body, const std::string& name) {
+            const size_t at = body.find("\n" + name + " ");
+            return at == std::string::npos ? 0 : std::atoi(body.c_str() + at + name.size() + 2);
+        };
+        for (int i = 0; i < 1500; ++i) {
+            const HttpResponse m = http_request(http_, "GET", "/metrics", "", {}, 5s);
+            if (gauge(m.body, "deepshard_queued_requests") + gauge(m.body, "deepshard_running_sequences") >= n) return true;
+            std::this_thread::sleep_for(20ms);
+        }
+        return false;
+    }
     // After SIGTERM: a new request is not served (refused connection, or 503 "shutting down").
     void expect_new_requests_refused() {
         for (int i = 0; i < 200; ++i) {
@@ -157,7 +170,10 @@ TEST_F(ShutdownTest, WhatCannotFinishWithinTheDrainPeriodEndsWithAClearError) {
         plain.push_back(launch(8, false));
         streams.push_back(launch(8, true));
     }
-    ASSERT_TRUE(wait_running(leader, 4)) << proc_->log();
+    // The stalled job holds the first batch(es) forever; the rest wait in the coordinator's queue.
+    // Either way all four are accepted and none can finish.
+    ASSERT_TRUE(wait_running(leader, 1)) << proc_->log();
+    ASSERT_TRUE(wait_accepted(4)) << proc_->log();
     ASSERT_EQ(::kill(proc_->pid(), SIGTERM), 0);
     expect_new_requests_refused();
 
