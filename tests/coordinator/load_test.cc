@@ -204,11 +204,11 @@ TEST(CoordinatorLoadTest, HealthyClientsAreServedUnderLoadAndSlowloris) {
     std::string m;
     while (Clock::now() < deadline) {
         m = http_request(http, "GET", "/metrics").body;
-        if (metric(m, "deepshard_running_sequences") == 0 && metric(m, "deepshard_queue_depth") == 0) break;
+        if (metric(m, "deepshard_running_sequences") == 0 && metric(m, "deepshard_queued_requests") == 0) break;
         std::this_thread::sleep_for(milliseconds(100));
     }
     EXPECT_EQ(metric(m, "deepshard_running_sequences"), 0) << m;
-    EXPECT_EQ(metric(m, "deepshard_queue_depth"), 0) << m;
+    EXPECT_EQ(metric(m, "deepshard_queued_requests"), 0) << m;
     EXPECT_EQ(metric(m, "deepshard_requests_total"), kPlain + kStreams + kAbandoned) << m;
     EXPECT_EQ(metric(m, "deepshard_requests_rejected_total"), 0) << m;
     const double generated = metric(m, "deepshard_generation_tokens_total");

@@ -40,7 +40,7 @@ std::string csv(const std::vector<int>& v) {
 // `deepshard generate` in one process: the cold greedy (or seeded) continuation of `prompt`.
 std::vector<int> reference(const std::string& model, const std::vector<int>& prompt, int n) {
     auto r = run_command({binary_path("deepshard"), "generate", "--model", model, "--tokens", csv(prompt), "--max-tokens",
-                          std::to_string(n), "--ignore-eos", "--json"},
+                          std::to_string(n), "--ignore-eos", "--json", "--numerics", "exact"},  // as the cluster's plan
                          seconds(300));
     EXPECT_EQ(r.exit_code, 0) << r.err;
     json j = json::parse(r.out.substr(std::min(r.out.find('{'), r.out.size())), nullptr, false);

@@ -114,7 +114,8 @@ PY
 golden="$src/testdata/golden/tiny-bf16"
 prompt=$(python3 -c 'import json,sys; print(",".join(map(str, json.load(open(sys.argv[1]))["prompt_for_generation"])))' "$golden/tokens.json")
 n=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["greedy_generated"]))' "$golden/tokens.json")
-"$bin/deepshard" generate --model "$golden" --tokens "$prompt" --max-tokens "$n" --ignore-eos --temperature 0 --json \
+"$bin/deepshard" generate --model "$golden" --tokens "$prompt" --max-tokens "$n" --ignore-eos --temperature 0 \
+    --numerics exact --json \
     >"$tmp/golden.json" || fail "installed generate on the golden model failed"
 python3 - "$tmp/golden.json" "$golden/tokens.json" <<'PY' || fail "installed generate differs from the golden tokens"
 import json, sys
