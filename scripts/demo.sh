@@ -103,6 +103,6 @@ What to try next:
   $BIN/deepshard plan --model configs/deepseek-v3-671b.json --cluster 2x8xH100-80G   # the real model on a cluster
   $BIN/deepshard generate --model $MODEL --prompt "Hello" --json                     # ids, timings
   echo "Hello, world" | $BIN/deepshard tokenize --model $MODEL                       # the real tokenizer
-  bash scripts/test.sh                                                               # every test (~5 min after the build)
+  bash scripts/test.sh                                                               # every test (~10 min after the build)
   launch/README.md: deepshard-launch across hosts and under Slurm; README.md: the HTTP and Thrift APIs
 EOF
