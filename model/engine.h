@@ -93,8 +93,8 @@ struct ForwardHooks {
     std::function<void(int64_t layer, int64_t token, std::span<const int32_t> experts, std::span<const float> weights)>
         on_routing;
     // Per MoE layer and token: the router's input x (the normed hidden state, H values) and its
-    // logits (x . gate^T, one per expert) that routing ranked. CPU engine; engines that route on the
-    // device may leave it uncalled.
+    // logits (x . gate^T, one per expert) that routing ranked (both engines; the CUDA engine copies
+    // them back per MoE layer, so only tests and debugging turn it on).
     std::function<void(int64_t layer, int64_t token, std::span<const float> input, std::span<const float> logits)>
         on_router_logits;
 };

@@ -74,6 +74,9 @@ public:
     const std::string& description() const { return description_; }
     int64_t graphs_captured() const { return static_cast<int64_t>(graphs_.size()); }
     int64_t graph_replays() const { return graph_replays_; }
+    // Fast precision with FP8 x FP8 GEMMs in use: the activations of FP8 weights' GEMMs are rounded to
+    // e4m3 (2^-4 relative), not BF16 (2^-8); the golden tests derive their noise bounds from this.
+    bool fp8_activations() const { return !exact_ && fp8_ != nullptr && model_ && model_->lt_weight_count() > 0; }
     const StepLimits& limits() const { return lim_; }
 
 private:

@@ -62,6 +62,8 @@ public:
     uint64_t arena_bytes() const { return arena_.bytes(); }
     // The repacked FP8 scales of a device view (by its data pointer), or nullptr.
     const float* lt_scales(const kernels::WeightView& v) const;
+    // How many weights go through the FP8 x FP8 cuBLASLt GEMM (their activations are rounded to FP8).
+    int64_t lt_weight_count() const { return static_cast<int64_t>(lt_scales_.size()); }
 
 private:
     DeviceModel() = default;

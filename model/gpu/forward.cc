@@ -127,6 +127,16 @@ Status CudaEngine::moe(const DevLayer& L, const Pass& p) {
     int32_t* route_e = i32(ws_.route_e);
     float* route_w = f(ws_.route_w);
     DS_RETURN_IF_ERROR(kc::moe_route_warp(f(ws_.router), T, E, L.bias, weights_->route_params(), route_e, route_w, s));
+    if (hooks_ != nullptr && hooks_->on_router_logits) {
+        std::vector<float> hx(static_cast<size_t>(T * H)), hl(static_cast<size_t>(T * E));
+        DS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hx.data(), a, hx.size() * 4, cudaMemcpyDeviceToHost, s));
+        DS_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hl.data(), f(ws_.router), hl.size() * 4, cudaMemcpyDeviceToHost, s));
+        DS_RETURN_IF_ERROR(sync());
+        for (int64_t t = 0; t < T; ++t) {
+            hooks_->on_router_logits(L.index, t, std::span<const float>(hx.data() + t * H, H),
+                                     std::span<const float>(hl.data() + t * E, E));
+        }
+    }
     if (hooks_ != nullptr && hooks_->on_routing) {
         std::vector<int32_t> he(static_cast<size_t>(T * K));
         std::vector<float> hw(static_cast<size_t>(T * K));

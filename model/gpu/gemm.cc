@@ -18,12 +18,15 @@ Status GemmRunner::run_exact(const kernels::WeightView& w, const float* x, int64
 
 Status GemmRunner::run(const kernels::WeightView& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
                        bool accumulate, cudaStream_t stream) const {
-    if (exact_ || m <= kGemvRows) return kc::matmul(x, m, ldx, w, y, ldy, accumulate, stream);
+    if (exact_) return kc::matmul(x, m, ldx, w, y, ldy, accumulate, stream);
+    // FP8 cuBLASLt at every batch size, decode included: on an H200 it beat our fp32-activation GEMV at
+    // every DeepSeek-V3 shape at m = 1 (1.0-3.2x; bench/RESULTS.md "GPU check") and by 2-13x at m = 8.
     if (fp8_ != nullptr && model_ != nullptr) {
         if (const float* scales = model_->lt_scales(w)) {
             return fp8_->gemm(w, scales, x, m, ldx, y, ldy, accumulate, stream);
         }
     }
+    if (m <= kGemvRows) return kc::matmul(x, m, ldx, w, y, ldy, accumulate, stream);
     if (sm_major_ >= 8) return kc::matmul_tc(x, m, ldx, w, y, ldy, accumulate, stream);
     return kc::matmul(x, m, ldx, w, y, ldy, accumulate, stream);
 }
@@ -36,9 +39,10 @@ kc::GroupedKernel GemmRunner::grouped(int64_t tokens, int64_t experts, int64_t t
 
 std::string GemmRunner::describe() const {
     if (exact_) return "exact (fp32 activations, weights dequantized in the kernels)";
-    std::string s = "fast (GEMV <= 8 rows";
-    if (fp8_ != nullptr) s += ", FP8 cuBLASLt block-scaled [" + kc::describe(fp8_->config()) + "]";
-    s += sm_major_ >= 8 ? ", BF16 tensor cores" : ", fp32 tiles";
+    std::string s = "fast (";
+    if (fp8_ != nullptr) s += "FP8 cuBLASLt block-scaled [" + kc::describe(fp8_->config()) + "] for FP8 weights, ";
+    s += "GEMV <= 8 rows";
+    s += sm_major_ >= 8 ? ", BF16 tensor cores above" : ", fp32 tiles above";
     return s + ")";
 }
 

@@ -1,9 +1,9 @@
 // GEMM dispatch of the CUDA engine: which kernel computes y = x . W^T for a weight and a batch size.
 //   exact precision: kernels::cuda::matmul (fp32 activations; GEMV up to 8 rows, fp32 tiles above);
-//   fast precision:  up to 8 rows the same 16-byte-load GEMV (decode is weight-bandwidth bound, the fp32
-//                    math costs nothing); above, the FP8 x FP8 cuBLASLt block-scaled GEMM for FP8 weights
-//                    that have repacked scales (Hopper, after its self-test), else BF16 tensor cores with
-//                    the weight dequantized in the kernel (sm_80+), else the fp32 tiles.
+//   fast precision:  the FP8 x FP8 cuBLASLt block-scaled GEMM for FP8 weights that have repacked scales
+//                    (Hopper, after its self-test) at every batch size; other weights: up to 8 rows the
+//                    16-byte-load GEMV, above BF16 tensor cores with the weight dequantized in the kernel
+//                    (sm_80+), else the fp32 tiles.
 // The router GEMM always takes the exact path (routing decisions are what the golden sets pin down).
 #pragma once
 

@@ -49,12 +49,16 @@ void decode_as(MessageType type, const std::string& payload) {
         case MessageType::kStepResult: return roundtrip<StepResult>(payload, decode_step_result);
         case MessageType::kHeartbeat: return roundtrip<Heartbeat>(payload, decode_heartbeat);
         case MessageType::kShutdown: return roundtrip<Shutdown>(payload, decode_shutdown);
+        case MessageType::kAuthHello: return roundtrip<AuthHello>(payload, decode_auth_hello);
+        case MessageType::kAuthChallenge: return roundtrip<AuthChallenge>(payload, decode_auth_challenge);
+        case MessageType::kAuthProof: return roundtrip<AuthProof>(payload, decode_auth_proof);
     }
 }
 
 constexpr MessageType kTypes[] = {MessageType::kHello,      MessageType::kHelloAck,  MessageType::kRefuse,
                                   MessageType::kStepBatch,  MessageType::kStepResult, MessageType::kHeartbeat,
-                                  MessageType::kShutdown};
+                                  MessageType::kShutdown,   MessageType::kAuthHello, MessageType::kAuthChallenge,
+                                  MessageType::kAuthProof};
 
 }  // namespace
 

@@ -9,14 +9,14 @@
 //    the kernels) in another summation order: the CPU golden bounds (logits 1e-4, hidden 2e-4) widened 2x
 //    for that reordering, and every expert choice equal (the sets' smallest routing margin is 2.3e-3,
 //    far above fp32 noise).
-//  - fast precision rounds the KV cache to BF16 (2^-9 relative) and the GEMM activations to FP8 on Hopper
-//    (e4m3: up to 2^-4 relative per element) or BF16 elsewhere. The logits of these random-weight models
-//    have std ~1; an error of a few percent of that is expected, so the max logit error must stay below
-//    kFastLogitBound = 0.35 (a third of a standard deviation); greedy tokens must agree wherever the
-//    golden top-1 margin exceeds twice the error actually measured (they cannot flip there), and expert
-//    choices wherever the golden group / expert margin exceeds kFastRouteMargin = 0.05 (the normalized
-//    hidden state's FP8 noise moves a sigmoid score by far less). Each comparison must cover at least
-//    half of its cases, so a noisy run cannot pass by skipping everything.
+//  - fast precision rounds the KV cache to BF16 and the activations of FP8 weights' GEMMs to FP8 on
+//    Hopper (e4m3, 2^-4 relative; CudaEngine::fp8_activations), those of larger GEMMs to BF16 (2^-8)
+//    elsewhere. It is judged
+//    routing first against the CPU engine's exact run on the same prompt, with the bounds
+//    tests/model/routing_judge.h derives from that unit (the same judgement golden_fast_test makes of
+//    the CPU's BF16 mode): router scores within their rounding bound, no expert flip where the golden
+//    margins exceed the noise, logits within their bound wherever no expert flipped upstream; greedy
+//    decode side by side until the first routing near tie.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -31,12 +31,11 @@
 #include "model/checkpoint.h"
 #include "model/engine.h"
 #include "model/gpu/cuda_engine_impl.h"
+#include "model/shard_weights.h"
+#include "tests/model/routing_judge.h"
 
 namespace deepshard::model {
 namespace {
-
-constexpr float kFastLogitBound = 0.35f;
-constexpr double kFastRouteMargin = 0.05;
 
 bool have_gpu(std::string* why) { return kernels::cuda::device_count(why) > 0; }
 
@@ -46,24 +45,8 @@ bool have_gpu(std::string* why) { return kernels::cuda::device_count(why) > 0; }
         if (!have_gpu(&_why)) GTEST_SKIP() << "no GPU: " << _why; \
     } while (0)
 
-std::string golden_dir(const std::string& name) {
-    const char* src = std::getenv("DS_SOURCE_DIR");
-    return std::string(src ? src : ".") + "/testdata/golden/" + name;
-}
-
-nlohmann::json read_json(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::string text = ss.str();
-    for (const auto& [from, to] : {std::pair<std::string, std::string>{"-Infinity", "-1e308"}, {"Infinity", "1e308"},
-                                   {"NaN", "null"}}) {
-        for (size_t pos = text.find(from); pos != std::string::npos; pos = text.find(from, pos + to.size())) {
-            text.replace(pos, from.size(), to);
-        }
-    }
-    return nlohmann::json::parse(text);
-}
+using golden::golden_dir;
+using golden::read_json;
 
 float max_abs_diff(const float* a, const float* b, int64_t n) {
     float m = 0;
@@ -72,20 +55,6 @@ float max_abs_diff(const float* a, const float* b, int64_t n) {
 }
 
 int64_t argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - v; }
-
-// Top-1 minus top-2 of a row.
-float margin(const float* v, int64_t n) {
-    float a = -INFINITY, b = -INFINITY;
-    for (int64_t i = 0; i < n; ++i) {
-        if (v[i] > a) {
-            b = a;
-            a = v[i];
-        } else if (v[i] > b) {
-            b = v[i];
-        }
-    }
-    return a - b;
-}
 
 TEST(CudaEngineTest, WithoutAGpuCreateFailsWithAClearError) {
     std::string why;
@@ -126,6 +95,27 @@ protected:
         return e.ok() ? std::move(e).value() : nullptr;
     }
     bool exact() const { return GetParam().precision == Precision::kExact; }
+    // The fast precision's judge: the CPU engine's exact run is its reference.
+    std::unique_ptr<Engine> make_cpu_exact() {
+        auto w = ShardWeights::load(ckpt_, ShardSpec{});
+        EXPECT_TRUE(w.ok()) << w.status().to_string();
+        if (!w.ok()) return nullptr;
+        cpu_weights_ = *w;
+        EngineOptions opt;
+        opt.kv_budget_bytes = 64 << 20;
+        opt.kv_block_size = 4;
+        opt.numerics = kernels::Numerics::kExact;
+        auto e = create_engine(Device::kCpu, cpu_weights_, opt);
+        EXPECT_TRUE(e.ok()) << e.status().to_string();
+        return e.ok() ? std::move(e).value() : nullptr;
+    }
+    golden::RoutingJudge judge(const Engine& cuda) const {
+        const auto* g = dynamic_cast<const gpu::CudaEngine*>(&cuda);
+        const bool fp8 = g != nullptr && g->fp8_activations();
+        return golden::RoutingJudge(cpu_weights_, fp8 ? golden::kFp8Unit : golden::kBf16Unit,
+                                    GetParam().set + (fp8 ? " cuda fp8" : " cuda bf16"));
+    }
+    std::shared_ptr<const ShardWeights> cpu_weights_;
     std::string dir_;
     std::shared_ptr<const Checkpoint> ckpt_;
     nlohmann::json tokens_;
@@ -135,6 +125,15 @@ TEST_P(GoldenCudaTest, PrefillLogitsHiddenAndRouting) {
     auto model = make();
     ASSERT_NE(model, nullptr);
     const auto prompt = tokens_["tokens"].get<std::vector<int32_t>>();
+    if (!exact()) {
+        auto cpu = make_cpu_exact();
+        ASSERT_NE(cpu, nullptr);
+        const golden::Trace ref = golden::traced_prefill(*cpu, prompt);
+        const golden::Trace got = golden::traced_prefill(*model, prompt);
+        ASSERT_FALSE(ref.logits.empty());
+        judge(*model).judge_prefill(read_json(dir_ + "/moe_routing.json"), ref, got);
+        return;
+    }
     const int64_t T = static_cast<int64_t>(prompt.size());
     const int64_t H = ckpt_->config().hidden_size, V = ckpt_->config().vocab_size;
     std::vector<float> hidden;
@@ -154,23 +153,16 @@ TEST_P(GoldenCudaTest, PrefillLogitsHiddenAndRouting) {
     const float err = max_abs_diff(out->logits.data(), ref->data.data(), T * V);
     std::printf("[golden] %s %s prefill max |logit error| %.3e\n", GetParam().set.c_str(),
                 precision_name(GetParam().precision), err);
-    EXPECT_LE(err, exact() ? 2e-4f : kFastLogitBound);
-    int compared = 0;
+    EXPECT_LE(err, 2e-4f);
     for (int64_t t = 0; t < T; ++t) {
-        const float* r = ref->data.data() + t * V;
-        if (!exact() && margin(r, V) <= 2 * err) continue;
-        ++compared;
-        EXPECT_EQ(argmax(out->logits.data() + t * V, V), argmax(r, V)) << "position " << t;
+        EXPECT_EQ(argmax(out->logits.data() + t * V, V), argmax(ref->data.data() + t * V, V)) << "position " << t;
     }
-    EXPECT_GE(compared, (T + 1) / 2) << "too few positions with a margin above the noise";
     auto href = read_npy_f32(dir_ + "/hidden_prefill.npy");
     ASSERT_TRUE(href.ok());
     ASSERT_EQ(hidden.size(), href->data.size());
-    if (exact()) {
-        for (int64_t l = 0; l < href->shape[0]; ++l) {
-            EXPECT_LE(max_abs_diff(hidden.data() + l * T * H, href->data.data() + l * T * H, T * H), 4e-4f)
-                << "after block " << l - 1;
-        }
+    for (int64_t l = 0; l < href->shape[0]; ++l) {
+        EXPECT_LE(max_abs_diff(hidden.data() + l * T * H, href->data.data() + l * T * H, T * H), 4e-4f)
+            << "after block " << l - 1;
     }
     const auto moe = read_json(dir_ + "/moe_routing.json");
     int decisions = 0, checked = 0;
@@ -180,9 +172,6 @@ TEST_P(GoldenCudaTest, PrefillLogitsHiddenAndRouting) {
         ASSERT_EQ(routing[layer].size(), expected.size()) << "layer " << layer;
         for (size_t t = 0; t < expected.size(); ++t) {
             ++decisions;
-            const double em = entry["expert_margin"][t].is_null() ? 0.0 : entry["expert_margin"][t].get<double>();
-            const double gm = entry["group_margin"][t].is_null() ? 0.0 : entry["group_margin"][t].get<double>();
-            if (!exact() && std::min(em, gm) <= kFastRouteMargin) continue;
             ++checked;
             const auto want = expected[t].get<std::set<int32_t>>();
             const std::set<int32_t> got(routing[layer][t].begin(), routing[layer][t].end());
@@ -191,7 +180,7 @@ TEST_P(GoldenCudaTest, PrefillLogitsHiddenAndRouting) {
     }
     std::printf("[golden] %s %s expert choices compared: %d / %d\n", GetParam().set.c_str(),
                 precision_name(GetParam().precision), checked, decisions);
-    EXPECT_GE(checked, decisions / 2);
+    EXPECT_EQ(checked, decisions);
 }
 
 TEST_P(GoldenCudaTest, GreedyContinuationThroughKvCache) {
@@ -201,6 +190,12 @@ TEST_P(GoldenCudaTest, GreedyContinuationThroughKvCache) {
     const auto expected = tokens_["greedy_generated"].get<std::vector<int32_t>>();
     auto ref = read_npy_f32(dir_ + "/logits_gen.npy");
     ASSERT_TRUE(ref.ok());
+    if (!exact()) {
+        auto cpu = make_cpu_exact();
+        ASSERT_NE(cpu, nullptr);
+        judge(*model).judge_greedy(*model, *cpu, prompt, expected, ref->data);
+        return;
+    }
     const int64_t V = ckpt_->config().vocab_size;
     std::vector<int32_t> next = prompt;
     int64_t pos = 0;
@@ -213,16 +208,13 @@ TEST_P(GoldenCudaTest, GreedyContinuationThroughKvCache) {
         const float err = max_abs_diff(out->logits.data(), r, V);
         worst = std::max(worst, err);
         const int32_t tok = static_cast<int32_t>(argmax(out->logits.data(), V));
-        if (exact() || margin(r, V) > 2 * err) {
-            ASSERT_EQ(tok, expected[i]) << "generated token " << i;
-        }
-        // Feed the golden token, so a (permitted) near-tie flip does not derail the rest.
+        ASSERT_EQ(tok, expected[i]) << "generated token " << i;
         pos += static_cast<int64_t>(next.size());
         next = {expected[i]};
     }
     std::printf("[golden] %s %s decode max |logit error| %.3e\n", GetParam().set.c_str(),
                 precision_name(GetParam().precision), worst);
-    EXPECT_LE(worst, exact() ? 2e-4f : kFastLogitBound);
+    EXPECT_LE(worst, 2e-4f);
 }
 
 // Decode batches replayed from graphs (padded to their bucket) give the eager engine's logits exactly.
@@ -265,14 +257,28 @@ TEST_P(GoldenCudaTest, GraphReplayEqualsEagerAndSubStepsEqualOneStep) {
     EXPECT_GE(g->graphs_captured(), 1);
     EXPECT_GE(g->graph_replays(), 4);
     // A prefill split into 3-token device passes == the whole prefill (different GEMM shapes: fp32 noise).
+    // In fast precision a summation-order difference can move an activation across an FP8 rounding
+    // boundary and so flip a near-tie expert choice, after which the logits legitimately differ: there
+    // the logits are compared at the positions before the first position whose routing differs.
     auto split = make(3, false), whole = make(0, false);
     const int64_t T = static_cast<int64_t>(prompt.size());
-    SeqChunk c{.seq_id = 1, .tokens = prompt, .num_tokens = T, .start_pos = 0, .logits = LogitsMode::kAll};
-    auto x = split->step(std::span<const SeqChunk>(&c, 1));
-    auto y = whole->step(std::span<const SeqChunk>(&c, 1));
-    ASSERT_TRUE(x.ok() && y.ok());
-    ASSERT_EQ(x->rows, T);
-    EXPECT_LE(max_abs_diff(x->logits.data(), y->logits.data(), T * V), exact() ? 1e-4f : 5e-2f);
+    const golden::Trace x = golden::traced_prefill(*split, prompt);
+    const golden::Trace y = golden::traced_prefill(*whole, prompt);
+    ASSERT_EQ(x.logits.size(), static_cast<size_t>(T * V));
+    ASSERT_EQ(y.logits.size(), x.logits.size());
+    int64_t same_until = T;
+    for (const auto& [layer, sets] : y.experts) {
+        ASSERT_EQ(x.experts.count(layer), 1u);
+        for (int64_t t = 0; t < std::min<int64_t>(same_until, static_cast<int64_t>(sets.size())); ++t) {
+            if (x.experts.at(layer)[t] != sets[t]) same_until = t;
+        }
+    }
+    if (exact()) EXPECT_EQ(same_until, T) << "split and whole prefill chose other experts in exact precision";
+    EXPECT_GT(same_until, 0) << "the routing differs already at the first position";
+    EXPECT_LE(max_abs_diff(x.logits.data(), y.logits.data(), same_until * V), exact() ? 1e-4f : 5e-2f);
+    std::printf("[golden] %s %s split vs whole prefill: routing equal for %lld/%lld positions\n",
+                GetParam().set.c_str(), precision_name(GetParam().precision), static_cast<long long>(same_until),
+                static_cast<long long>(T));
     whole->release(1);
     EXPECT_EQ(whole->kv_usage().free_blocks, whole->kv_usage().total_blocks);
 }
