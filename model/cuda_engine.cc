@@ -141,7 +141,32 @@ Status CudaEngine::init(const EngineOptions& options) {
     std::optional<kc::Fp8GemmConfig> lt_cfg;
     if (fp8_) lt_cfg = fp8_->config();
     DS_ASSIGN_OR_RETURN(model_, DeviceModel::upload(w, lt_cfg, &load_stats_));
-    gemm_ = GemmRunner(exact_, sm_major_, fp8_.get(), model_.get());
+    // Staging for the cuBLASLt BF16 path: the widest BF16 weight's k times the padded step rows.
+    int64_t bf16_k = 0;
+    if (!exact_ && sm_major_ >= 8) {
+        auto widest = [&bf16_k](const kernels::WeightView& v) {
+            if (v.valid() && v.dtype == DType::kBF16) bf16_k = std::max(bf16_k, v.cols);
+        };
+        for (const LayerWeights& L : w.layers()) {
+            for (const kernels::WeightView* v : {&L.wq_a, &L.wq_b, &L.wq, &L.wkv_a, &L.wo, &L.dense.w1, &L.dense.w3,
+                                                 &L.dense.w2, &L.shared.w1, &L.shared.w3, &L.shared.w2}) {
+                widest(*v);
+            }
+            for (const MlpWeights& e : L.experts) {
+                if (!e.held()) continue;
+                widest(e.w1);
+                widest(e.w3);
+                widest(e.w2);
+            }
+        }
+        if (w.has_head()) widest(w.head());
+    }
+    const int64_t bf16_elems = bf16_k * gemm_rows_padded(std::max(lim_.max_tokens, lim_.max_logits_rows));
+    if (bf16_elems > 0) {
+        DS_ASSIGN_OR_RETURN(bf16_x_, kc::DeviceBuffer::create(static_cast<size_t>(bf16_elems) * 2));
+        DS_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(bf16_x_.get(), 0, bf16_x_.bytes(), stream()));
+    }
+    gemm_ = GemmRunner(exact_, sm_major_, fp8_.get(), model_.get(), lt_.get(), bf16_x_.as<uint16_t>(), bf16_elems);
 
     // KV pool: [block][layer][slot][latent | rope] like the CPU cache, plus the padding block.
     const int64_t esz = kc::kv_dtype_size(kv_dtype_);

@@ -211,7 +211,8 @@ void bench_gemms(const kc::CublasLtHandle& lt, const Peaks& peaks) {
 }
 
 void bench_mla(int sms) {
-    std::printf("\n%-6s %6s %7s | %9s %8s %7s\n", "heads", "batch", "context", "time us", "GB/s", "splits");
+    std::printf("\n%-6s %6s %7s %-6s | %9s %8s %7s %9s\n", "heads", "batch", "context", "kernel", "time us", "GB/s",
+                "splits", "TFLOP/s");
     for (int32_t heads : {16, 128}) {
         for (int64_t B : {1, 32, 128}) {
             for (int32_t ctx : {1024, 8192, 32768}) {
@@ -250,17 +251,25 @@ void bench_mla(int sms) {
                 a.out = out->as<float>();
                 a.out_ld_token = heads * R;
                 a.out_ld_head = R;
-                const double t = time_ms([&](int) {
-                    check(kc::mla_plan_decode(dl->as<int32_t>(), B, ctas, off->as<int32_t>(), nullptr), "plan");
-                    check(kc::mla_decode_scheduled(a, dl->as<int32_t>(), off->as<int32_t>(), ctas, scratch->get(),
-                                                   scratch->bytes(), nullptr),
-                          "mla");
-                });
-                const double bytes = static_cast<double>(B) * ctx * (R + rd) * 2;
-                const double gbs = bytes / (t * 1e-3) / 1e9;
-                std::printf("%-6d %6lld %7d | %9.1f %8.1f %7d\n", heads, static_cast<long long>(B), ctx, t * 1e3, gbs, ctas);
-                emit({{"bench", "mla_decode"}, {"heads", heads}, {"batch", B}, {"context", ctx}, {"us", t * 1e3},
-                      {"kv_gbs", gbs}});
+                // The tensor-core kernel (the engine's path for a BF16 cache) and the fp32 one, same data.
+                for (bool tc : {true, false}) {
+                    kc::mla_set_tensor_cores(tc);
+                    const double t = time_ms([&](int) {
+                        check(kc::mla_plan_decode(dl->as<int32_t>(), B, ctas, off->as<int32_t>(), nullptr), "plan");
+                        check(kc::mla_decode_scheduled(a, dl->as<int32_t>(), off->as<int32_t>(), ctas,
+                                                       scratch->get(), scratch->bytes(), nullptr),
+                              "mla");
+                    });
+                    const double bytes = static_cast<double>(B) * ctx * (R + rd) * 2;
+                    const double gbs = bytes / (t * 1e-3) / 1e9;
+                    // Q.K^T over R + rd and P.V over R, per head and cached token.
+                    const double tflops = 2.0 * B * heads * ctx * (2 * R + rd) / (t * 1e-3) / 1e12;
+                    std::printf("%-6d %6lld %7d %-6s | %9.1f %8.1f %7d %9.1f\n", heads, static_cast<long long>(B), ctx,
+                                tc ? "mma" : "fp32", t * 1e3, gbs, ctas, tflops);
+                    emit({{"bench", "mla_decode"}, {"heads", heads}, {"batch", B}, {"context", ctx},
+                          {"kernel", tc ? "mma" : "fp32"}, {"us", t * 1e3}, {"kv_gbs", gbs}, {"tflops", tflops}});
+                }
+                kc::mla_set_tensor_cores(true);
             }
         }
     }

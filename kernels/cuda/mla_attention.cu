@@ -4,11 +4,14 @@
 // cache layout is aligned), scores them against all its heads (a warp per (head, token) dot, lanes over
 // the 576 dims), runs the fp32 online softmax (a warp per head) and accumulates P.V into registers (each
 // thread owns latent columns tid and tid + 256 for every head of the group).
+// BF16 caches take the tensor-core variant instead where the dims allow (mla_attention_tc.cu: same work
+// units and outputs, Q.K^T and P.V on mma.sync; mla_set_tensor_cores(false) turns it off).
 // Split modes: uniform (num_splits blocks per query) or scheduled (offsets from mla_plan_decode: a
 // variable number per query, balanced by length; blocks past the schedule exit at once).
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -17,6 +20,7 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/launch_util.h"
 #include "kernels/cuda/mla_attention.h"
+#include "kernels/cuda/mla_attention_kernel.h"
 
 namespace deepshard::kernels::cuda {
 
@@ -32,28 +36,8 @@ constexpr int kCols = kMlaMaxLatentDim / kThreads;  // latent columns per thread
 static_assert(kTk == 32, "the softmax step maps one lane to one token of the tile");
 static_assert(kMlaMaxLatentDim % kThreads == 0, "latent columns are spread evenly over the threads");
 
-struct KernelParams {
-    MlaCache cache;
-    int32_t num_heads, head_groups, num_splits;
-    float scale;
-    int64_t num_queries;
-    const float* q_lat;
-    int64_t q_lat_ld_token, q_lat_ld_head;
-    const float* q_pe;
-    int64_t q_pe_ld_token, q_pe_ld_head;
-    const int32_t* block_tables;
-    int64_t num_table_rows;
-    int32_t max_blocks;
-    const int32_t* query_rows;  // nullptr: query i uses row i
-    const int32_t* kv_lens;     // kv length of query i = kv_lens[i] + len_add
-    int32_t len_add;
-    const int32_t* offsets;     // scheduled mode: split schedule [num_queries + 1]; nullptr: uniform
-    bool vec;                   // 16-byte staging loads are aligned
-    float* out;  // queries with one split
-    int64_t out_ld_token, out_ld_head;
-    float* part_lse;  // [slot][head]
-    float* part_out;  // [slot][head][latent_dim]
-};
+using internal::MlaKernelParams;
+using KernelParams = MlaKernelParams;
 
 template <typename T>
 __device__ __forceinline__ float load_cache(const T* p);
@@ -395,12 +379,18 @@ Status launch(const char* op,
     if (blocks > INT_MAX) {
         return bad_arg(op, "num_queries " + std::to_string(a.num_queries) + " x splits x head groups exceeds the grid");
     }
+    if (mla_tensor_cores() && internal::mla_tc_usable(a.cache, p.vec)) return internal::launch_mla_tc(p, blocks, stream);
     const size_t smem = smem_floats(a.cache.latent_dim + a.cache.rope_dim) * sizeof(float);
     return a.cache.dtype == KvDType::kF32 ? launch_t<float>(p, blocks, smem, stream)
                                           : launch_t<uint16_t>(p, blocks, smem, stream);
 }
 
+std::atomic<bool> g_tensor_cores{true};
+
 }  // namespace
+
+void mla_set_tensor_cores(bool on) { g_tensor_cores.store(on); }
+bool mla_tensor_cores() { return g_tensor_cores.load(); }
 
 Status validate_mla_args(const char* op, const MlaAttentionArgs& a) {
     const MlaCache& c = a.cache;

@@ -110,6 +110,12 @@ Status validate_mla_args(const char* op, const MlaAttentionArgs& args);
 
 // Bytes of scratch mla_decode needs: 0 for num_splits <= 1, else batch * num_splits * num_heads *
 // (latent_dim + 1) floats (partial outputs and their log-sum-exp).
+// BF16 caches run on tensor cores (mma.sync, sm_80+: q and the probabilities rounded to BF16) where
+// the dims allow; off, they take the fp32 kernel like float32 caches. For tests and benchmarks that
+// compare the two; on by default.
+void mla_set_tensor_cores(bool on);
+bool mla_tensor_cores();
+
 size_t mla_decode_scratch_bytes(int64_t batch, int32_t num_heads, int32_t latent_dim, int32_t num_splits);
 
 // A uniform split count for decode: enough blocks to fill `num_sms` twice over, at least two tiles of

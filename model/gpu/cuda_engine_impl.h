@@ -128,6 +128,7 @@ private:
     kernels::cuda::CudaEvent sync_event_;
     std::unique_ptr<kernels::cuda::CublasLtHandle> lt_;
     std::unique_ptr<kernels::cuda::Fp8Gemm> fp8_;
+    kernels::cuda::DeviceBuffer bf16_x_;  // GemmRunner's BF16 activation staging (fast precision)
     std::unique_ptr<DeviceModel> model_;
     GemmRunner gemm_;
 

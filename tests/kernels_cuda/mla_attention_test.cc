@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <numeric>
@@ -17,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common/dtype.h"
 #include "kernels/kernels.h"
 #include "model/checkpoint.h"
 #include "model/cpu_engine.h"
@@ -552,6 +554,128 @@ TEST(MlaAttentionCuda, DecodeMatchesReferenceWithAndWithoutSplits) {
             expect_matches(from_device<float>(d_out, n_out), want, 5e-5,
                            std::string(dc.name) + " splits " + std::to_string(splits));
         }
+    }
+}
+
+// A BF16 cache (the CUDA engine's fast precision): the tensor-core kernel against the double reference on
+// the same (rounded) cache values, within the bound its own roundings imply, and the fp32 kernel on the
+// same cache within fp32 noise. Derivation, per (query, head): rounding q to BF16 moves score j by at most
+// e_j = 2^-8 * scale * sum_d |q_d k_jd| (2^-9 relative per element, doubled for the accumulation), so
+// with E = max_j e_j every probability moves by a factor within [e^-2E, e^2E]; rounding the (unnormalized)
+// probabilities to BF16 adds 2^-9 relative. Hence |out_d - ref_d| <= ((e^2E - 1)(1 + 2^-9) + 2^-9) *
+// sum_j p_j |v_jd| (+ fp32 accumulation noise).
+TEST(MlaAttentionCuda, Bf16CacheOnTensorCoresWithinTheirRoundingBound) {
+    DS_REQUIRE_CUDA();
+    const DecodeCase cases[] = {
+        {"deepseek_v3_all_heads", 128, 512, 64, 64, 0, {1, 33, 700, 2000}},
+        {"small_fp8_dims", 8, 128, 32, 4, 0, {1, 5, 24, 97}},
+    };
+    for (const DecodeCase& dc : cases) {
+        std::mt19937 rng(7);
+        HostCache cache = make_cache(rng, dc.lens, dc.latent, dc.rope, dc.block_size, dc.pad);
+        std::vector<uint16_t> pool16(cache.pool.size());
+        for (size_t i = 0; i < pool16.size(); ++i) {
+            pool16[i] = ::deepshard::f32_to_bf16(cache.pool[i]);
+            cache.pool[i] = ::deepshard::bf16_to_f32(pool16[i]);  // the reference sees exactly the cached values
+        }
+        const int64_t batch = static_cast<int64_t>(dc.lens.size());
+        const HostQueries q = make_queries(rng, batch, dc.heads, dc.latent, dc.rope);
+        std::vector<std::vector<double>> want, bound;
+        for (int64_t b = 0; b < batch; ++b) {
+            for (int32_t h = 0; h < dc.heads; ++h) {
+                const float* ql = q.lat.data() + (b * dc.heads + h) * dc.latent;
+                const float* qp = q.pe.data() + (b * dc.heads + h) * dc.rope;
+                want.push_back(reference_attention(ql, qp, dc.latent, dc.rope, 0, dc.lens[b], kScale,
+                                                   [&](int64_t j) { return cache.slot(b, j); }));
+                std::vector<double> s(dc.lens[b]);
+                double E = 0, mx = -INFINITY, sum = 0;
+                for (int64_t j = 0; j < dc.lens[b]; ++j) {
+                    const float* kv = cache.slot(b, j);
+                    double dot = 0, mag = 0;
+                    for (int32_t d = 0; d < dc.latent; ++d) {
+                        dot += double(ql[d]) * kv[d];
+                        mag += std::fabs(double(ql[d]) * kv[d]);
+                    }
+                    for (int32_t d = 0; d < dc.rope; ++d) {
+                        dot += double(qp[d]) * kv[dc.latent + d];
+                        mag += std::fabs(double(qp[d]) * kv[dc.latent + d]);
+                    }
+                    s[j] = dot * kScale;
+                    E = std::max(E, 0x1p-8 * kScale * mag);
+                    mx = std::max(mx, s[j]);
+                }
+                for (double& v : s) sum += (v = std::exp(v - mx));
+                const double rel = (std::exp(2 * E) - 1) * (1 + 0x1p-9) + 0x1p-9;
+                std::vector<double> bd(dc.latent, 0.0);
+                for (int64_t j = 0; j < dc.lens[b]; ++j) {
+                    const float* kv = cache.slot(b, j);
+                    for (int32_t d = 0; d < dc.latent; ++d) bd[d] += s[j] / sum * std::fabs(kv[d]);
+                }
+                for (double& v : bd) v = rel * v + 1e-5 * (1 + v);
+                bound.push_back(std::move(bd));
+            }
+        }
+        auto d_pool = to_device(pool16), d_tables = to_device(cache.tables), d_lens = to_device(cache.lens);
+        auto d_qlat = to_device(q.lat), d_qpe = to_device(q.pe);
+        const int64_t n_out = batch * dc.heads * dc.latent;
+        MlaAttentionArgs a;
+        MlaCache view;
+        view.data = d_pool.as<uint16_t>() + cache.layer * cache.block_size * cache.token_stride;
+        view.dtype = KvDType::kBF16;
+        view.block_stride = cache.block_stride;
+        view.token_stride = cache.token_stride;
+        view.block_size = cache.block_size;
+        view.num_blocks = cache.num_blocks;
+        view.latent_dim = cache.latent;
+        view.rope_dim = cache.rope;
+        a.cache = view;
+        a.num_heads = dc.heads;
+        a.softmax_scale = static_cast<float>(kScale);
+        a.num_queries = batch;
+        a.q_lat = d_qlat.as<float>();
+        a.q_lat_ld_head = dc.latent;
+        a.q_lat_ld_token = int64_t{dc.heads} * dc.latent;
+        a.q_pe = d_qpe.as<float>();
+        a.q_pe_ld_head = dc.rope;
+        a.q_pe_ld_token = int64_t{dc.heads} * dc.rope;
+        a.block_tables = d_tables.as<int32_t>();
+        a.num_table_rows = batch;
+        a.max_blocks_per_seq = cache.max_blocks;
+        a.out_ld_head = dc.latent;
+        a.out_ld_token = int64_t{dc.heads} * dc.latent;
+        for (bool tc : {true, false}) {
+            mla_set_tensor_cores(tc);
+            for (int32_t splits : {1, 7}) {
+                auto d_out = to_device(std::vector<float>(n_out, -123.0f));
+                a.out = d_out.as<float>();
+                const size_t bytes = mla_decode_scratch_bytes(batch, dc.heads, dc.latent, splits);
+                auto scratch = DeviceBuffer::create(std::max<size_t>(bytes, 1));
+                ASSERT_TRUE(scratch.ok());
+                Status st = mla_decode(a, d_lens.as<int32_t>(), splits, scratch->get(), bytes, nullptr);
+                ASSERT_TRUE(st.ok()) << dc.name << ": " << st.to_string();
+                const std::string what = std::string(dc.name) + (tc ? " tensor cores" : " fp32 kernel") +
+                                         " splits " + std::to_string(splits);
+                const std::vector<float> got = from_device<float>(d_out, n_out);
+                if (!tc) {
+                    expect_matches(got, want, 5e-5, what);
+                    continue;
+                }
+                double worst = 0, worst_err = 0;
+                for (size_t i = 0; i < want.size(); ++i) {
+                    for (size_t d = 0; d < want[i].size(); ++d) {
+                        const double err = std::fabs(got[i * want[i].size() + d] - want[i][d]);
+                        ASSERT_FALSE(std::isnan(got[i * want[i].size() + d])) << what;
+                        worst = std::max(worst, err / bound[i][d]);
+                        worst_err = std::max(worst_err, err);
+                    }
+                }
+                EXPECT_LE(worst, 1.0) << what << ": error " << worst_err << " beyond the rounding bound";
+                EXPECT_GT(worst_err, 0.0) << what << ": bit-equal to the double reference: are tensor cores off?";
+                std::printf("[mla bf16] %s: max |err| %.3g = %.2f of the derived bound\n", what.c_str(), worst_err,
+                            worst);
+            }
+        }
+        mla_set_tensor_cores(true);
     }
 }
 
