@@ -123,7 +123,7 @@ stage ops ${DS_OPS_LIMIT:-150} "$B/backend_ops_test" --gtest_brief=1
 # 5. NCCL on the compute stream and compute-sanitizer: only on request (DS_GPU_FULL=1; both were clean
 #    on the first check and take a minute of device time together).
 if [ "${DS_GPU_FULL:-0}" = 1 ]; then
-  stage nccl 20 "$B/nccl_device_test" --gtest_brief=1
+  [ -x "$B/nccl_device_test" ] && stage nccl 20 "$B/nccl_device_test" --gtest_brief=1
   SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
   if [ -n "$SAN" ]; then
     stage sanitizer 60 env DS_BACKEND_OPS_QUICK=1 "$SAN" --tool memcheck --leak-check no --error-exitcode 3 \
