@@ -21,6 +21,8 @@ const std::vector<EnvKnob>& env_knobs() {
         {"DS_CONTROL_SECRET", "", "the control secret itself (for a leader host without the file)"},
         {"DS_API_KEYS", "", "coordinator: API keys clients may present, comma-separated"},
         {"DS_PROGRESS", "auto", "loading progress bar: auto (on a terminal), on, off"},
+        {"DS_CUDA_MLA_TC", "false",
+         "CUDA engine: MLA attention over the BF16 cache on tensor cores (off until verified on a GPU)"},
     };
     return knobs;
 }

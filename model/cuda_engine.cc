@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/env.h"
 #include "common/logging.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_status.h"
@@ -101,6 +102,8 @@ Status CudaEngine::init(const EngineOptions& options) {
     exact_ = options.precision == Precision::kExact;
     kv_dtype_ = exact_ ? kc::KvDType::kF32 : kc::KvDType::kBF16;
     graphs_enabled_ = options.cuda_graphs;
+    // The tensor-core MLA kernel has not run on hardware yet: opt-in (kernels/cuda/mla_attention.h).
+    if (env_bool("DS_CUDA_MLA_TC")) kc::mla_set_tensor_cores(true);
     const ShardWeights& w = *weights_;
     const ModelConfig& c = w.config();
     dims_ = dims_of(w);

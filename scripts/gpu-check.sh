@@ -102,9 +102,9 @@ if [ "$total" -ge "$LIMIT" ]; then
 fi
 cat <<EOF
 
-The device check is ready. Make this one call of the device tool (on one H200; ~8 minutes):
+The device check is ready. Make this one call of the device tool (on one H200; about 6 minutes, at most 10):
 
-  run(command="bash scripts/gpu-check-run.sh", carry=[".gpucheck"], timeout_s=540)
+  run(command="bash scripts/gpu-check-run.sh", carry=[".gpucheck"], timeout_s=600)
 
 It writes \$OUT/gpu-check.log (every stage's output and a summary table) and \$OUT/*.json (benchmarks).
 EOF

@@ -211,6 +211,7 @@ void bench_gemms(const kc::CublasLtHandle& lt, const Peaks& peaks) {
 }
 
 void bench_mla(int sms) {
+    const bool default_tc = kc::mla_tensor_cores();
     std::printf("\n%-6s %6s %7s %-6s | %9s %8s %7s %9s\n", "heads", "batch", "context", "kernel", "time us", "GB/s",
                 "splits", "TFLOP/s");
     for (int32_t heads : {16, 128}) {
@@ -269,7 +270,7 @@ void bench_mla(int sms) {
                     emit({{"bench", "mla_decode"}, {"heads", heads}, {"batch", B}, {"context", ctx},
                           {"kernel", tc ? "mma" : "fp32"}, {"us", t * 1e3}, {"kv_gbs", gbs}, {"tflops", tflops}});
                 }
-                kc::mla_set_tensor_cores(true);
+                kc::mla_set_tensor_cores(default_tc);
             }
         }
     }

@@ -36,7 +36,9 @@ constexpr int kCols = kMlaMaxLatentDim / kThreads;  // latent columns per thread
 static_assert(kTk == 32, "the softmax step maps one lane to one token of the tile");
 static_assert(kMlaMaxLatentDim % kThreads == 0, "latent columns are spread evenly over the threads");
 
+using internal::MlaBlockWork;
 using internal::MlaKernelParams;
+using internal::mla_block_work;
 using KernelParams = MlaKernelParams;
 
 template <typename T>
@@ -94,36 +96,12 @@ __global__ void __launch_bounds__(kThreads) mla_attention_kernel(KernelParams p)
     float* s_alpha = s_l + kHg;   // rescale of this tile per head
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    const int g = static_cast<int>(blockIdx.x % p.head_groups);
-    const int64_t rest = blockIdx.x / p.head_groups;
-    int64_t q, slot;
-    int32_t split, nsplits;
-    if (p.offsets != nullptr) {
-        // Scheduled: `rest` is a slot of the schedule; slots past its end have nothing to do (the whole
-        // block leaves before any barrier).
-        const int32_t total = p.offsets[p.num_queries];
-        if (rest >= total) return;
-        q = mla_slot_query(p.offsets, static_cast<int32_t>(p.num_queries), static_cast<int32_t>(rest));
-        split = static_cast<int32_t>(rest - p.offsets[q]);
-        nsplits = p.offsets[q + 1] - p.offsets[q];
-        slot = rest;
-    } else {
-        split = static_cast<int32_t>(rest % p.num_splits);
-        q = rest / p.num_splits;
-        nsplits = p.num_splits;
-        slot = rest;
-    }
-    const int h0 = g * kHg;
-    const int hg = min(kHg, p.num_heads - h0);
-
-    const int64_t row = p.query_rows != nullptr ? p.query_rows[q] : q;
-    const int32_t raw_len = p.kv_lens[q];
-    const int64_t len = static_cast<int64_t>(raw_len) + p.len_add;
-    const bool bad = row < 0 || row >= p.num_table_rows || raw_len < 0 ||
-                     len > static_cast<int64_t>(p.max_blocks) * p.cache.block_size;
-    int32_t begin = 0, end = 0;
-    if (!bad)
-        mla_split_range(static_cast<int32_t>(len), nsplits, split, &begin, &end);
+    const MlaBlockWork w = mla_block_work(p, blockIdx.x);
+    if (!w.active) return;  // the whole block leaves before any barrier
+    const int64_t q = w.q, slot = w.slot, row = w.row;
+    const int32_t nsplits = w.nsplits, begin = w.begin, end = w.end;
+    const int h0 = w.h0, hg = w.hg;
+    const bool bad = w.bad;
 
     for (int idx = tid; idx < hg * D; idx += kThreads) {
         const int h = idx / D, d = idx % D;
@@ -385,7 +363,9 @@ Status launch(const char* op,
                                           : launch_t<uint16_t>(p, blocks, smem, stream);
 }
 
-std::atomic<bool> g_tensor_cores{true};
+// Off until the kernel has run on hardware: it was written in a session without a GPU (the GPU check's
+// mla_attention_cuda_test and gpu_kernels_bench turn it on explicitly and compare it).
+std::atomic<bool> g_tensor_cores{false};
 
 }  // namespace
 

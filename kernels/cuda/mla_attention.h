@@ -110,9 +110,10 @@ Status validate_mla_args(const char* op, const MlaAttentionArgs& args);
 
 // Bytes of scratch mla_decode needs: 0 for num_splits <= 1, else batch * num_splits * num_heads *
 // (latent_dim + 1) floats (partial outputs and their log-sum-exp).
-// BF16 caches run on tensor cores (mma.sync, sm_80+: q and the probabilities rounded to BF16) where
-// the dims allow; off, they take the fp32 kernel like float32 caches. For tests and benchmarks that
-// compare the two; on by default.
+// On: BF16 caches run on tensor cores (mma.sync, sm_80+: q and the probabilities rounded to BF16)
+// where the dims allow; off: they take the fp32 kernel like float32 caches. Off by default until the
+// tensor-core kernel has passed mla_attention_cuda_test on a GPU (it has not run on one yet); tests and
+// benchmarks turn it on to compare the two.
 void mla_set_tensor_cores(bool on);
 bool mla_tensor_cores();
 

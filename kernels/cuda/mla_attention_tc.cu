@@ -76,33 +76,12 @@ __global__ void __launch_bounds__(kThreads) mla_attention_tc_kernel(MlaKernelPar
     float* s_alpha = s_l + kHg;                             // this tile's rescale per head
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
-    const int grp = static_cast<int>(blockIdx.x % p.head_groups);
-    const int64_t rest = blockIdx.x / p.head_groups;
-    int64_t q, slot;
-    int32_t split, nsplits;
-    if (p.offsets != nullptr) {
-        const int32_t total = p.offsets[p.num_queries];
-        if (rest >= total) return;
-        q = mla_slot_query(p.offsets, static_cast<int32_t>(p.num_queries), static_cast<int32_t>(rest));
-        split = static_cast<int32_t>(rest - p.offsets[q]);
-        nsplits = p.offsets[q + 1] - p.offsets[q];
-        slot = rest;
-    } else {
-        split = static_cast<int32_t>(rest % p.num_splits);
-        q = rest / p.num_splits;
-        nsplits = p.num_splits;
-        slot = rest;
-    }
-    const int h0 = grp * kHg;
-    const int hg = min(kHg, p.num_heads - h0);
-
-    const int64_t row = p.query_rows != nullptr ? p.query_rows[q] : q;
-    const int32_t raw_len = p.kv_lens[q];
-    const int64_t len = static_cast<int64_t>(raw_len) + p.len_add;
-    const bool bad = row < 0 || row >= p.num_table_rows || raw_len < 0 ||
-                     len > static_cast<int64_t>(p.max_blocks) * p.cache.block_size;
-    int32_t begin = 0, end = 0;
-    if (!bad) mla_split_range(static_cast<int32_t>(len), nsplits, split, &begin, &end);
+    const MlaBlockWork w = mla_block_work(p, blockIdx.x);
+    if (!w.active) return;  // the whole block leaves before any barrier
+    const int64_t q = w.q, slot = w.slot, row = w.row;
+    const int32_t nsplits = w.nsplits, begin = w.begin, end = w.end;
+    const int h0 = w.h0, hg = w.hg;
+    const bool bad = w.bad;
 
     // q in BF16; the rows of absent heads are zero (their scores and outputs are never used).
     for (int idx = tid; idx < kHg * D; idx += kThreads) {

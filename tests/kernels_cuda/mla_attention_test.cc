@@ -44,9 +44,11 @@ struct HostCache {
         const int32_t id = tables[row * max_blocks + pos / block_size];
         return pool.data() + layer * block_size * token_stride + id * block_stride + (pos % block_size) * token_stride;
     }
-    MlaCache view(const float* base) const {
+    // The layer's view of a device copy of `pool` (float32, or converted to `dtype`).
+    MlaCache view(const void* base, KvDType dtype = KvDType::kF32) const {
         MlaCache c;
-        c.data = base + layer * block_size * token_stride;
+        c.dtype = dtype;
+        c.data = static_cast<const char*>(base) + layer * block_size * token_stride * kv_dtype_size(dtype);
         c.block_stride = block_stride;
         c.token_stride = token_stride;
         c.block_size = block_size;
@@ -497,6 +499,28 @@ struct DecodeCase {
     std::vector<int32_t> lens;
 };
 
+// Decode arguments for dense queries [batch, heads, latent | rope] and outputs [batch, heads, latent].
+MlaAttentionArgs decode_args(const MlaCache& view, const DecodeCase& dc, int64_t batch, int32_t max_blocks,
+                             const DeviceBuffer& qlat, const DeviceBuffer& qpe, const DeviceBuffer& tables) {
+    MlaAttentionArgs a;
+    a.cache = view;
+    a.num_heads = dc.heads;
+    a.softmax_scale = static_cast<float>(kScale);
+    a.num_queries = batch;
+    a.q_lat = qlat.as<float>();
+    a.q_lat_ld_head = dc.latent;
+    a.q_lat_ld_token = int64_t{dc.heads} * dc.latent;
+    a.q_pe = qpe.as<float>();
+    a.q_pe_ld_head = dc.rope;
+    a.q_pe_ld_token = int64_t{dc.heads} * dc.rope;
+    a.block_tables = tables.as<int32_t>();
+    a.num_table_rows = batch;
+    a.max_blocks_per_seq = max_blocks;
+    a.out_ld_head = dc.latent;
+    a.out_ld_token = int64_t{dc.heads} * dc.latent;
+    return a;
+}
+
 TEST(MlaAttentionCuda, DecodeMatchesReferenceWithAndWithoutSplits) {
     DS_REQUIRE_CUDA();
     const DecodeCase cases[] = {
@@ -524,22 +548,8 @@ TEST(MlaAttentionCuda, DecodeMatchesReferenceWithAndWithoutSplits) {
         auto d_pool = to_device(cache.pool), d_tables = to_device(cache.tables), d_lens = to_device(cache.lens);
         auto d_qlat = to_device(q.lat), d_qpe = to_device(q.pe);
         const int64_t n_out = batch * dc.heads * dc.latent;
-        MlaAttentionArgs a;
-        a.cache = cache.view(d_pool.as<float>());
-        a.num_heads = dc.heads;
-        a.softmax_scale = static_cast<float>(kScale);
-        a.num_queries = batch;
-        a.q_lat = d_qlat.as<float>();
-        a.q_lat_ld_head = dc.latent;
-        a.q_lat_ld_token = int64_t{dc.heads} * dc.latent;
-        a.q_pe = d_qpe.as<float>();
-        a.q_pe_ld_head = dc.rope;
-        a.q_pe_ld_token = int64_t{dc.heads} * dc.rope;
-        a.block_tables = d_tables.as<int32_t>();
-        a.num_table_rows = batch;
-        a.max_blocks_per_seq = cache.max_blocks;
-        a.out_ld_head = dc.latent;
-        a.out_ld_token = int64_t{dc.heads} * dc.latent;
+        MlaAttentionArgs a = decode_args(cache.view(d_pool.as<float>()), dc, batch, cache.max_blocks, d_qlat, d_qpe,
+                                         d_tables);
         int device = 0, sms = 0;
         ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
         const int32_t auto_splits = mla_decode_num_splits(batch, dc.heads, 1000, sms);
@@ -570,6 +580,7 @@ TEST(MlaAttentionCuda, Bf16CacheOnTensorCoresWithinTheirRoundingBound) {
         {"deepseek_v3_all_heads", 128, 512, 64, 64, 0, {1, 33, 700, 2000}},
         {"small_fp8_dims", 8, 128, 32, 4, 0, {1, 5, 24, 97}},
     };
+    const bool default_tc = mla_tensor_cores();
     for (const DecodeCase& dc : cases) {
         std::mt19937 rng(7);
         HostCache cache = make_cache(rng, dc.lens, dc.latent, dc.rope, dc.block_size, dc.pad);
@@ -618,31 +629,8 @@ TEST(MlaAttentionCuda, Bf16CacheOnTensorCoresWithinTheirRoundingBound) {
         auto d_pool = to_device(pool16), d_tables = to_device(cache.tables), d_lens = to_device(cache.lens);
         auto d_qlat = to_device(q.lat), d_qpe = to_device(q.pe);
         const int64_t n_out = batch * dc.heads * dc.latent;
-        MlaAttentionArgs a;
-        MlaCache view;
-        view.data = d_pool.as<uint16_t>() + cache.layer * cache.block_size * cache.token_stride;
-        view.dtype = KvDType::kBF16;
-        view.block_stride = cache.block_stride;
-        view.token_stride = cache.token_stride;
-        view.block_size = cache.block_size;
-        view.num_blocks = cache.num_blocks;
-        view.latent_dim = cache.latent;
-        view.rope_dim = cache.rope;
-        a.cache = view;
-        a.num_heads = dc.heads;
-        a.softmax_scale = static_cast<float>(kScale);
-        a.num_queries = batch;
-        a.q_lat = d_qlat.as<float>();
-        a.q_lat_ld_head = dc.latent;
-        a.q_lat_ld_token = int64_t{dc.heads} * dc.latent;
-        a.q_pe = d_qpe.as<float>();
-        a.q_pe_ld_head = dc.rope;
-        a.q_pe_ld_token = int64_t{dc.heads} * dc.rope;
-        a.block_tables = d_tables.as<int32_t>();
-        a.num_table_rows = batch;
-        a.max_blocks_per_seq = cache.max_blocks;
-        a.out_ld_head = dc.latent;
-        a.out_ld_token = int64_t{dc.heads} * dc.latent;
+        MlaAttentionArgs a = decode_args(cache.view(d_pool.get(), KvDType::kBF16), dc, batch, cache.max_blocks, d_qlat,
+                                         d_qpe, d_tables);
         for (bool tc : {true, false}) {
             mla_set_tensor_cores(tc);
             for (int32_t splits : {1, 7}) {
@@ -675,7 +663,7 @@ TEST(MlaAttentionCuda, Bf16CacheOnTensorCoresWithinTheirRoundingBound) {
                             worst);
             }
         }
-        mla_set_tensor_cores(true);
+        mla_set_tensor_cores(default_tc);
     }
 }
 

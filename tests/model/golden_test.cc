@@ -14,31 +14,13 @@
 #include "common/npy.h"
 #include "model/checkpoint.h"
 #include "model/engine.h"
+#include "tests/model/routing_judge.h"
 
 namespace deepshard::model {
 namespace {
 
-std::string golden_dir(const std::string& name) {
-    const char* src = std::getenv("DS_SOURCE_DIR");
-    return std::string(src ? src : ".") + "/testdata/golden/" + name;
-}
-
-// The golden files come from Python's json module, which writes the non-JSON literals Infinity and
-// NaN (e.g. `expert_margin` when the group limit alone decides the experts); map them to values
-// nlohmann parses before reading.
-nlohmann::json read_json(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::string text = ss.str();
-    for (const auto& [from, to] : {std::pair<std::string, std::string>{"-Infinity", "-1e308"}, {"Infinity", "1e308"},
-                                   {"NaN", "null"}}) {
-        for (size_t pos = text.find(from); pos != std::string::npos; pos = text.find(from, pos + to.size())) {
-            text.replace(pos, from.size(), to);
-        }
-    }
-    return nlohmann::json::parse(text);
-}
+using golden::golden_dir;
+using golden::read_json;
 
 float max_abs_diff(const float* a, const float* b, int64_t n) {
     float m = 0;

@@ -1,7 +1,7 @@
 // Routing-first judgement of an engine that rounds (CPU `fast`: BF16 dot products; CUDA `fast`: FP8 or
 // BF16 GEMM activations and a BF16 KV cache) against the exact float32 engine on a golden set (the golden
 // READMEs: "for such an engine, compare the routing first and judge the logits only where no expert
-// flipped"). Shared by golden_fast_test (CPU) and golden_cuda_test (CUDA).
+// flipped"). Shared by golden_fast_test (CPU) and golden_cuda_test (CUDA); golden_test uses its file helpers.
 //
 // What is derived, per golden set, from u = the relative error of one rounded matmul stage (BF16:
 // 2^-8; FP8 e4m3 activations: 2^-4) by first-order propagation of one relative rounding per rounded
@@ -46,7 +46,9 @@ inline constexpr double kFp8Unit = 0x1p-4;
 
 // testdata/golden/<name> under DS_SOURCE_DIR (or the working directory).
 std::string golden_dir(const std::string& name);
-// Python's json writes Infinity/NaN; mapped to values nlohmann parses (+-1e308, null).
+// The golden files come from Python's json module, which writes the non-JSON literals Infinity and NaN
+// (e.g. `expert_margin` when the group limit alone decides the experts): mapped to values nlohmann parses
+// (+-1e308, null) before reading.
 nlohmann::json read_json(const std::string& path);
 
 struct RouterCall {
