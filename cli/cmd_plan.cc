@@ -29,12 +29,15 @@ struct PlanArgs {
     std::string objective = "throughput";
     double mem_fraction = 0.90;
     int64_t min_kv_tokens = 0;
+    int64_t kv_budget_mb = 0;
     topology::Workload workload;
     bool json = false;
     std::string out;
 };
 
 // The device this host's `ranks` drive: its GPUs when CUDA reports enough known ones, else its CPUs.
+// CPU ranks get the RAM the host has free now (MemAvailable), not its total: the KV budget the plan
+// writes is committed by the shard job when it starts, so it must come out of memory that exists.
 StatusOr<topology::DeviceSpec> local_device(const topology::HostTopology& host, int ranks) {
     if (!host.gpus.empty() && static_cast<int>(host.gpus.size()) >= ranks) {
         auto d = topology::device_from_gpu_name(host.gpus.front().name, host.gpus.front().memory_bytes);
@@ -42,7 +45,13 @@ StatusOr<topology::DeviceSpec> local_device(const topology::HostTopology& host, 
             return d;
         }
     }
-    return topology::cpu_device(host.memory_bytes);
+    topology::DeviceSpec d = topology::cpu_device(host.memory_bytes);
+    if (host.available_memory_bytes > 0) {
+        d.memory_bytes = host.available_memory_bytes;
+        d.memory_source = "free on this host now (MemAvailable) of " +
+                          topology::format_gb(static_cast<double>(host.memory_bytes)) + " RAM";
+    }
+    return d;
 }
 
 StatusOr<topology::Cluster> build_cluster(const PlanArgs& a, int layout_world) {
@@ -113,6 +122,7 @@ Status run_plan(const PlanArgs& a) {
     o.numerics = a.numerics;
     o.mem_fraction = a.mem_fraction;
     o.min_kv_tokens = a.min_kv_tokens;
+    o.kv_budget_bytes = a.kv_budget_mb << 20;
     o.workload = a.workload;
     if (a.objective != "throughput" && a.objective != "latency") {
         return invalid_argument("--objective must be throughput or latency, got \"" + a.objective + "\"");
@@ -167,6 +177,10 @@ void register_plan(CLI::App& app, int* exit_code) {
     cmd->add_option("--mem-fraction", a->mem_fraction, "share of each device's memory to use (default 0.90)");
     cmd->add_option("--min-kv-tokens", a->min_kv_tokens,
                     "refuse plans whose KV cache holds fewer tokens per sequence (default: prompt + output)");
+    cmd->add_option("--kv-budget-mb", a->kv_budget_mb,
+                    "KV cache per rank in MiB, written to the plan for the shard job (default: what memory leaves, "
+                    "capped at what the workload keeps resident)")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
     cmd->add_option("--prompt-tokens", a->workload.prompt_tokens, "workload input length (default 2000)");
     cmd->add_option("--output-tokens", a->workload.output_tokens, "workload output length (default 1000)");
     cmd->add_option("--max-batch-per-rank", a->workload.max_batch_per_rank, "decode batch cap per rank (default 256)");

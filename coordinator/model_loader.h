@@ -22,9 +22,10 @@ struct LoadedModel {
 // `name` overrides the model id clients use (default: the directory's base name).
 StatusOr<LoadedModel> load_model(const std::string& dir, const std::string& name = "");
 
-// The fingerprint the shard job's leader sends in Hello (model::Checkpoint::fingerprint()),
-// computed from config.json and the safetensors headers. A directory without weights gets the
-// config-only hash (no shard job can match it).
+// The fingerprint the shard job's leader sends in Hello (model::Checkpoint::fingerprint()), computed
+// by the same reader (model/checkpoint_files.h) from config.json and the safetensors headers. A
+// directory without weights gets the config-only hash (no shard job can match it); a malformed
+// index or header is an error naming the file.
 StatusOr<uint64_t> model_fingerprint(const std::string& dir, const model::ModelConfig& config);
 
 }  // namespace deepshard::coordinator

@@ -22,6 +22,7 @@
 
 #include "common/logging.h"
 #include "common/thread_pool.h"
+#include "model/checkpoint_files.h"
 #include "model/make_model.h"
 #include "model/safetensors.h"
 
@@ -38,40 +39,6 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 
 bool is_float_dtype(DType t) { return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16; }
 
-// The index may only name files next to it: a shard name is a plain file name.
-bool plain_file_name(const std::string& f) {
-    return !f.empty() && f.find('/') == std::string::npos && f.find('\0') == std::string::npos && f != "." && f != "..";
-}
-
-StatusOr<std::map<std::string, std::string>> read_index(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        return io_error("cannot read " + path);
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    const std::string text = ss.str();
-    nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object()) {
-        return data_loss(path + ": malformed index: not a JSON object");
-    }
-    auto wm = j.find("weight_map");
-    if (wm == j.end() || !wm->is_object()) {
-        return data_loss(path + ": malformed index: no \"weight_map\" object");
-    }
-    std::map<std::string, std::string> out;
-    for (auto it = wm->begin(); it != wm->end(); ++it) {
-        if (!it->is_string()) {
-            return data_loss(path + ": weight_map entry for tensor '" + it.key() + "' is not a file name");
-        }
-        out[it.key()] = it->get<std::string>();
-    }
-    if (out.empty()) {
-        return data_loss(path + ": weight_map is empty");
-    }
-    return out;
-}
-
 bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
 
 }  // namespace
@@ -87,59 +54,23 @@ StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::open(const std::string& dir) {
     }
     DS_ASSIGN_OR_RETURN(ck->config_, ModelConfig::load((fs::path(dir) / "config.json").string()));
 
-    const std::string index_path = (fs::path(dir) / "model.safetensors.index.json").string();
-    const bool have_index = fs::exists(index_path, ec);
-    std::map<std::string, std::string> weight_map;
-    std::map<std::string, std::string> first_tensor_of;  // file -> a tensor naming it (for messages)
-    if (have_index) {
-        DS_ASSIGN_OR_RETURN(weight_map, read_index(index_path));
-        for (const auto& [tensor, file] : weight_map) first_tensor_of.emplace(file, tensor);
-    } else if (fs::exists(fs::path(dir) / "model.safetensors", ec)) {
-        first_tensor_of.emplace("model.safetensors", "");
-    } else {
-        return not_found(dir + ": no model.safetensors.index.json and no model.safetensors");
-    }
-    for (const auto& [file, tensor] : first_tensor_of) {
-        const std::string path = (fs::path(dir) / file).string();
-        if (!plain_file_name(file)) {
-            return data_loss(index_path + ": shard '" + file + "' (of tensor '" + tensor +
-                             "') is not a plain file name");
-        }
-        if (!fs::is_regular_file(path, ec)) {
-            return not_found(index_path + ": names shard '" + file + "' (for tensor '" + tensor +
-                             "'), which does not exist in " + dir);
-        }
-        DS_ASSIGN_OR_RETURN(MappedFile mf, MappedFile::open(path));
-        DS_ASSIGN_OR_RETURN(safetensors::Header h, safetensors::parse_header(mf.data(), mf.size(), path));
+    // The index and the shard headers (model/checkpoint_files.h: shared with the coordinator).
+    DS_ASSIGN_OR_RETURN(CheckpointFiles files, open_checkpoint_files(dir));
+    for (CheckpointFile& f : files.files) {
         const int fi = static_cast<int>(ck->files_.size());
-        for (auto& e : h.tensors) {
-            if (auto it = ck->by_name_.find(e.name); it != ck->by_name_.end()) {
-                return data_loss(path + ": tensor '" + e.name + "' also appears in " +
-                                 ck->file_names_[ck->tensors_[it->second].file_index]);
-            }
+        for (auto& e : f.header.tensors) {
             TensorInfo t;
             t.name = e.name;
             t.dtype = e.dtype;
             t.shape = e.shape;
             t.file_index = fi;
-            t.offset = h.data_start + e.begin;
+            t.offset = f.header.data_start + e.begin;
             t.nbytes = e.end - e.begin;
             ck->by_name_[t.name] = ck->tensors_.size();
             ck->tensors_.push_back(std::move(t));
         }
-        ck->files_.push_back(std::move(mf));
-        ck->file_names_.push_back(file);
-    }
-    for (const auto& [tensor, file] : weight_map) {
-        const TensorInfo* t = ck->find(tensor);
-        if (t == nullptr) {
-            return data_loss(index_path + ": tensor '" + tensor + "' is mapped to " + file +
-                             ", whose header does not contain it");
-        }
-        if (ck->file_names_[t->file_index] != file) {
-            return data_loss(index_path + ": tensor '" + tensor + "' is mapped to " + file + " but is stored in " +
-                             ck->file_names_[t->file_index]);
-        }
+        ck->files_.push_back(std::move(f.file));
+        ck->file_names_.push_back(f.name);
     }
     return ck;
 }
@@ -411,22 +342,12 @@ StatusOr<LoadStats> Checkpoint::load(const std::vector<std::string>& names) cons
 }
 
 uint64_t Checkpoint::fingerprint() const {
-    uint64_t h = 1469598103934665603ull;
-    auto mix = [&h](const void* p, size_t n) {
-        const auto* b = static_cast<const uint8_t*>(p);
-        for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-    };
-    auto mix_u64 = [&](uint64_t v) { mix(&v, sizeof(v)); };
-    mix_u64(config_.hash());
+    FingerprintBuilder fp(config_.hash());
     for (const auto& [name, index] : by_name_) {  // sorted by name: independent of the shard layout
         const TensorInfo& t = tensors_[index];
-        mix(name.data(), name.size() + 1);
-        mix_u64(static_cast<uint64_t>(t.dtype));
-        mix_u64(t.shape.size());
-        for (auto d : t.shape) mix_u64(static_cast<uint64_t>(d));
-        mix_u64(t.nbytes);
+        fp.add(name, t.dtype, t.shape, t.nbytes);
     }
-    return h;
+    return fp.value();
 }
 
 uint64_t Checkpoint::resident_bytes() const {

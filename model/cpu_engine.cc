@@ -10,6 +10,7 @@
 #include "kernels/kernels.h"
 #include "kernels/mla.h"
 #include "kernels/moe.h"
+#include "model/kv_format.h"
 
 namespace deepshard::model {
 
@@ -45,6 +46,9 @@ StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::create(std::shared_ptr<const Sha
     kc.latent_dim = c.kv_lora_rank;
     kc.rope_dim = c.qk_rope_head_dim;
     kc.block_size = options.kv_block_size;
+    // The storage the planner sized the budget with (model/kv_format.h).
+    kc.bytes_per_value =
+        model::kv_value_bytes(model::kv_storage_for(/*cuda=*/false, options.numerics == kernels::Numerics::kExact));
     kc.num_blocks = kc.num_layers > 0 ? kc.blocks_for_budget(options.kv_budget_bytes) : 1;
     if (options.kv_max_blocks > 0) kc.num_blocks = std::min(kc.num_blocks, options.kv_max_blocks);
     if (kc.num_layers <= 0) {

@@ -31,7 +31,9 @@ step 4 "generate in one process (deepshard generate); random weights, so the tex
 RUN=$(mktemp -d /tmp/deepshard-demo.XXXXXX)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 step 5 "plan $LAYOUT on this host: stages, memory and KV per rank, predicted speed (deepshard plan)"
-"$BIN/deepshard" plan --model "$MODEL" --layout "$LAYOUT" --out "$RUN/plan.json"
+# The KV budget in the plan is what each rank commits at start: sized for 8 sequences per rank (the
+# demo asks one question at a time) rather than the default 256, which would take most of this host's RAM.
+"$BIN/deepshard" plan --model "$MODEL" --layout "$LAYOUT" --max-batch-per-rank 8 --out "$RUN/plan.json"
 step 6 "serve it: deepshard-launch starts the coordinator and a 4-rank mpirun shard job; one HTTP and one Thrift request"
 "$BIN/deepshard-launch" --model "$MODEL" --plan "$RUN/plan.json" --run-dir "$RUN/run" \
   --http 127.0.0.1:0 --thrift 127.0.0.1:0 >"$RUN/launch.log" 2>&1 &

@@ -112,6 +112,7 @@ StatusOr<Layout> Layout::from_plan(const topology::PlanFile& p, const model::Mod
     }
     l.expert_owner = p.expert_placement.empty() ? even(c, 1, l.ranks_per_stage, l.attention).expert_owner
                                                 : p.expert_placement;
+    l.kv_budget_bytes = p.kv_budget_bytes;
     if (!p.numerics.empty() && !kernels::parse_numerics(p.numerics, &l.numerics)) {
         return invalid_argument("plan: numerics must be \"exact\" or \"fast\", got \"" + p.numerics + "\"");
     }

@@ -39,6 +39,9 @@ struct Layout {
     // The plan's "numerics" ("exact" | "fast"): numerics of every rank's weight matmuls. Plans without
     // the field serve with fast, the serving default (issue 11).
     kernels::Numerics numerics = kernels::Numerics::kFast;
+    // The plan's "kv_budget_bytes": the KV cache each rank registers (deepshard-shard's default when
+    // --kv-budget-mb is not given). 0 = the plan names none.
+    int64_t kv_budget_bytes = 0;
 
     RankDevice device_of(int rank) const {
         return rank >= 0 && rank < static_cast<int>(devices.size()) ? devices[rank] : RankDevice{};

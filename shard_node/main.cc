@@ -100,12 +100,15 @@ private:
     std::thread thread_;
 };
 
+// The KV pool of a rank whose plan names no budget (hand-written plans) and no --kv-budget-mb.
+constexpr int64_t kDefaultKvBudgetMb = 512;
+
 struct ShardArgs {
     std::string model;
     std::string plan;
     std::string coordinator;
     model::GenerateOptions options;
-    int64_t kv_budget_mb = 512;
+    int64_t kv_budget_mb = 0;  // 0: the plan's kv_budget_bytes, else kDefaultKvBudgetMb
     int64_t kv_block_size = 16;
     int64_t kv_blocks = 0;
     int64_t timeout_ms = 0;
@@ -161,7 +164,14 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
         DS_ASSIGN_OR_RETURN(rd.device, model::parse_device(args.device));
     }
     model::EngineOptions opt;
+    // --kv-budget-mb wins; else the plan's budget, which `deepshard plan` sized for this engine's
+    // KV storage, so that what the plan printed is what this rank registers.
+    std::string kv_from = "--kv-budget-mb";
     opt.kv_budget_bytes = args.kv_budget_mb << 20;
+    if (args.kv_budget_mb <= 0) {
+        opt.kv_budget_bytes = layout.kv_budget_bytes > 0 ? layout.kv_budget_bytes : kDefaultKvBudgetMb << 20;
+        kv_from = layout.kv_budget_bytes > 0 ? "the plan" : "the default (the plan names no kv_budget_bytes)";
+    }
     opt.kv_block_size = args.kv_block_size;
     opt.kv_max_blocks = args.kv_blocks;
     opt.device_ordinal = rd.ordinal;
@@ -176,6 +186,11 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
                  world->rank(), layout.stage_of(world->rank()), layout.local_of(world->rank()),
                  model::device_name(rd.device), kernels::numerics_name(opt.numerics), ls.bytes / 1e6, ls.seconds,
                  ls.gb_per_s());
+    const model::KvUsage kv = pipeline->engine().kv_usage();
+    spdlog::info("rank {}: KV cache {} blocks x {} tokens = {} tokens ({:.1f} MB of a {:.1f} MB budget from {})",
+                 world->rank(), kv.total_blocks, kv.block_size, kv.total_blocks * kv.block_size,
+                 static_cast<double>(kv.total_blocks * kv.block_bytes) / 1e6,
+                 static_cast<double>(opt.kv_budget_bytes) / 1e6, kv_from);
     // Loading takes as long as it takes on big models: wait for everyone as long as it plausibly can.
     DS_RETURN_IF_ERROR(wait_for_every_rank_loaded(world, *ckpt, ls));
 
@@ -222,7 +237,9 @@ int main(int argc, char** argv) {
     app.add_option("--model", args.model, "model directory (every rank reads only its own byte ranges)")->required();
     app.add_option("--plan", args.plan, "plan file from `deepshard plan`")->required();
     app.add_option("--coordinator", args.coordinator, "HOST:PORT of the coordinator's control port");
-    app.add_option("--kv-budget-mb", args.kv_budget_mb, "KV cache pool per rank in MiB");
+    app.add_option("--kv-budget-mb", args.kv_budget_mb,
+                   "KV cache pool per rank in MiB (default: the plan's kv_budget_bytes, else 512)")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
     app.add_option("--kv-block-size", args.kv_block_size, "tokens per KV block");
     app.add_option("--kv-blocks", args.kv_blocks, "cap the KV pool per rank at this many blocks (0: what the budget holds)")
         ->check(CLI::NonNegativeNumber);

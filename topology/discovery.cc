@@ -361,6 +361,22 @@ void discover_rdma(HostTopology* h) {
 }
 #endif
 
+// MemAvailable of /proc/meminfo (the kernel's estimate of what new allocations can get without
+// swapping, page cache included), in bytes; 0 when unknown. Values beyond the host's RAM are refused.
+int64_t available_memory(int64_t total_bytes) {
+    std::ifstream in("/proc/meminfo");
+    std::string key, unit;
+    int64_t kib = 0;
+    while (in >> key >> kib) {
+        std::getline(in, unit);
+        if (key == "MemAvailable:") {
+            const int64_t bytes = kib > 0 && kib < (int64_t{1} << 50) ? kib * 1024 : 0;
+            return total_bytes > 0 && bytes > total_bytes ? 0 : bytes;
+        }
+    }
+    return 0;
+}
+
 }  // namespace
 
 StatusOr<HostTopology> discover_host(const DiscoveryOptions& options) {
@@ -372,6 +388,7 @@ StatusOr<HostTopology> discover_host(const DiscoveryOptions& options) {
     HwlocTopo ht;
     std::map<std::string, hwloc_obj_t> pci_objs;
     DS_RETURN_IF_ERROR(discover_hwloc(&h, &pci_objs, &ht));
+    h.available_memory_bytes = available_memory(h.memory_bytes);
 
     h.rdma_source = "none: built without libibverbs";
 #if DS_WITH_IBVERBS

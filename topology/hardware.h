@@ -26,6 +26,7 @@ struct DeviceSpec {
     double nic_gbs = 0;        // scale-out NIC bandwidth per GPU (HGX: one NIC per GPU), per direction
     std::string nic_model;     // the NIC a node of this kind usually carries
     std::string source;        // where the numbers come from
+    std::string memory_source; // where memory_bytes comes from when not the table ("" = the table)
 
     bool is_gpu() const { return kind == DeviceKind::kGpu; }
     bool has_fp8() const { return fp8_tflops > 0; }

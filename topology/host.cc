@@ -92,6 +92,7 @@ nlohmann::json to_json(const HostTopology& t) {
     j["cores"] = t.cores;
     j["pus"] = t.pus;
     j["memory_bytes"] = t.memory_bytes;
+    j["available_memory_bytes"] = t.available_memory_bytes;
     j["numa_nodes"] = nlohmann::json::array();
     for (const auto& n : t.numa_nodes) {
         j["numa_nodes"].push_back({{"os_index", n.os_index},

@@ -68,6 +68,7 @@ struct HostTopology {
     int cores = 0;
     int pus = 0;
     int64_t memory_bytes = 0;
+    int64_t available_memory_bytes = 0;  // RAM free for new allocations now (MemAvailable); 0 = unknown
     std::vector<NumaNode> numa_nodes;
     std::vector<PciDevice> pci;
     std::vector<GpuDevice> gpus;

@@ -18,7 +18,8 @@ const char* dtype_path_name(DtypePath p) {
     return "?";
 }
 
-ModelStats::ModelStats(const model::ModelConfig& c, bool fp8_weights) : c_(c), fp8_(fp8_weights) {}
+ModelStats::ModelStats(const model::ModelConfig& c, bool fp8_weights, model::KvStorage kv)
+    : c_(c), fp8_(fp8_weights), kv_(kv) {}
 
 double ModelStats::linear(int64_t out, int64_t in) const {
     if (out <= 0 || in <= 0) {

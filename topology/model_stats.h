@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "model/config.h"
+#include "model/kv_format.h"
 
 namespace deepshard::topology {
 
@@ -20,8 +21,9 @@ const char* dtype_path_name(DtypePath p);
 
 class ModelStats {
 public:
-    // `fp8_weights`: linear weights are held in FP8 with block scales (else BF16).
-    ModelStats(const model::ModelConfig& c, bool fp8_weights);
+    // `fp8_weights`: linear weights are held in FP8 with block scales (else BF16). `kv`: how the
+    // engine that runs the plan stores its latent KV cache (model/kv_format.h).
+    ModelStats(const model::ModelConfig& c, bool fp8_weights, model::KvStorage kv = model::KvStorage::kBf16);
 
     const model::ModelConfig& config() const { return c_; }
     bool fp8_weights() const { return fp8_; }
@@ -53,13 +55,16 @@ public:
     int64_t num_moe_layers() const;
     int64_t num_dense_layers() const { return c_.num_hidden_layers - num_moe_layers(); }
 
-    // Latent KV cache (MLA, absorbed form): (kv_lora_rank + qk_rope_head_dim) BF16 values per token per layer.
-    int64_t kv_bytes_per_token_layer() const { return (c_.kv_lora_rank + c_.qk_rope_head_dim) * 2; }
+    // Latent KV cache (MLA, absorbed form): (kv_lora_rank + qk_rope_head_dim) values per token per
+    // layer, in the engine's storage (BF16 on CUDA fast numerics, float32 otherwise).
+    model::KvStorage kv_storage() const { return kv_; }
+    int64_t kv_bytes_per_token_layer() const { return model::kv_bytes_per_token_layer(c_, kv_); }
 
 private:
     double linear(int64_t out, int64_t in) const;  // bytes of one [out, in] weight in this storage
     model::ModelConfig c_;
     bool fp8_;
+    model::KvStorage kv_;
 };
 
 }  // namespace deepshard::topology

@@ -90,6 +90,12 @@ StatusOr<PlanFile> PlanFile::from_json_value(const json& j, const std::string& s
     if (p.kv_budget_bytes < 0) {
         return invalid_argument(where + ": field 'kv_budget_bytes' is negative");
     }
+    // A rank allocates this much at start: a corrupt value must fail here, with the field named.
+    constexpr int64_t kMaxKvBudgetBytes = int64_t{1} << 50;
+    if (p.kv_budget_bytes > kMaxKvBudgetBytes) {
+        return invalid_argument(where + ": field 'kv_budget_bytes' (" + std::to_string(p.kv_budget_bytes) +
+                                ") is beyond any machine (limit 2^50)");
+    }
     if (j.contains("stages")) {
         if (!j["stages"].is_array()) {
             return invalid_argument(where + ": field 'stages' is not a list");

@@ -2,9 +2,10 @@
 //   world_size, ranks_per_stage, num_stages, attention ("tp"|"dp"), stages [{first_layer, last_layer
 //   (exclusive), ranks}], expert_placement [local rank per expert], numerics ("exact"|"fast": the
 //   weight matmuls of every rank) — the part shard_node reads;
-//   dtype {path, weights, compute, kv_cache, reason}; kv_budget_bytes (per rank) and kv_cache
-//   {bytes_per_token_per_layer, capacity_tokens, max_tokens_per_sequence}; memory [per stage, the
-//   fullest rank: capacity, usable, weights, activations, comm, kv bytes, kv_tokens]; ranks [rank,
+//   dtype {path, weights, compute, kv_cache, reason}; kv_budget_bytes (per rank: what every rank
+//   registers) and kv_cache {dtype, bytes_per_token_per_layer, budget_bytes_per_rank, budget_reason,
+//   capacity_tokens, max_tokens_per_sequence}; memory [per stage, the fullest rank: capacity, usable,
+//   weights, activations, comm, kv room, kv (the budget), kv_tokens (what it holds)]; ranks [rank,
 //   stage, local, host, node, gpu, numa, nic, cpus]; transports {traffic class -> backend, link};
 //   predictions {workload, decode, decode_batch1, prefill}; cluster; model; candidates; explanation.
 #include <cstdio>
@@ -135,9 +136,12 @@ nlohmann::json Plan::to_json() const {
     j["dtype"] = {{"path", dtype_path_name(dtype)},
                   {"weights", fp8 ? "fp8-e4m3, fp32 scale per 128x128 block" : "bf16"},
                   {"compute", dtype == DtypePath::kFp8 ? "fp8 gemm, fp32 accumulate" : "bf16 gemm, fp32 accumulate"},
-                  {"kv_cache", "bf16"},
+                  {"kv_cache", model::kv_storage_name(kv_storage)},
                   {"reason", dtype_reason}};
-    j["kv_cache"] = {{"bytes_per_token_per_layer", kv_bytes_per_token_layer},
+    j["kv_cache"] = {{"dtype", model::kv_storage_name(kv_storage)},
+                     {"bytes_per_token_per_layer", kv_bytes_per_token_layer},
+                     {"budget_bytes_per_rank", kv_budget_bytes},
+                     {"budget_reason", kv_budget_reason},
                      {"capacity_tokens", kv_capacity_tokens},
                      {"max_tokens_per_sequence", max_tokens_per_sequence}};
     j["memory"] = nlohmann::json::array();
@@ -148,6 +152,7 @@ nlohmann::json Plan::to_json() const {
                                {"weights_bytes", m.weights},
                                {"activation_bytes", m.activations},
                                {"comm_buffer_bytes", m.comm},
+                               {"kv_room_bytes", m.kv_room},
                                {"kv_bytes", m.kv},
                                {"kv_tokens", m.kv_tokens}});
     }
@@ -207,7 +212,11 @@ std::string Plan::summary() const {
         o << "  stage " << s << ": layers [" << stages[s].first << ", " << stages[s].second << "), ranks "
           << s * ranks_per_stage << "-" << (s + 1) * ranks_per_stage - 1 << "; per rank " << format_gb(m.weights)
           << " weights + " << format_gb(m.activations) << " activations + " << format_gb(m.comm) << " comm + "
-          << format_gb(m.kv) << " KV (" << m.kv_tokens << " tokens) of " << format_gb(m.usable) << " usable\n";
+          << format_gb(m.kv) << " KV (" << m.kv_tokens << " tokens) of " << format_gb(m.usable) << " usable";
+        if (m.kv_room > m.kv * 1.01) {
+            o << " (" << format_gb(m.kv_room - m.kv) << " left unused)";
+        }
+        o << "\n";
     }
     o << "  dtype: " << dtype_path_name(dtype) << ", numerics " << options.numerics << "\n";
     for (const auto& line : explanation) {
@@ -235,6 +244,10 @@ std::string Plan::summary() const {
     if (!gpu) {
         o << "    memory bandwidth: " << fmt("%.1f", cluster.device().mem_bw_gbs) << " GB/s per node ("
           << cluster.device().source << ")\n";
+    }
+    if (!cluster.device().memory_source.empty()) {
+        o << "  memory: " << format_gb(static_cast<double>(cluster.device().memory_bytes)) << " per node ("
+          << cluster.device().memory_source << ")\n";
     }
     o << "  bindings:\n";
     const size_t show = ranks.size() <= 16 ? ranks.size() : 8;

@@ -24,6 +24,8 @@ struct Eval {
     std::vector<RankMemory> memory;
     int64_t capacity_tokens = 0;
     int64_t max_seq_tokens = 0;
+    double kv_budget = 0;  // per rank (Plan::kv_budget_bytes)
+    std::string kv_budget_reason;
     DecodeEstimate decode, bs1;
     PrefillEstimate prefill;
     std::string decode_bound, bs1_bound, prefill_bound;
@@ -231,18 +233,12 @@ Eval evaluate(
         if (dp && S > 1) {
             m.comm += 2 * T * std::min<double>(k, S) * H * 3;  // dispatch (FP8) + combine (BF16) buffers
         }
-        m.kv = m.usable - m.weights - m.activations - m.comm;
-        const double layers = static_cast<double>(ev.stages[st].second - ev.stages[st].first);
-        m.kv_tokens = m.kv > 0 ? static_cast<int64_t>(m.kv / (layers * s.kv_bytes_per_token_layer())) : 0;
+        m.kv_room = m.usable - m.weights - m.activations - m.comm;
         ev.cand.max_rank_bytes = std::max(ev.cand.max_rank_bytes, m.weights + m.activations + m.comm);
-        ev.capacity_tokens = std::min(ev.capacity_tokens, dp ? m.kv_tokens * S : m.kv_tokens);
-        ev.max_seq_tokens = std::min(ev.max_seq_tokens, m.kv_tokens);
         ev.memory.push_back(m);
     }
-    ev.max_seq_tokens = std::min(ev.max_seq_tokens, c.max_position_embeddings);
-    ev.cand.kv_tokens = ev.capacity_tokens;
     for (const auto& m : ev.memory) {
-        if (m.kv <= 0) {
+        if (m.kv_room <= 0) {
             ev.cand.reason = "stage " + std::to_string(m.stage) + " needs " + format_gb(m.weights) + " weights + " +
                              format_gb(m.activations) + " activations + " + format_gb(m.comm) +
                              " comm buffers = " + format_gb(m.weights + m.activations + m.comm) + " per rank > " +
@@ -251,6 +247,46 @@ Eval evaluate(
             return ev;
         }
     }
+    // One KV budget for every rank: the plan file carries one number and each rank registers the
+    // blocks it holds. It is the smallest room of any rank, capped at what the workload can keep
+    // resident (pp step batches in flight, DESIGN §3, each of max_batch_per_rank sequences of
+    // seq_len tokens, on the stage with the most layers): past that the pool is memory nothing uses,
+    // and on a CPU host it is committed RAM. --kv-budget-mb fixes it instead.
+    const double per_token_layer = static_cast<double>(s.kv_bytes_per_token_layer());
+    double room = INFINITY;
+    int64_t max_layers = 1;
+    for (const auto& m : ev.memory) {
+        room = std::min(room, m.kv_room);
+        max_layers = std::max(max_layers, ev.stages[m.stage].second - ev.stages[m.stage].first);
+    }
+    const double need = static_cast<double>(pp) * static_cast<double>(w.max_batch_per_rank) *
+                        static_cast<double>(seq_len) * static_cast<double>(max_layers) * per_token_layer;
+    if (o.kv_budget_bytes > 0) {
+        if (static_cast<double>(o.kv_budget_bytes) > room) {
+            ev.cand.reason = "a KV budget of " + format_gb(static_cast<double>(o.kv_budget_bytes)) +
+                             " per rank does not fit: the fullest rank has " + format_gb(room) + " left for KV";
+            return ev;
+        }
+        ev.kv_budget = static_cast<double>(o.kv_budget_bytes);
+        ev.kv_budget_reason = "fixed by --kv-budget-mb";
+    } else if (need < room) {
+        ev.kv_budget = std::floor(need);
+        ev.kv_budget_reason = "what the workload keeps resident (" + std::to_string(pp) + " step batch(es) in flight x " +
+                              std::to_string(w.max_batch_per_rank) + " sequences x " + std::to_string(seq_len) +
+                              " tokens), below the " + format_gb(room) + " left";
+    } else {
+        ev.kv_budget = std::floor(room);
+        ev.kv_budget_reason = "what memory leaves on the fullest rank";
+    }
+    for (auto& m : ev.memory) {
+        m.kv = ev.kv_budget;
+        const double layers = static_cast<double>(ev.stages[m.stage].second - ev.stages[m.stage].first);
+        m.kv_tokens = static_cast<int64_t>(m.kv / (layers * per_token_layer));
+        ev.capacity_tokens = std::min(ev.capacity_tokens, dp ? m.kv_tokens * S : m.kv_tokens);
+        ev.max_seq_tokens = std::min(ev.max_seq_tokens, m.kv_tokens);
+    }
+    ev.max_seq_tokens = std::min(ev.max_seq_tokens, c.max_position_embeddings);
+    ev.cand.kv_tokens = ev.capacity_tokens;
     if (ev.max_seq_tokens < min_kv) {
         ev.cand.reason = "leaves KV room for only " + std::to_string(ev.max_seq_tokens) +
                          " tokens per sequence, below the " + std::to_string(min_kv) + " required";
@@ -449,7 +485,9 @@ StatusOr<Plan> make_plan(const model::ModelConfig& config, const Cluster& cluste
         return invalid_argument("--mem-fraction must be in (0, 1]");
     }
     DS_ASSIGN_OR_RETURN(auto dt, choose_dtype(config, cluster.device(), options.dtype));
-    const ModelStats stats(config, dt.first != DtypePath::kBf16);
+    const model::KvStorage kv_storage =
+        model::kv_storage_for(cluster.device().is_gpu(), options.numerics == "exact");
+    const ModelStats stats(config, dt.first != DtypePath::kBf16, kv_storage);
     const int world = cluster.world_size();
 
     std::vector<Eval> evals;
@@ -510,12 +548,10 @@ StatusOr<Plan> make_plan(const model::ModelConfig& config, const Cluster& cluste
     p.total_weight_bytes = stats.total_bytes();
     p.total_params = stats.total_params();
     p.stage_memory = best->memory;
+    p.kv_storage = kv_storage;
     p.kv_bytes_per_token_layer = stats.kv_bytes_per_token_layer();
-    double min_kv = INFINITY;
-    for (const auto& m : best->memory) {
-        min_kv = std::min(min_kv, m.kv);
-    }
-    p.kv_budget_bytes = static_cast<int64_t>(min_kv);
+    p.kv_budget_bytes = static_cast<int64_t>(best->kv_budget);
+    p.kv_budget_reason = best->kv_budget_reason;
     p.kv_capacity_tokens = best->capacity_tokens;
     p.max_tokens_per_sequence = best->max_seq_tokens;
     p.ranks = bind_ranks(cluster, p.ranks_per_stage);
@@ -583,9 +619,13 @@ StatusOr<Plan> make_plan(const model::ModelConfig& config, const Cluster& cluste
                     "per token (" +
                     std::to_string(config.hidden_size * 2) + " B) point-to-point.");
     }
-    x.push_back("KV cache: " + std::to_string(p.kv_capacity_tokens) + " tokens in total, at most " +
-                std::to_string(p.max_tokens_per_sequence) + " per sequence (" +
-                std::to_string(p.kv_bytes_per_token_layer) + " B per token per layer).");
+    x.push_back("KV cache: " + format_gb(static_cast<double>(p.kv_budget_bytes)) + " per rank (" +
+                p.kv_budget_reason + "), " + model::kv_storage_name(p.kv_storage) + " (" +
+                (gpu ? "the CUDA engine's cache under " + options.numerics + " numerics"
+                     : std::string("the CPU engine's cache")) +
+                ", " + std::to_string(p.kv_bytes_per_token_layer) + " B per token per layer): " +
+                std::to_string(p.kv_capacity_tokens) + " tokens in total, at most " +
+                std::to_string(p.max_tokens_per_sequence) + " per sequence.");
     return p;
 }
 

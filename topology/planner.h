@@ -43,6 +43,7 @@ struct PlanOptions {
     std::string numerics = "fast";        // exact | fast: the ranks' weight matmuls (written to the plan)
     double mem_fraction = 0.90;           // share of each device's memory the job may use
     int64_t min_kv_tokens = 0;            // refuse below this KV capacity; 0 = one request of the workload
+    int64_t kv_budget_bytes = 0;          // KV cache per rank; 0 = what memory leaves, capped at the workload's need
     Workload workload;
     Serving serving;
     Objective objective = Objective::kThroughput;
@@ -56,8 +57,9 @@ struct RankMemory {
     double weights = 0;
     double activations = 0;
     double comm = 0;
-    double kv = 0;          // what is left for the KV cache (negative: does not fit)
-    int64_t kv_tokens = 0;  // tokens of KV this rank holds for its stage's layers
+    double kv_room = 0;     // what is left for the KV cache (negative: does not fit)
+    double kv = 0;          // the KV budget this rank registers (the plan's kv_budget_bytes, <= kv_room)
+    int64_t kv_tokens = 0;  // tokens of KV that budget holds for its stage's layers
 };
 
 struct RankBinding {
@@ -98,8 +100,10 @@ struct Plan {
     int64_t total_params = 0;
 
     std::vector<RankMemory> stage_memory;  // the fullest rank of each stage
+    model::KvStorage kv_storage = model::KvStorage::kBf16;  // as the engine that runs the plan stores KV
     int64_t kv_bytes_per_token_layer = 0;
-    int64_t kv_budget_bytes = 0;          // per rank: the smallest KV budget of any rank
+    int64_t kv_budget_bytes = 0;          // per rank, the same on every rank: what each registers
+    std::string kv_budget_reason;         // how it was chosen (room, workload cap or --kv-budget-mb)
     int64_t kv_capacity_tokens = 0;       // tokens the whole job can hold (all sequences together)
     int64_t max_tokens_per_sequence = 0;  // longest single sequence that fits
 

@@ -39,7 +39,7 @@ trap cleanup EXIT
 
 echo "== model: $PRESET $DTYPE, layout $LAYOUT ($NP ranks), work dir $WORK"
 "$BUILD/bin/deepshard" make-model --preset "$PRESET" --dtype "$DTYPE" --seed 1 --out "$WORK/model" > "$WORK/make-model.log" 2>&1
-"$BUILD/bin/deepshard" plan --model "$WORK/model" --layout "$LAYOUT" --out "$WORK/plan.json" > "$WORK/plan.log"
+"$BUILD/bin/deepshard" plan --model "$WORK/model" --layout "$LAYOUT" --kv-budget-mb 512 --out "$WORK/plan.json" > "$WORK/plan.log"
 VOCAB=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab_size'])" "$WORK/model/config.json")
 
 "$BUILD/bin/deepshard-coordinator" --model "$WORK/model" --plan "$WORK/plan.json" --http 127.0.0.1:0 \

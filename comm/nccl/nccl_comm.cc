@@ -9,6 +9,7 @@
 #include <mutex>
 #include <utility>
 
+#include "common/cuda_status.h"
 #include "common/logging.h"
 
 namespace deepshard::comm {
@@ -23,19 +24,6 @@ Status nccl_error(ncclResult_t rc, const char* expr, const char* file, int line,
 }
 
 namespace {
-
-Status cuda_status(cudaError_t err, const char* expr, const char* file, int line) {
-    return Status(StatusCode::kCuda, std::string(expr) + " failed: " + cudaGetErrorName(err) + ": " +
-                                         cudaGetErrorString(err) + " (" + file + ":" + std::to_string(line) + ")");
-}
-
-#define DS_NCCL_CUDA_RETURN_IF_ERROR(expr)                                 \
-    do {                                                                   \
-        cudaError_t _ds_err = (expr);                                      \
-        if (_ds_err != cudaSuccess) {                                      \
-            return cuda_status(_ds_err, #expr, __FILE__, __LINE__);        \
-        }                                                                  \
-    } while (0)
 
 ncclDataType_t nccl_type(DataType t) {
     return t == DataType::kFloat32 ? ncclFloat32 : ncclUint8;
@@ -194,7 +182,7 @@ public:
             return false;
         }
         if (e != cudaSuccess) {
-            return fail(cuda_status(e, "cudaEventQuery", __FILE__, __LINE__), result);
+            return fail(cuda_error(e, "cudaEventQuery", __FILE__, __LINE__), result);
         }
         *result = ok_status();
         return true;
@@ -250,10 +238,10 @@ Status wait_ready(std::initializer_list<ncclComm_t> comms, Deadline deadline, co
 
 // Stream and barrier buffer of a new state on `device`.
 Status init_resources(NcclState& s) {
-    DS_NCCL_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device));
-    DS_NCCL_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
-    DS_NCCL_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&s.barrier_buf), sizeof(float)));
-    DS_NCCL_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.barrier_buf, 0, sizeof(float), s.stream));
+    DS_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device));
+    DS_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
+    DS_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&s.barrier_buf), sizeof(float)));
+    DS_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.barrier_buf, 0, sizeof(float), s.stream));
     return ok_status();
 }
 
@@ -376,7 +364,7 @@ Status NcclComm::check_usable(const char* what) const {
 template <typename F>
 StatusOr<Request> NcclComm::issue(std::string desc, F&& enqueue) {
     NcclState& s = *state_;
-    DS_NCCL_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device));
+    DS_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device));
     // NCCL requires the previous non-blocking call to be fully enqueued before the next one.
     if (s.pending) {
         Backoff backoff;
@@ -400,12 +388,12 @@ StatusOr<Request> NcclComm::issue(std::string desc, F&& enqueue) {
         }
     }
     auto op = std::make_shared<OpEvent>();
-    DS_NCCL_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&op->event, cudaEventDisableTiming));
+    DS_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&op->event, cudaEventDisableTiming));
     ncclResult_t r = enqueue();
     if (r == ncclInProgress) {
         s.pending = op;
     } else if (r == ncclSuccess) {
-        DS_NCCL_CUDA_RETURN_IF_ERROR(cudaEventRecord(op->event, s.stream));
+        DS_CUDA_RETURN_IF_ERROR(cudaEventRecord(op->event, s.stream));
         op->recorded = true;
     } else {
         Status e = nccl_error(r, "enqueue", __FILE__, __LINE__, s.comm).with_context(desc);
@@ -421,7 +409,7 @@ StatusOr<Request> NcclComm::issue(std::string desc, F&& enqueue) {
 template <typename F>
 Status NcclComm::issue_on(const std::string& desc, F&& enqueue) {
     NcclState& s = *state_;
-    DS_NCCL_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device));
+    DS_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device));
     const Deadline until = next_deadline();
     auto settle = [&](const char* what) -> Status {
         Backoff backoff;
@@ -611,7 +599,7 @@ StatusOr<std::unique_ptr<Communicator>> NcclComm::split(int color, int key) {
     // Let any pending enqueue finish first (NCCL: one outstanding non-blocking call per communicator).
     DS_ASSIGN_OR_RETURN(Request settle, ibarrier());
     DS_RETURN_IF_ERROR(settle.wait().with_context(what));
-    DS_NCCL_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device));
+    DS_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device));
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
     ncclComm_t child = nullptr;

@@ -1,4 +1,4 @@
-// RAII handles and the CUDA/cuBLAS error -> Status conversion. Plain C++ (host compiler): only the
+// RAII handles and the cuBLAS error -> Status conversion (CUDA's own: common/cuda_status.cc). Plain C++ (host compiler): only the
 // runtime and cuBLASLt APIs are used here, so nvcc time stays with the kernels.
 #include "kernels/cuda/cuda_handles.h"
 
@@ -8,11 +8,6 @@
 #include "kernels/cuda/cuda_status.h"
 
 namespace deepshard::kernels::cuda {
-
-Status cuda_error(cudaError_t err, const char* expr, const char* file, int line) {
-    return Status(StatusCode::kCuda, std::string(expr) + " failed: " + cudaGetErrorName(err) + ": " +
-                                         cudaGetErrorString(err) + " (" + file + ":" + std::to_string(line) + ")");
-}
 
 Status cublas_error(cublasStatus_t st, const char* expr, const char* file, int line) {
     return Status(StatusCode::kCuda, std::string(expr) + " failed: " + cublasLtGetStatusName(st) + ": " +

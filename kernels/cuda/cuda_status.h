@@ -1,5 +1,7 @@
 // CUDA / cuBLAS(Lt) return codes -> Status (kCuda), recording the call text, file and line, as
-// NCCLCHECK's "->" trace does. Host-only header (plain C++; no nvcc needed).
+// NCCLCHECK's "->" trace does. The CUDA runtime part (cuda_error, DS_CUDA_RETURN_IF_ERROR) is
+// common/cuda_status.h, shared with comm/nccl; this header adds cuBLAS(Lt) and launch checks.
+// Host-only header (plain C++; no nvcc needed).
 #pragma once
 
 #include <cublasLt.h>
@@ -7,12 +9,12 @@
 
 #include <string>
 
+#include "common/cuda_status.h"
 #include "common/status.h"
 
 namespace deepshard::kernels::cuda {
 
-// kCuda "expr failed: cudaErrorX: <string> (file:line)".
-Status cuda_error(cudaError_t err, const char* expr, const char* file, int line);
+using ::deepshard::cuda_error;  // kCuda "expr failed: cudaErrorX: <string> (file:line)"
 // kCuda "expr failed: CUBLAS_STATUS_X: <string> (file:line)".
 Status cublas_error(cublasStatus_t st, const char* expr, const char* file, int line);
 
@@ -24,14 +26,6 @@ int device_count(std::string* why = nullptr);
 Status check_launch(const char* what, const char* file, int line);
 
 }  // namespace deepshard::kernels::cuda
-
-#define DS_CUDA_RETURN_IF_ERROR(expr)                                                           \
-    do {                                                                                        \
-        cudaError_t _ds_cuda_err = (expr);                                                      \
-        if (_ds_cuda_err != cudaSuccess) {                                                      \
-            return ::deepshard::kernels::cuda::cuda_error(_ds_cuda_err, #expr, __FILE__, __LINE__); \
-        }                                                                                       \
-    } while (0)
 
 #define DS_CUBLAS_RETURN_IF_ERROR(expr)                                                            \
     do {                                                                                           \

@@ -281,10 +281,11 @@ std::string LiveCluster::start_coordinator(const std::string& model, const std::
     dir_ = dir;
     ranks_ = ranks;
     plan_ = dir + "/plan.json";
-    auto planned = run_command({binary_path("deepshard"), "plan", "--model", model, "--layout", layout,
-                                // exact: served answers are compared with the float32 golden sets
-                                "--numerics", "exact", "--out", plan_},
-                               std::chrono::seconds(60));
+    std::vector<std::string> plan_cmd = {binary_path("deepshard"), "plan", "--model", model, "--layout", layout,
+                                         // exact: served answers are compared with the float32 golden sets
+                                         "--numerics", "exact", "--out", plan_};
+    plan_cmd.insert(plan_cmd.end(), plan_args_.begin(), plan_args_.end());
+    auto planned = run_command(plan_cmd, std::chrono::seconds(60));
     if (planned.exit_code != 0) return "deepshard plan: " + planned.out + planned.err;
     std::vector<std::string> cmd = {binary_path("deepshard-coordinator"), "--model", model,  "--plan",
                                     plan_, "--http", "127.0.0.1:0", "--control", "127.0.0.1:0", "--ports-file",

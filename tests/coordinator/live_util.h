@@ -91,6 +91,10 @@ public:
                                   const std::string& layout = "pp=2,tp=2", int ranks = 4);
     // Starts a shard job (replacing a previous one); its output goes to dir/log_name.
     void start_shard_job(const std::string& log_name = "shard.log");
+    // Extra `deepshard plan` flags for the next start_coordinator, replacing the default
+    // {"--kv-budget-mb", "64"} (a small KV pool: the job commits it at start).
+    void set_plan_args(std::vector<std::string> args) { plan_args_ = std::move(args); }
+    const std::string& plan_path() const { return plan_; }
     // Extra deepshard-shard flags for the next start_shard_job (e.g. --kv-blocks 12).
     void set_shard_args(std::vector<std::string> args) { shard_args_ = std::move(args); }
     void stop_shard_job() { shard_.reset(); }
@@ -112,6 +116,7 @@ private:
     std::string model_, dir_, plan_;
     int ranks_ = 4;
     std::vector<std::string> shard_args_;
+    std::vector<std::string> plan_args_ = {"--kv-budget-mb", "64"};
     nlohmann::json ports_ = nlohmann::json::object();
     std::unique_ptr<BackgroundProcess> coordinator_;
     std::unique_ptr<BackgroundProcess> shard_;

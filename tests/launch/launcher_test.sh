@@ -204,7 +204,7 @@ stop_launcher() {
 
 mode_local() {
     local run="$tmp/run" log="$tmp/launch.log"
-    "$bin/deepshard" plan --model "$model" --layout pp=2,tp=2 --numerics exact --out "$tmp/plan.json" >"$tmp/plan.log" 2>&1 \
+    "$bin/deepshard" plan --model "$model" --layout pp=2,tp=2 --numerics exact --kv-budget-mb 64 --out "$tmp/plan.json" >"$tmp/plan.log" 2>&1 \
         || { cat "$tmp/plan.log"; fail "deepshard plan --layout pp=2,tp=2"; }
     "$launch" --model "$model" --plan "$tmp/plan.json" --run-dir "$run" --http 127.0.0.1:0 --thrift 127.0.0.1:0 \
         --max-restarts 3 --backoff-s 0.5 --stop-grace-s 10 >"$log" 2>&1 &
@@ -254,7 +254,7 @@ mode_local() {
 }
 
 mode_failures() {
-    "$bin/deepshard" plan --model "$model" --layout pp=1,tp=2 --numerics exact --out "$tmp/plan.json" >"$tmp/plan.log" 2>&1 \
+    "$bin/deepshard" plan --model "$model" --layout pp=1,tp=2 --numerics exact --kv-budget-mb 64 --out "$tmp/plan.json" >"$tmp/plan.log" 2>&1 \
         || { cat "$tmp/plan.log"; fail "deepshard plan --layout pp=1,tp=2"; }
     # 1. Every job fails at once (the "shard" is false): 2 restarts, then give up.
     local log="$tmp/fail.log" rc=0 coord
@@ -354,7 +354,7 @@ mode_netns() {
     cleanups+=("'$cluster' down '$id' >/dev/null 2>&1")
     echo "cluster $id"
     # The plan for the two namespace hosts: stage 0 on n0, stage 1 on n1 (activations cross the veth).
-    "$bin/deepshard" plan --model "$model" --hostfile "/run/netns-cluster/$id/hostfile" --layout pp=2,tp=2 --numerics exact \
+    "$bin/deepshard" plan --model "$model" --hostfile "/run/netns-cluster/$id/hostfile" --layout pp=2,tp=2 --numerics exact --kv-budget-mb 64 \
         --out "$tmp/plan.json" >"$tmp/plan.log" 2>&1 || { cat "$tmp/plan.log"; fail "deepshard plan --hostfile"; }
     local run="$tmp/run" log="$tmp/launch.log" rx0
     rx0="$(ip netns exec "$id-n1" cat /sys/class/net/dseth0/statistics/rx_bytes)"
@@ -459,7 +459,7 @@ EOF
 
     # The job: coordinator on the node, 4 shard tasks via srun.
     local run="$tmp/run" plan="$tmp/plan.json"
-    "$bin/deepshard" plan --model "$model" --layout pp=2,tp=2 --numerics exact --out "$plan" >"$tmp/plan.log" 2>&1 \
+    "$bin/deepshard" plan --model "$model" --layout pp=2,tp=2 --numerics exact --kv-budget-mb 64 --out "$plan" >"$tmp/plan.log" 2>&1 \
         || { cat "$tmp/plan.log"; fail "deepshard plan"; }
     local job
     job="$(cd "$tmp" && sbatch --parsable --nodes=1 --ntasks=4 --output="$tmp/job.out" \

@@ -158,7 +158,7 @@ mode_shard() {
     shard_tmp="$(mktemp -d /tmp/netns_shard.XXXXXX)"
     trap 'rm -rf "$shard_tmp"; cleanup' EXIT
     local tmp="$shard_tmp"
-    "$cli" plan --model "$model" --layout pp=2,tp=2 --numerics exact --out "$tmp/plan.json" >"$tmp/plan.log" 2>&1 \
+    "$cli" plan --model "$model" --layout pp=2,tp=2 --numerics exact --kv-budget-mb 64 --out "$tmp/plan.json" >"$tmp/plan.log" 2>&1 \
         || { cat "$tmp/plan.log"; skip "deepshard plan --layout pp=2,tp=2 failed"; }
     local prompt want
     prompt="$(python3 -c 'import json,sys; print(",".join(map(str, json.load(open(sys.argv[1]))["prompt_for_generation"])))' \

@@ -44,7 +44,9 @@ TEST_P(ShardEquivalenceTest, MatchesGolden) {
     const std::string dir = testing_util::make_temp_dir("ds_equiv_");
     const std::string plan = dir + "/plan.json";
     auto planned = run_command(
-        {binary_path("deepshard"), "plan", "--model", model, "--layout", c.layout, "--numerics", "exact", "--out", plan},
+        {binary_path("deepshard"), "plan", "--model", model, "--layout", c.layout, "--numerics", "exact", "--out", plan,
+         // a small KV pool: every rank commits the plan's budget when it starts
+         "--kv-budget-mb", "64"},
         std::chrono::seconds(60));
     ASSERT_EQ(planned.exit_code, 0) << planned.out << planned.err;
 
@@ -108,7 +110,8 @@ TEST(ShardNumericsTest, FastIsThePlanDefaultAndTheShardFlagOverridesIt) {
     const std::string model = source_path("testdata/golden/small-fp8");
     const std::string dir = testing_util::make_temp_dir("ds_numerics_");
     const std::string plan = dir + "/plan.json";
-    auto planned = run_command({binary_path("deepshard"), "plan", "--model", model, "--layout", "pp=1,tp=2", "--out", plan},
+    auto planned = run_command({binary_path("deepshard"), "plan", "--model", model, "--layout", "pp=1,tp=2", "--out", plan,
+                                "--kv-budget-mb", "64"},
                                std::chrono::seconds(60));
     ASSERT_EQ(planned.exit_code, 0) << planned.out << planned.err;
     std::ifstream pin(plan);

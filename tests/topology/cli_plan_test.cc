@@ -74,6 +74,45 @@ TEST(PlanCli, EveryShardTestLayoutWritesAValidPlan) {
     }
 }
 
+// `deepshard plan --layout` on this (CPU) host: memory is what the host has free now, the KV cache is
+// the CPU engine's float32 one, the summary prints the budget the plan file carries, and nothing
+// speaks of GPUs or NVLink.
+TEST(PlanCli, ThisHostsPlanSpeaksOfCpusAndItsFreeMemory) {
+    const std::string model = source_path("testdata/golden/tiny-bf16");
+    const std::string out = testing_util::make_temp_dir("ds_plan_cpu") + "/plan.json";
+    auto r = run_command({binary_path("deepshard"), "plan", "--model", model, "--layout", "pp=2", "--out", out},
+                         std::chrono::seconds(60));
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    for (const char* gpu_word : {"GPU", "NVLink", "HBM", "tensor peak"}) {
+        EXPECT_EQ(r.out.find(gpu_word), std::string::npos) << gpu_word << " in:\n" << r.out;
+    }
+    EXPECT_NE(r.out.find("free on this host now"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("float32"), std::string::npos) << r.out;
+    const auto j = read_json(out);
+    EXPECT_EQ(j.at("kv_cache").at("dtype"), "float32");
+    EXPECT_EQ(j.at("kv_cache").at("bytes_per_token_per_layer").get<int64_t>(), (64 + 16) * 4);
+    const int64_t budget = j.at("kv_budget_bytes").get<int64_t>();
+    EXPECT_GT(budget, 0);
+    for (const auto& m : j.at("memory")) {
+        EXPECT_EQ(m.at("kv_bytes").get<double>(), static_cast<double>(budget));
+        EXPECT_LE(m.at("kv_bytes").get<double>(), m.at("kv_room_bytes").get<double>());
+        // The RAM the host has (not a table entry), shared by the 2 ranks.
+        EXPECT_LE(m.at("capacity_bytes").get<double>() * 2, static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
+                                                                static_cast<double>(sysconf(_SC_PAGESIZE)));
+    }
+    // A fixed budget is written as given; one that does not fit is refused with the numbers.
+    auto fixed = run_command({binary_path("deepshard"), "plan", "--model", model, "--layout", "pp=2", "--kv-budget-mb",
+                              "7", "--json"},
+                             std::chrono::seconds(60));
+    ASSERT_EQ(fixed.exit_code, 0) << fixed.err;
+    EXPECT_EQ(nlohmann::json::parse(fixed.out).at("kv_budget_bytes").get<int64_t>(), int64_t{7} << 20);
+    auto huge = run_command({binary_path("deepshard"), "plan", "--model", model, "--layout", "pp=2", "--kv-budget-mb",
+                             "100000000"},
+                            std::chrono::seconds(60));
+    EXPECT_EQ(huge.exit_code, 1);
+    EXPECT_NE(huge.err.find("KV budget"), std::string::npos) << huge.err;
+}
+
 TEST(PlanCli, JsonAndSummaryAndConfigFile) {
     const std::string cfg = source_path("configs/deepseek-v3-671b.json");
     auto r = run_command({binary_path("deepshard"), "plan", "--model", cfg, "--cluster", "2x8xH100-80G", "--json"},

@@ -145,7 +145,8 @@ TEST(Planner, WeightsAreAccountedExactlyOnce) {
     double sum = 0;
     for (const auto& m : p->stage_memory) {
         sum += m.weights;
-        EXPECT_NEAR(m.weights + m.activations + m.comm + m.kv, m.usable, 1.0);
+        EXPECT_NEAR(m.weights + m.activations + m.comm + m.kv_room, m.usable, 1.0);
+        EXPECT_LE(m.kv, m.kv_room);
         EXPECT_NEAR(m.usable, 0.9 * m.capacity, 1.0);
         // KV tokens fit in the KV bytes.
         const double layers = static_cast<double>(p->stages[static_cast<size_t>(m.stage)].second -
@@ -289,6 +290,77 @@ TEST(Planner, LatencyObjectivePrefersFewerHops) {
     ASSERT_TRUE(lat.ok() && thr.ok());
     EXPECT_LE(lat->decode_bs1.tpot_ms, thr->decode_bs1.tpot_ms);
     EXPECT_GE(thr->decode.tokens_per_s, lat->decode.tokens_per_s);
+}
+
+// The KV budget is sized in the storage of the engine that runs the plan (model/kv_format.h): the
+// CPU engine's float32 cache, the CUDA engine's BF16 under fast numerics and float32 under exact.
+TEST(Planner, KvIsSizedInTheEnginesStorage) {
+    const model::ModelConfig c = load_config("testdata/golden/small-fp8");
+    const int64_t values = c.kv_lora_rank + c.qk_rope_head_dim;
+    PlanOptions o;
+    o.layout = *parse_layout("pp=2,tp=1");
+    o.min_kv_tokens = 1;
+    auto cpu = make_plan(c, cluster("2xCPU-64G"), o);
+    ASSERT_TRUE(cpu.ok()) << cpu.status().to_string();
+    EXPECT_EQ(cpu->kv_bytes_per_token_layer, values * 4);
+    EXPECT_EQ(cpu->to_json().at("dtype").at("kv_cache"), "float32");
+    auto gpu_fast = make_plan(c, cluster("2xH100-80G"), o);
+    ASSERT_TRUE(gpu_fast.ok()) << gpu_fast.status().to_string();
+    EXPECT_EQ(gpu_fast->kv_bytes_per_token_layer, values * 2);
+    EXPECT_EQ(gpu_fast->to_json().at("kv_cache").at("dtype"), "bf16");
+    o.numerics = "exact";
+    auto gpu_exact = make_plan(c, cluster("2xH100-80G"), o);
+    ASSERT_TRUE(gpu_exact.ok()) << gpu_exact.status().to_string();
+    EXPECT_EQ(gpu_exact->kv_bytes_per_token_layer, values * 4);
+}
+
+// One budget for every rank, what the plan file carries: the smallest room, capped at what the
+// workload keeps resident; or fixed by --kv-budget-mb, refused when it does not fit. The tokens
+// each stage holds are that budget over its layers.
+TEST(Planner, KvBudgetIsTheRoomCappedAtTheWorkload) {
+    const model::ModelConfig c = load_config("testdata/golden/small-fp8");
+    PlanOptions o;
+    o.layout = *parse_layout("pp=2,tp=1");
+    o.min_kv_tokens = 1;
+    auto check_stages = [](const Plan& p) {
+        int64_t capacity = INT64_MAX;
+        for (const auto& m : p.stage_memory) {
+            EXPECT_EQ(m.kv, static_cast<double>(p.kv_budget_bytes));
+            EXPECT_LE(m.kv, m.kv_room);
+            const int64_t layers = p.stages[static_cast<size_t>(m.stage)].second -
+                                   p.stages[static_cast<size_t>(m.stage)].first;
+            EXPECT_EQ(m.kv_tokens, p.kv_budget_bytes / (layers * p.kv_bytes_per_token_layer));
+            capacity = std::min(capacity, m.kv_tokens);
+        }
+        EXPECT_EQ(p.kv_capacity_tokens, capacity);
+        EXPECT_EQ(p.file().kv_budget_bytes, p.kv_budget_bytes);
+    };
+    // Default workload on a big host: the workload's need, 2 batches x 256 x 3000 tokens.
+    auto big = make_plan(c, cluster("2xCPU-512G"), o);
+    ASSERT_TRUE(big.ok()) << big.status().to_string();
+    check_stages(*big);
+    int64_t max_layers = 0;
+    for (const auto& [first, last] : big->stages) max_layers = std::max(max_layers, last - first);
+    EXPECT_EQ(big->kv_budget_bytes, 2 * 256 * 3000 * max_layers * big->kv_bytes_per_token_layer);
+    EXPECT_NE(big->kv_budget_reason.find("workload"), std::string::npos) << big->kv_budget_reason;
+    EXPECT_LT(big->kv_budget_bytes, big->stage_memory[0].kv_room);
+    // A small host: the room of the fullest rank.
+    auto small = make_plan(c, cluster("2xCPU-4G"), o);
+    ASSERT_TRUE(small.ok()) << small.status().to_string();
+    check_stages(*small);
+    double room = INFINITY;
+    for (const auto& m : small->stage_memory) room = std::min(room, m.kv_room);
+    EXPECT_EQ(small->kv_budget_bytes, static_cast<int64_t>(room));
+    // Fixed.
+    o.kv_budget_bytes = int64_t{100} << 20;
+    auto fixed = make_plan(c, cluster("2xCPU-4G"), o);
+    ASSERT_TRUE(fixed.ok()) << fixed.status().to_string();
+    check_stages(*fixed);
+    EXPECT_EQ(fixed->kv_budget_bytes, int64_t{100} << 20);
+    o.kv_budget_bytes = int64_t{64} << 30;
+    auto too_big = make_plan(c, cluster("2xCPU-4G"), o);
+    ASSERT_FALSE(too_big.ok());
+    EXPECT_NE(too_big.status().message().find("KV budget"), std::string::npos) << too_big.status().to_string();
 }
 
 }  // namespace
