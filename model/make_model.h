@@ -17,7 +17,10 @@
 namespace deepshard::model {
 
 // What a tensor is, for counting (inspect) and for choosing its dtype and initialization.
-enum class TensorKind { kEmbedding, kHead, kNorm, kAttention, kDenseMlp, kRouter, kRouterBias, kExpert, kSharedExpert };
+enum class TensorKind {
+    kEmbedding, kHead, kNorm, kAttention, kDenseMlp, kRouter, kRouterBias, kExpert, kSharedExpert,
+    kMtpProj,  // the MTP module's eh_proj (BF16 in the release, not block-quantized)
+};
 const char* tensor_kind_name(TensorKind k);
 
 struct ExpectedTensor {
