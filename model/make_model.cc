@@ -409,21 +409,48 @@ Status write_vec(const safetensors::FileWriter& w, size_t spec, uint64_t offset,
 // The name whose random stream a tensor's values come from: its own, except the MTP module's
 // copies of the embedding and head, which hold the same values as the main ones (the release
 // ships copies too), so drafting embeds and predicts in the main model's vocabulary space.
-std::string value_name(const ModelConfig& c, const ExpectedTensor& t) {
+std::string value_name(const ModelConfig& c, const ExpectedTensor& t, MakeModelOptions::MtpInit init) {
     if (t.layer >= c.num_hidden_layers && t.kind == TensorKind::kEmbedding) return "model.embed_tokens.weight";
     if (t.layer >= c.num_hidden_layers && t.kind == TensorKind::kHead) return "lm_head.weight";
+    if (init == MakeModelOptions::MtpInit::kMirror && t.layer >= c.num_hidden_layers) {
+        const std::string p = "model.layers." + std::to_string(t.layer) + ".";
+        if (t.name == p + "shared_head.norm.weight") return "model.norm.weight";
+        // The block's tensors: the same name one layer down (the last main layer; same shapes when
+        // both are MoE or both dense).
+        return "model.layers." + std::to_string(c.num_hidden_layers - 1) + "." + t.name.substr(p.size());
+    }
     return t.name;
 }
 
-Status run_chunk(
-    const ModelConfig& c, const ExpectedTensor& t, const Chunk& ch, uint64_t seed, const safetensors::FileWriter& w) {
+// kMirror's constant MTP tensors (enorm = 1, eh_proj = [I | 0]); false for every other tensor.
+bool mirror_constant(const ModelConfig& c, const ExpectedTensor& t, const Chunk& ch, std::vector<float>* v) {
+    if (t.layer < c.num_hidden_layers) return false;
+    const std::string p = "model.layers." + std::to_string(t.layer) + ".";
+    if (t.name == p + "enorm.weight") {
+        std::fill(v->begin(), v->end(), 1.0f);
+        return true;
+    }
+    if (t.name == p + "eh_proj.weight") {
+        const int64_t cols = t.shape.back();
+        std::fill(v->begin(), v->end(), 0.0f);
+        for (int64_t r = 0; r < ch.rows; ++r) (*v)[static_cast<size_t>(r * cols + ch.row0 + r)] = 1.0f;
+        return true;
+    }
+    return false;
+}
+
+Status run_chunk(const ModelConfig& c, const ExpectedTensor& t, const Chunk& ch, const MakeModelOptions& opt,
+                 const safetensors::FileWriter& w) {
     const int64_t cols = t.shape.back();
     const int64_t n = ch.rows * cols;
-    NormalRng rng(splitmix64(splitmix64(seed ^ fnv1a(value_name(c, t))) + static_cast<uint64_t>(ch.index)));
+    NormalRng rng(splitmix64(splitmix64(opt.seed ^ fnv1a(value_name(c, t, opt.mtp_init))) +
+                             static_cast<uint64_t>(ch.index)));
     double mean = 0, stddev = 1;
     init_params(t, &mean, &stddev);
     std::vector<float> v(static_cast<size_t>(n));
-    for (auto& x : v) x = static_cast<float>(mean + stddev * rng.next());
+    if (opt.mtp_init != MakeModelOptions::MtpInit::kMirror || !mirror_constant(c, t, ch, &v)) {
+        for (auto& x : v) x = static_cast<float>(mean + stddev * rng.next());
+    }
     const DType dt = t.dtype(c);
     const auto first = static_cast<uint64_t>(ch.row0 * cols);
     switch (dt) {
@@ -557,7 +584,7 @@ StatusOr<MakeModelResult> make_model(const ModelConfig& c, const std::string& ou
         for (size_t i = next++; i < chunks.size() && !failed.load(); i = next++) {
             const Chunk& ch = chunks[i];
             const ExpectedTensor& t = tensors[ch.tensor];
-            Status s = run_chunk(c, t, ch, opt.seed, *writers[static_cast<size_t>(ch.shard)]);
+            Status s = run_chunk(c, t, ch, opt, *writers[static_cast<size_t>(ch.shard)]);
             if (!s.ok()) {
                 std::lock_guard<std::mutex> lock(err_mu);
                 if (first_error.ok()) {
