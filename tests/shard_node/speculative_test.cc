@@ -164,7 +164,9 @@ TEST(SpeculativeAccept, AGreedyDraftIsAcceptedWithItsTargetProbability) {
         const AcceptDecision a = speculative_accept(p, q, 1, rng);
         accepted += a.accepted ? 1 : 0;
         zero += a.token == 0 ? 1 : 0;
-        if (!a.accepted) EXPECT_NE(a.token, 1);
+        if (!a.accepted) {
+            EXPECT_NE(a.token, 1);
+        }
     }
     EXPECT_NEAR(static_cast<double>(accepted) / kTrials, 0.3, 0.006);
     EXPECT_NEAR(static_cast<double>(zero) / kTrials, 0.5, 0.006);
