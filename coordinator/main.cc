@@ -175,6 +175,15 @@ Status run(const Args& a) {
             return invalid_argument("--plan " + a.plan + ": not valid JSON");
         }
         eo.control.plan_json = plan;
+        // The shard job would refuse every speculative step with data-parallel attention: say it now.
+        const nlohmann::json pj = nlohmann::json::parse(plan, nullptr, false);
+        const bool dp = pj.is_object() && pj.contains("attention") && pj["attention"] == "dp" &&
+                        pj.contains("ranks_per_stage") && pj["ranks_per_stage"].is_number_integer() &&
+                        pj["ranks_per_stage"].get<int64_t>() > 1;
+        if (draft_tokens > 0 && dp) {
+            return invalid_argument("--speculative mtp is not implemented with data-parallel attention (plan " +
+                                    a.plan + "); plan tensor-parallel attention or drop --speculative");
+        }
     }
 
     // Signals are taken by sigwait below; block them before any thread starts.

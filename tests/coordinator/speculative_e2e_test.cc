@@ -254,6 +254,18 @@ TEST_F(SpeculativeTest, ModelWithoutMtpRefusesSpeculative) {
                            seconds(60));
     EXPECT_NE(bad.exit_code, 0);
     EXPECT_NE((bad.out + bad.err).find("the only method is \"mtp\""), std::string::npos) << bad.out << bad.err;
+    // Data-parallel attention is refused up front (the job could not run the drafts).
+    const std::string plan = dir + "/dp.json";
+    auto p = run_command({binary_path("deepshard"), "plan", "--model", *model_, "--layout", "pp=1,tp=2,attn=dp", "--out",
+                          plan},
+                         seconds(60));
+    ASSERT_EQ(p.exit_code, 0) << p.out << p.err;
+    auto dp = run_command({binary_path("deepshard-coordinator"), "--model", *model_, "--plan", plan, "--http",
+                           "127.0.0.1:0", "--control", "127.0.0.1:0", "--thrift", "", "--speculative", "mtp"},
+                          seconds(60));
+    EXPECT_NE(dp.exit_code, 0);
+    EXPECT_NE((dp.out + dp.err).find("not implemented with data-parallel attention"), std::string::npos)
+        << dp.out << dp.err;
 }
 
 }  // namespace
