@@ -1,5 +1,5 @@
 // MTP speculative decoding (issue 13, part 3) on live localhost clusters: deepshard-coordinator
-// --speculative mtp + an mpirun shard job, requests through HTTP (plain and SSE). The model is
+// --speculative mtp + an mpirun shard job, requests through HTTP (plain and SSE) and Thrift. The model is
 // written by `deepshard make-model --set num_nextn_predict_layers=1 --mtp-init mirror` (a one-layer
 // main model whose MTP module mirrors it, so drafts are accepted often and every path runs:
 // accepted drafts, rejected ones rolled back, the bonus token). References:
@@ -83,6 +83,21 @@ std::vector<int> completion(uint16_t port, const std::vector<int>& prompt, int n
     }
     EXPECT_TRUE(done) << "the stream did not end with [DONE]";
     return out;
+}
+
+// A greedy completion through Thrift (deepshard-thrift-client; Generate, or Submit/Poll with --stream).
+std::vector<int> thrift_completion(uint16_t port, const std::vector<int>& prompt, int n, bool stream) {
+    std::vector<std::string> cmd = {binary_path("deepshard-thrift-client"), "--server", "127.0.0.1:" + std::to_string(port),
+                                    "--tokens", csv(prompt), "--max-tokens", std::to_string(n), "--ignore-eos"};
+    if (stream) cmd.push_back("--stream");
+    auto r = run_command(cmd, seconds(600));
+    EXPECT_EQ(r.exit_code, 0) << r.err << r.out;
+    json j = json::parse(r.out.substr(std::min(r.out.find('{'), r.out.size())), nullptr, false);
+    if (j.is_discarded() || !j.contains("tokens")) {
+        ADD_FAILURE() << "thrift client printed: " << r.out;
+        return {};
+    }
+    return j["tokens"].get<std::vector<int>>();
 }
 
 double scrape(uint16_t port, const std::string& name) {
@@ -208,7 +223,7 @@ TEST_F(SpeculativeTest, PreemptionAndPrefixCacheKeepEveryOutput) {
     LiveCluster cluster;
     const std::string dir = make_temp_dir("ds_spec_preempt_");
     ASSERT_EQ(cluster.start_coordinator(*model_, dir, {"--name", "m", "--speculative", "mtp", "--draft-tokens", "3",
-                                                       "--http-threads", "6"},
+                                                       "--http-threads", "6", "--thrift", "127.0.0.1:0"},
                                         "pp=1,tp=1", 1),
               "");
     cluster.set_shard_args({"--kv-blocks", "8"});
@@ -224,9 +239,14 @@ TEST_F(SpeculativeTest, PreemptionAndPrefixCacheKeepEveryOutput) {
         p.insert(p.end(), tail.begin(), tail.end());
         prompts.push_back(p);
     }
+    const uint16_t thrift = static_cast<uint16_t>(cluster.port("thrift"));
     std::vector<std::future<std::vector<int>>> outs;
     for (size_t i = 0; i < prompts.size(); ++i) {
-        outs.push_back(std::async(std::launch::async, [&, i] { return completion(http, prompts[i], 40, i % 2 == 1); }));
+        // HTTP plain and SSE, and two through Thrift (Generate and Submit/Poll).
+        outs.push_back(std::async(std::launch::async, [&, i] {
+            return i >= 2 && i < 4 ? thrift_completion(thrift, prompts[i], 40, i == 3)
+                                   : completion(http, prompts[i], 40, i % 2 == 1);
+        }));
     }
     for (size_t i = 0; i < prompts.size(); ++i) {
         EXPECT_EQ(outs[i].get(), reference(*model_, prompts[i], 40)) << "request " << i;
@@ -234,10 +254,11 @@ TEST_F(SpeculativeTest, PreemptionAndPrefixCacheKeepEveryOutput) {
     EXPECT_GT(scrape(http, "deepshard_preemptions_total"), 0) << cluster.logs();
     EXPECT_GT(scrape(http, "deepshard_spec_accepted_tokens_total"), 0);
     EXPECT_EQ(scrape(http, "deepshard_kv_view_mismatches_total"), 0) << cluster.logs();
-    // The shared prompt's blocks were served from the cache (sequential requests: warm after cold).
-    const double hits = scrape(http, "deepshard_prefix_cache_hit_tokens_total");
+    // Alone on the job, one shared-prefix request caches the prefix and the other starts from it.
     EXPECT_EQ(completion(http, prompts[4], 40, false), reference(*model_, prompts[4], 40));
-    EXPECT_GT(scrape(http, "deepshard_prefix_cache_hit_tokens_total"), hits);
+    const double hits = scrape(http, "deepshard_prefix_cache_hit_tokens_total");
+    EXPECT_EQ(completion(http, prompts[5], 40, true), reference(*model_, prompts[5], 40));
+    EXPECT_GE(scrape(http, "deepshard_prefix_cache_hit_tokens_total"), hits + 32) << cluster.logs();
     EXPECT_EQ(scrape(http, "deepshard_kv_view_mismatches_total"), 0) << cluster.logs();
 }
 
