@@ -105,9 +105,13 @@ t_batched = time.time() - t0
 m = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
 d, a, s = (metric(m, k) for k in ("deepshard_spec_draft_tokens_total", "deepshard_spec_accepted_tokens_total",
                                   "deepshard_spec_verify_steps_total"))
+# Time the shard job itself spent per generated token (its step times), less exposed to the HTTP and
+# coordinator overhead and to load from other processes than wall-clock tokens/s.
+job_s, gen = metric(m, "deepshard_shard_step_seconds_sum"), metric(m, "deepshard_generation_tokens_total")
 print(json.dumps({"name": name, "serial_tok_s": n * olen / t_serial, "batched_tok_s": n * olen / t_batched,
                   "drafts": d, "accepted": a, "verify_steps": s, "acceptance": a / d if d else 0,
-                  "tokens_per_step": 1 + a / s if s else 1, "tokens": serial + batched}))
+                  "tokens_per_step": 1 + a / s if s else 1, "job_ms_per_token": 1000 * job_s / gen if gen else 0,
+                  "tokens": serial + batched}))
 EOF
   stop
 }
@@ -122,11 +126,12 @@ import json, sys
 work, names = sys.argv[1], sys.argv[2:]
 rows = [json.load(open(f"{work}/{n}.json")) for n in names]
 base = rows[0]
-print(f"{'setting':8} {'batch-1 tok/s':>14} {'x':>6} {'batch tok/s':>12} {'x':>6} {'acceptance':>11} {'tok/step':>9}")
+print(f"{'setting':8} {'batch-1 tok/s':>14} {'x':>6} {'batch tok/s':>12} {'x':>6} {'acceptance':>11} {'tok/step':>9} "
+      f"{'job ms/tok':>11}")
 for r in rows:
     print(f"{r['name']:8} {r['serial_tok_s']:14.1f} {r['serial_tok_s'] / base['serial_tok_s']:6.2f} "
           f"{r['batched_tok_s']:12.1f} {r['batched_tok_s'] / base['batched_tok_s']:6.2f} "
-          f"{100 * r['acceptance']:10.1f}% {r['tokens_per_step']:9.2f}")
+          f"{100 * r['acceptance']:10.1f}% {r['tokens_per_step']:9.2f} {r['job_ms_per_token']:11.3f}")
 same = all(r["tokens"] == base["tokens"] for r in rows)
 print("outputs identical across settings:", same)
 sys.exit(0 if same else 1)
