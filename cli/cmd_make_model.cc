@@ -19,6 +19,7 @@ struct MakeModelArgs {
     std::vector<std::string> sets;
     std::string tokenizer;
     int shards = 0;
+    std::string mtp_init = "random";
 };
 
 Status run_make_model(const MakeModelArgs& a) {
@@ -50,6 +51,11 @@ Status run_make_model(const MakeModelArgs& a) {
     opt.shards = a.shards;
     opt.tokenizer_dir = a.tokenizer;
     opt.progress = true;
+    if (a.mtp_init == "mirror") {
+        opt.mtp_init = model::MakeModelOptions::MtpInit::kMirror;
+    } else if (a.mtp_init != "random") {
+        return invalid_argument("--mtp-init must be random or mirror, got '" + a.mtp_init + "'");
+    }
     DS_ASSIGN_OR_RETURN(model::MakeModelResult r, model::make_model(cfg, a.out, opt));
     std::printf("wrote %s: %lld parameters, %.3f GB in %zu file(s), %.1f s (%.2f GB/s)\n", a.out.c_str(),
                 static_cast<long long>(r.parameters), r.bytes / 1e9, r.files.size(), r.seconds,
@@ -70,6 +76,9 @@ void register_make_model(CLI::App& app, int* exit_code) {
     cmd->add_option("--tokenizer", args->tokenizer,
                     "copy tokenizer.json and tokenizer_config.json from this directory; the vocabulary grows "
                     "to fit its ids");
+    cmd->add_option("--mtp-init", args->mtp_init,
+                    "MTP module (num_nextn_predict_layers > 0): random, or mirror (copies the last layer; drafts "
+                    "approximate the main model, for speculative-decoding tests and benchmarks)");
     cmd->add_option("--shards", args->shards, "number of shard files (default: automatic; 1 = model.safetensors)");
     cmd->callback([args, exit_code] {
         Status s = run_make_model(*args);

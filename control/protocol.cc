@@ -296,6 +296,8 @@ void encode(const StepBatch& m, std::string* out) {
                 put_sampling(w, s.sampling);
                 w.vec(s.prompt);
             }
+            w.put(s.num_draft);
+            w.put(s.propose);
         }
         put_kv_ops(w, m.kv);
     });
@@ -318,6 +320,7 @@ void encode(const StepResult& m, std::string* out) {
                 w.put(o.top_ids[i]);
                 w.put(i < o.top_logprobs.size() ? o.top_logprobs[i] : 0.0f);
             }
+            w.vec(o.drafts);
         }
         w.put<uint32_t>(static_cast<uint32_t>(m.kv.size()));
         for (const KvReport& k : m.kv) {
@@ -448,7 +451,7 @@ StatusOr<StepBatch> decode_step_batch(const std::string& payload) {
     StepBatch m;
     uint32_t n = 0;
     if (r.get(&m.step_id, "step_batch.step_id") && r.vec(&m.release, kMaxRelease, "step_batch.release") &&
-        r.count(&n, kMaxSeqsPerBatch, 8 + 4 + 4 + 2, "step_batch.seqs")) {
+        r.count(&n, kMaxSeqsPerBatch, 8 + 4 + 4 + 2 + 2, "step_batch.seqs")) {
         m.seqs.resize(n);
         for (uint32_t i = 0; i < n; ++i) {
             SeqWork& s = m.seqs[i];
@@ -474,6 +477,13 @@ StatusOr<StepBatch> decode_step_batch(const std::string& payload) {
                     r.fail("seq.prompt holds a negative id " + std::to_string(t));
                     break;
                 }
+            }
+            if (!(r.get(&s.num_draft, "seq.num_draft") && r.get(&s.propose, "seq.propose") &&
+                  r.check(s.num_draft <= kMaxDraftTokens && s.propose <= kMaxDraftTokens,
+                          "seq.num_draft / seq.propose exceed " + std::to_string(kMaxDraftTokens)) &&
+                  r.check(s.num_draft < s.tokens.size(), "seq.num_draft leaves no verified token") &&
+                  r.check(s.num_draft == 0 || s.sample, "seq.num_draft without sample"))) {
+                break;
             }
             // Disjointness: one sequence appears at most once per batch (checked cheaply for small n).
             if (n <= 4096) {
@@ -509,7 +519,7 @@ StatusOr<StepResult> decode_step_result(const std::string& payload) {
     if (r.get(&m.step_id, "step_result.step_id") && r.flag(&m.ok, "step_result.ok") &&
         r.str(&m.error, kMaxReasonBytes, "step_result.error") && r.get(&m.step_seconds, "step_result.step_seconds") &&
         r.check(std::isfinite(m.step_seconds) && m.step_seconds >= 0, "step_result.step_seconds is not a duration") &&
-        r.count(&n, kMaxSeqsPerBatch, 8 + 4 + 4 + 4, "step_result.outputs")) {
+        r.count(&n, kMaxSeqsPerBatch * (kMaxDraftTokens + 1), 8 + 4 + 4 + 4 + 4, "step_result.outputs")) {
         m.outputs.resize(n);
         for (uint32_t i = 0; i < n; ++i) {
             SeqOutput& o = m.outputs[i];
@@ -526,6 +536,13 @@ StatusOr<StepResult> decode_step_result(const std::string& payload) {
                 if (!(r.get(&o.top_ids[j], "output.top_ids") && r.check(o.top_ids[j] >= 0, "output.top_ids negative") &&
                       r.get(&o.top_logprobs[j], "output.top_logprobs") &&
                       r.check(!std::isnan(o.top_logprobs[j]), "output.top_logprobs is NaN"))) {
+                    break;
+                }
+            }
+            if (!r.vec(&o.drafts, kMaxDraftTokens, "output.drafts")) break;
+            for (int32_t t : o.drafts) {
+                if (t < 0) {
+                    r.fail("output.drafts holds a negative id " + std::to_string(t));
                     break;
                 }
             }

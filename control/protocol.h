@@ -35,7 +35,11 @@
 namespace deepshard::control {
 
 inline constexpr uint32_t kMagic = 0x50435344;  // "DSCP"
-inline constexpr uint16_t kVersion = 2;  // 2: kv_domains, StepBatch.kv, StepResult.kv; authentication; resume
+// 2: kv_domains, StepBatch.kv, StepResult.kv; authentication; resume.
+// 3: speculative decoding (SeqWork.num_draft / propose, SeqOutput.drafts, several outputs per sequence).
+inline constexpr uint16_t kVersion = 3;
+// Most draft tokens a sequence may verify or ask for in one step (--draft-tokens).
+inline constexpr uint32_t kMaxDraftTokens = 16;
 // Payload limits per connection state (a peer's budget grows only as it proves who it is).
 inline constexpr uint32_t kMaxHandshakePayload = 96;   // AuthHello / AuthChallenge / AuthProof
 inline constexpr uint32_t kMaxRefusePayload = 64u << 10;
@@ -138,6 +142,13 @@ struct SeqWork {
     uint8_t is_new = 0;               // 1: first chunk of a sequence: (re)create its sampler state
     SamplingSpec sampling;            // used when is_new
     std::vector<int32_t> prompt;      // when is_new: the full prompt (penalties need it); may be empty
+    // Speculative decoding (MTP drafts, shard_node/speculative.h). The last `num_draft` tokens are
+    // drafts to verify (needs sample; fewer than tokens.size()): the result holds 1..num_draft+1
+    // outputs for this sequence, the accepted drafts and the token after them. `propose` > 0: the
+    // last stage runs the MTP module over this chunk (its cache) and, when it samples, drafts that
+    // many tokens for the next step (SeqOutput.drafts). Both are at most kMaxDraftTokens.
+    uint8_t num_draft = 0;
+    uint8_t propose = 0;
 };
 
 // Prefix caching and preemption (coordinator/kv_pool.h decides, model/kv_blocks.h executes).
@@ -190,13 +201,18 @@ struct SeqOutput {
     float logprob = 0;
     std::vector<int32_t> top_ids;     // top-n logprobs when asked
     std::vector<float> top_logprobs;
+    // Speculative decoding: on the last output of a sequence with SeqWork.propose, the drafts for its
+    // next step (at most propose; fewer near the end of the context).
+    std::vector<int32_t> drafts;
 };
 
 struct StepResult {
     uint64_t step_id = 0;
     uint8_t ok = 1;
     std::string error;                // when !ok: why the step failed (the job stays up)
-    std::vector<SeqOutput> outputs;   // one per SeqWork with sample == 1, in batch order
+    // Per SeqWork with sample == 1, in batch order: one output, or with num_draft > 0 one to
+    // num_draft + 1 consecutive outputs of that sequence (the tokens it emits, in order).
+    std::vector<SeqOutput> outputs;
     double step_seconds = 0;          // time the shard job spent on the step
     std::vector<KvReport> kv;         // one per domain (when ok)
 };

@@ -195,6 +195,24 @@ std::string Engine::metrics_text() const {
                    static_cast<double>(st.preemptions));
     render_counter(&out, "deepshard_recomputed_tokens_total", "Tokens recomputed by preempted sequences",
                    static_cast<double>(st.recomputed_tokens));
+    if (options_.scheduler.draft_tokens > 0) {
+        // Speculative decoding (--speculative mtp): acceptance = accepted / draft tokens; tokens per
+        // verify step = 1 + accepted / verify steps.
+        render_counter(&out, "deepshard_spec_draft_tokens_total", "MTP draft tokens sent for verification",
+                       static_cast<double>(st.spec_draft_tokens));
+        render_counter(&out, "deepshard_spec_accepted_tokens_total", "MTP draft tokens accepted by the main model",
+                       static_cast<double>(st.spec_accepted_tokens));
+        render_counter(&out, "deepshard_spec_verify_steps_total", "Decode chunks that verified MTP drafts",
+                       static_cast<double>(st.spec_verify_steps));
+        render_gauge(&out, "deepshard_spec_acceptance_ratio", "Accepted / draft tokens since start",
+                     st.spec_draft_tokens ? static_cast<double>(st.spec_accepted_tokens) /
+                                                static_cast<double>(st.spec_draft_tokens)
+                                          : 0);
+        render_gauge(&out, "deepshard_spec_tokens_per_step", "Tokens emitted per verify step since start",
+                     st.spec_verify_steps ? 1.0 + static_cast<double>(st.spec_accepted_tokens) /
+                                                      static_cast<double>(st.spec_verify_steps)
+                                          : 0);
+    }
     render_counter(&out, "deepshard_kv_exhausted_sequences_total",
                    "Sequences ended (length) because a whole KV pool could not hold them",
                    static_cast<double>(st.kv_exhausted));

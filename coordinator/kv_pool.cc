@@ -108,6 +108,18 @@ void KvDomain::grow(uint64_t seq, int64_t tokens) {
     private_ += static_cast<uint64_t>(add);
 }
 
+void KvDomain::shrink(uint64_t seq, int64_t tokens) {
+    auto it = seqs_.find(seq);
+    if (it == seqs_.end()) return;
+    SeqKv& s = it->second;
+    const int64_t want = (tokens + block_size_ - 1) / block_size_;
+    if (s.blocks <= want) return;
+    // Only private tail blocks go (the cached ones lie within the computed positions).
+    DS_CHECK(want >= s.cache_slots) << "kv pool: shrinking sequence " << seq << " into its cached blocks";
+    private_ -= static_cast<uint64_t>(s.blocks - want);
+    s.blocks = want;
+}
+
 void KvDomain::publish(uint64_t seq, std::span<const int32_t> tokens, int64_t computed,
                        std::vector<ctl::KvPublish>* ops) {
     SeqKv& s = seqs_.at(seq);

@@ -68,6 +68,9 @@ public:
     int64_t growth(uint64_t seq, int64_t tokens) const;
     // Adds those blocks; DS_CHECKs that they are free (make room first).
     void grow(uint64_t seq, int64_t tokens);
+    // Drops the blocks of `seq` past those holding positions [0, tokens) (speculative decoding: the
+    // blocks of rejected drafts; the job's model::KvBlockManager::truncate does the same).
+    void shrink(uint64_t seq, int64_t tokens);
     // Caches the full blocks of `seq` among positions [0, computed) of `tokens` that are not in the
     // tree yet, appending one KvPublish per new node; pins existing duplicates instead.
     void publish(uint64_t seq, std::span<const int32_t> tokens, int64_t computed,

@@ -31,6 +31,7 @@
 #include "common/version.h"
 #include "common/secret_file.h"
 #include "control/auth.h"
+#include "control/protocol.h"
 #include "coordinator/api_keys.h"
 #include "coordinator/engine.h"
 #include "coordinator/http_server.h"
@@ -55,6 +56,8 @@ struct Args {
     std::string ports_file;
     bool retry = false;
     bool no_prefix_cache = false;
+    std::string speculative;  // "" (off) or "mtp"
+    int draft_tokens = 0;     // 0: the default (1) when speculative
     size_t max_queue = 256;
     size_t max_running = 64;
     int64_t token_budget = 512;
@@ -132,7 +135,26 @@ Status run(const Args& a) {
         }
     } remove_secret{secret_created ? secret_path : ""};
 
+    // Speculative decoding drafts with the checkpoint's MTP module: refuse up front what cannot work.
+    if (!a.speculative.empty() && a.speculative != "mtp") {
+        return invalid_argument("--speculative " + a.speculative + ": the only method is \"mtp\"");
+    }
+    if (a.speculative.empty() && a.draft_tokens != 0) {
+        return invalid_argument("--draft-tokens needs --speculative mtp");
+    }
+    const int draft_tokens = a.speculative.empty() ? 0 : (a.draft_tokens == 0 ? 1 : a.draft_tokens);
+    if (draft_tokens < 0 || draft_tokens > static_cast<int>(control::kMaxDraftTokens)) {
+        return invalid_argument("--draft-tokens " + std::to_string(a.draft_tokens) + ": must be 1.." +
+                                std::to_string(control::kMaxDraftTokens));
+    }
+    if (draft_tokens > 0 && m.config.num_nextn_predict_layers <= 0) {
+        return invalid_argument("--speculative mtp: the model in " + a.model +
+                                " has no MTP module (config.json num_nextn_predict_layers = 0); make one with "
+                                "`deepshard make-model ... --set num_nextn_predict_layers=1` or drop --speculative");
+    }
+
     EngineOptions eo;
+    eo.scheduler.draft_tokens = draft_tokens;
     eo.scheduler.max_queue = a.max_queue;
     eo.scheduler.max_running = a.max_running;
     eo.scheduler.token_budget = a.token_budget;
@@ -153,6 +175,15 @@ Status run(const Args& a) {
             return invalid_argument("--plan " + a.plan + ": not valid JSON");
         }
         eo.control.plan_json = plan;
+        // The shard job would refuse every speculative step with data-parallel attention: say it now.
+        const nlohmann::json pj = nlohmann::json::parse(plan, nullptr, false);
+        const bool dp = pj.is_object() && pj.contains("attention") && pj["attention"] == "dp" &&
+                        pj.contains("ranks_per_stage") && pj["ranks_per_stage"].is_number_integer() &&
+                        pj["ranks_per_stage"].get<int64_t>() > 1;
+        if (draft_tokens > 0 && dp) {
+            return invalid_argument("--speculative mtp is not implemented with data-parallel attention (plan " +
+                                    a.plan + "); plan tensor-parallel attention or drop --speculative");
+        }
     }
 
     // Signals are taken by sigwait below; block them before any thread starts.
@@ -272,6 +303,10 @@ int main(int argc, char** argv) {
     app.add_flag("--retry", a.retry, "On shard-job loss keep requests and rerun them when a job re-registers");
     app.add_flag("--no-prefix-cache", a.no_prefix_cache,
                  "Do not share KV blocks between requests with a common prompt prefix (cold-run baseline)");
+    app.add_option("--speculative", a.speculative,
+                   "Speculative decoding: \"mtp\" drafts with the model's MTP module (num_nextn_predict_layers > 0) "
+                   "and verifies the drafts in one step; outputs are unchanged");
+    app.add_option("--draft-tokens", a.draft_tokens, "Tokens drafted per step with --speculative (default 1)");
     app.add_option("--max-queue", a.max_queue, "Waiting requests before new ones get 429 / Overloaded")
         ->capture_default_str();
     app.add_option("--max-running", a.max_running, "Sequences admitted at once")->capture_default_str();

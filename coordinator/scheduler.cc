@@ -154,6 +154,7 @@ void Scheduler::detach(const Status& reason) {
         s.computed = 0;
         s.started = false;
         s.domain = -1;
+        s.drafts.clear();
         ++s.epoch;
         if (s.spec.sink) s.spec.sink->on_restart();
     }
@@ -253,10 +254,30 @@ bool Scheduler::schedule_chunk(Seq& s, int64_t want, Building& b) {
     KvDomain& d = domain_of(s);
     const int64_t bs = capacity_->kv_block_size;
     int64_t n = want;
+    // Speculative decoding: drafts to verify after the last known token, and what the chunk asks
+    // the MTP module for. Positions held = tokens + drafts + (propose - 1 when it samples).
+    const int64_t k = options_.draft_tokens;
+    int64_t drafts = 0, propose = k;
+    if (k > 0 && s.computed + n == s.known()) {
+        const int64_t room_ctx = options_.max_context - s.known() - (k - 1);
+        const int64_t room_gen = s.spec.max_tokens - static_cast<int64_t>(s.generated()) - 1;
+        drafts = std::max<int64_t>(0, std::min({static_cast<int64_t>(s.drafts.size()), b.left - n, room_ctx, room_gen}));
+    }
+    auto span = [&]() {
+        const bool samples = s.computed + n == s.known();
+        return n + drafts + (samples && propose > 0 ? propose - 1 : 0);
+    };
+    // Blocks of rejected drafts of its last chunk go first (the job truncates the same way).
+    const int64_t held = d.blocks_of(s.id);
+    d.shrink(s.id, s.computed);
+    auto wait = [&]() {
+        if (d.has(s.id) && d.blocks_of(s.id) < held) d.grow(s.id, held * bs);  // not scheduled: as before
+        return false;
+    };
     auto in_batch = [&](uint64_t id) {
         return std::any_of(b.batch.seqs.begin(), b.batch.seqs.end(), [&](const ctl::SeqWork& w) { return w.seq_id == id; });
     };
-    while (static_cast<uint64_t>(d.growth(s.id, s.computed + n)) > d.free_blocks()) {
+    while (static_cast<uint64_t>(d.growth(s.id, s.computed + span())) > d.free_blocks()) {
         if (d.evict_one(&pending_ops_.evict)) {
             ++counters_.kv_evicted_blocks;
             continue;
@@ -274,7 +295,11 @@ bool Scheduler::schedule_chunk(Seq& s, int64_t want, Building& b) {
         if (victim == nullptr) break;
         preempt(*victim);
     }
-    if (static_cast<uint64_t>(d.growth(s.id, s.computed + n)) > d.free_blocks()) {
+    if (static_cast<uint64_t>(d.growth(s.id, s.computed + span())) > d.free_blocks() && k > 0) {
+        drafts = 0;  // under KV pressure speculation goes first
+        propose = 1;
+    }
+    if (static_cast<uint64_t>(d.growth(s.id, s.computed + span())) > d.free_blocks()) {
         // Tokens that fit in its blocks plus the free ones: a prefill chunk can be shorter (it then
         // samples only if it still reaches the last known token).
         const int64_t fit = (d.blocks_of(s.id) + static_cast<int64_t>(d.free_blocks())) * bs - s.computed;
@@ -290,17 +315,22 @@ bool Scheduler::schedule_chunk(Seq& s, int64_t want, Building& b) {
                 spdlog::warn("sequence {} needs more KV than its pool of {} blocks holds; ending it (length)", s.id,
                              d.total_blocks());
                 finish(s.id, FinishReason::kLength, ok_status());
+                return false;
             }
-            return false;
+            return wait();
         }
     }
-    d.grow(s.id, s.computed + n);
     const bool sample = s.computed + n == s.known();
+    if (!sample) drafts = 0;
+    d.grow(s.id, s.computed + span());
     ctl::SeqWork w;
     w.seq_id = s.id;
     w.start_pos = static_cast<uint32_t>(s.computed);
     w.tokens.assign(s.tokens.begin() + s.computed, s.tokens.begin() + s.computed + n);
+    w.tokens.insert(w.tokens.end(), s.drafts.begin(), s.drafts.begin() + drafts);
     w.sample = sample ? 1 : 0;
+    w.num_draft = static_cast<uint8_t>(drafts);
+    w.propose = static_cast<uint8_t>(propose);
     if (!s.started) {
         w.is_new = 1;
         w.sampling = s.spec.sampling;
@@ -308,9 +338,9 @@ bool Scheduler::schedule_chunk(Seq& s, int64_t want, Building& b) {
         s.started = true;
     }
     b.batch.seqs.push_back(std::move(w));
-    b.members.push_back({s.id, n, sample, s.epoch});
+    b.members.push_back({s.id, n, sample, s.epoch, drafts});
     s.in_flight = true;
-    b.left -= n;
+    b.left -= n + drafts;
     if (n > 1 || s.computed < static_cast<int64_t>(s.plen())) counters_.prompt_tokens += static_cast<uint64_t>(n);
     return true;
 }
@@ -389,15 +419,36 @@ Status Scheduler::on_result(const ctl::StepResult& result, Clock::time_point) {
     }
     InFlightBatch batch = std::move(it->second);
     in_flight_.erase(it);
-    size_t expected = 0;
-    for (const auto& m : batch.members) expected += m.sample ? 1 : 0;
+    // Outputs per sampled member: 1..num_draft+1 consecutive ones with its id (speculative decoding).
+    std::vector<std::pair<size_t, size_t>> ranges(batch.members.size(), {0, 0});
     Status bad;
     if (!result.ok) {
         bad = internal_error("the shard job failed step " + std::to_string(result.step_id) + ": " + result.error);
-    } else if (result.outputs.size() != expected) {
-        bad = protocol_error("step " + std::to_string(result.step_id) + " returned " +
-                             std::to_string(result.outputs.size()) + " outputs for " + std::to_string(expected) +
-                             " sampled sequences");
+    } else {
+        size_t at = 0, sampled = 0;
+        for (size_t i = 0; i < batch.members.size() && bad.ok(); ++i) {
+            const InFlightSeq& m = batch.members[i];
+            if (!m.sample) continue;
+            ++sampled;
+            size_t c = 0;
+            while (at + c < result.outputs.size() && c < static_cast<size_t>(m.num_draft) + 1 &&
+                   result.outputs[at + c].seq_id == m.seq_id) {
+                ++c;
+            }
+            if (c == 0 && at < result.outputs.size()) c = 1;  // a wrong id: that sequence fails below
+            if (c == 0) {
+                bad = protocol_error("step " + std::to_string(result.step_id) + " returned " +
+                                     std::to_string(result.outputs.size()) + " outputs for " +
+                                     std::to_string(sampled) + "+ sampled sequences");
+            }
+            ranges[i] = {at, c};
+            at += c;
+        }
+        if (bad.ok() && at != result.outputs.size()) {
+            bad = protocol_error("step " + std::to_string(result.step_id) + " returned " +
+                                 std::to_string(result.outputs.size()) + " outputs for " + std::to_string(sampled) +
+                                 " sampled sequences");
+        }
     }
     if (!bad.ok()) {
         // The sequences' state on the job is unknown now: end them (their KV is released).
@@ -405,43 +456,72 @@ Status Scheduler::on_result(const ctl::StepResult& result, Clock::time_point) {
         return result.ok ? bad : ok_status();
     }
     check_kv_report(result.step_id, batch.expected, result.kv);
-    const int32_t vocab = capacity_ && capacity_->vocab_size > 0 ? static_cast<int32_t>(capacity_->vocab_size)
-                                                                 : options_.vocab_size;
-    size_t out_index = 0;
-    for (const auto& m : batch.members) {
-        const ctl::SeqOutput* out = m.sample ? &result.outputs[out_index++] : nullptr;
+    for (size_t i = 0; i < batch.members.size(); ++i) {
+        const InFlightSeq& m = batch.members[i];
         auto sit = seqs_.find(m.seq_id);
         if (sit == seqs_.end()) continue;  // cancelled or expired while in flight
         Seq& s = sit->second;
         s.in_flight = false;
-        if (m.epoch == s.epoch) {
-            s.computed += m.num_tokens;
-            publish(s);
-        }
-        if (out == nullptr) continue;
-        if (out->seq_id != s.id || out->token < 0 || (vocab > 0 && out->token >= vocab)) {
-            finish(s.id, FinishReason::kError,
-                   protocol_error("step " + std::to_string(result.step_id) + " returned token " +
-                                  std::to_string(out->token) + " for sequence " + std::to_string(out->seq_id) +
-                                  " where sequence " + std::to_string(s.id) + " was expected"));
+        if (!m.sample) {
+            if (m.epoch == s.epoch) {
+                s.computed += m.num_tokens;
+                publish(s);
+            }
             continue;
+        }
+        apply_outputs(s, m, result.outputs.data() + ranges[i].first, ranges[i].second, result.step_id);
+    }
+    return ok_status();
+}
+
+void Scheduler::apply_outputs(Seq& s, const InFlightSeq& m, const ctl::SeqOutput* outs, size_t count,
+                              uint64_t step_id) {
+    const int32_t vocab = capacity_ && capacity_->vocab_size > 0 ? static_cast<int32_t>(capacity_->vocab_size)
+                                                                 : options_.vocab_size;
+    const bool current = m.epoch == s.epoch;
+    if (current) s.computed += m.num_tokens;
+    if (m.num_draft > 0) {
+        ++counters_.spec_verify_steps;
+        counters_.spec_draft_tokens += static_cast<uint64_t>(m.num_draft);
+        counters_.spec_accepted_tokens += count - 1;
+    }
+    const uint64_t id = s.id;
+    s.drafts.clear();
+    for (size_t e = 0; e < count; ++e) {
+        const ctl::SeqOutput& out = outs[e];
+        if (out.seq_id != id || out.token < 0 || (vocab > 0 && out.token >= vocab)) {
+            finish(id, FinishReason::kError,
+                   protocol_error("step " + std::to_string(step_id) + " returned token " +
+                                  std::to_string(out.token) + " for sequence " + std::to_string(out.seq_id) +
+                                  " where sequence " + std::to_string(id) + " was expected"));
+            return;
         }
         // Also for a sequence preempted while this chunk was in flight: the job's sampler took
         // this token, so it is part of the output (and of the recomputation).
-        s.tokens.push_back(out->token);
+        s.tokens.push_back(out.token);
+        // An accepted draft's KV was computed in this step (the last emitted token's is not).
+        if (current && e + 1 < count) ++s.computed;
         ++counters_.generated_tokens;
         FinishReason by_ids = FinishReason::kNone;
-        const int32_t t = out->token;
+        const int32_t t = out.token;
         if ((!s.spec.ignore_eos && t == options_.eos_id) ||
             std::find(s.spec.stop_token_ids.begin(), s.spec.stop_token_ids.end(), t) != s.spec.stop_token_ids.end()) {
             by_ids = FinishReason::kStop;
         } else if (static_cast<int64_t>(s.generated()) >= s.spec.max_tokens || s.known() >= options_.max_context) {
             by_ids = FinishReason::kLength;
         }
-        FinishReason decided = s.spec.sink ? s.spec.sink->on_token(*out, by_ids) : by_ids;
-        if (decided != FinishReason::kNone) finish(s.id, decided, ok_status());
+        FinishReason decided = s.spec.sink ? s.spec.sink->on_token(out, by_ids) : by_ids;
+        if (decided != FinishReason::kNone) {
+            finish(id, decided, ok_status());  // publishes its computed blocks
+            return;
+        }
     }
-    return ok_status();
+    if (current) {
+        publish(s);
+        const std::vector<int32_t>& d = outs[count - 1].drafts;
+        const size_t keep = std::min(d.size(), static_cast<size_t>(std::max(0, options_.draft_tokens)));
+        s.drafts.assign(d.begin(), d.begin() + static_cast<int64_t>(keep));
+    }
 }
 
 void Scheduler::expire(Clock::time_point now) {

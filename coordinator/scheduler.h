@@ -34,6 +34,14 @@
 //    token that batch samples (the job's sampler took it) and recomputes its KV later.
 //  - Stop conditions on ids live here (EOS unless ignore_eos, stop token ids, max_tokens, context
 //    length); text-based ones (stop strings) in the SequenceSink.
+//  - Speculative decoding (draft_tokens = k > 0, MTP): every chunk asks the last stage to run the MTP
+//    module (SeqWork.propose = k) and a sampling chunk returns k drafts with its token. The next
+//    decode chunk is [last token, drafts...] (SeqWork.num_draft); the job verifies them and returns
+//    1..num_draft+1 tokens (shard_node/speculative.h: each is the token plain decoding would emit,
+//    so outputs are unchanged). KV: a sampling chunk holds k - 1 positions past its tokens (the
+//    drafts' MTP cache) and the blocks of rejected positions are dropped when the sequence's next
+//    chunk is scheduled (KvDomain::shrink here, KvBlockManager::truncate on the job), so both views
+//    stay equal. Under KV pressure the drafts go first.
 //  - Losing the shard job: without retry every accepted sequence fails (kUnavailable); with retry
 //    they are re-queued in arrival order and restart from their prompt; the new job's cache starts
 //    empty and so does the mirror. So that a restarted sampled
@@ -96,6 +104,7 @@ struct SchedulerOptions {
     int32_t vocab_size = 0;  // 0 = do not check returned ids
     bool retry = false;
     bool prefix_cache = true;
+    int32_t draft_tokens = 0;  // speculative decoding (MTP): drafts per step, 0 = off (<= kMaxDraftTokens)
 };
 
 struct Capacity {
@@ -125,6 +134,9 @@ struct SchedulerStats {
     uint64_t recomputed_tokens = 0;    // tokens recomputed by preempted sequences
     uint64_t kv_exhausted = 0;         // sequences ended because the KV pool could not hold them
     uint64_t kv_view_mismatches = 0;   // results whose KV report differed from the mirror
+    uint64_t spec_verify_steps = 0;    // speculative decoding: chunks that verified drafts
+    uint64_t spec_draft_tokens = 0;    // drafts sent for verification
+    uint64_t spec_accepted_tokens = 0; // of those, accepted
 };
 
 class Scheduler {
@@ -167,15 +179,17 @@ private:
         bool started = false;         // the job has its sampler (sent is_new in this session)
         bool resident = false;        // holds KV on the job (admitted and not preempted)
         uint64_t epoch = 0;           // bumps on preemption: older in-flight chunks left no KV
+        std::vector<int32_t> drafts;  // speculative decoding: MTP drafts for the next decode chunk
         size_t plen() const { return spec.prompt.size(); }
         size_t generated() const { return tokens.size() - plen(); }
         int64_t known() const { return static_cast<int64_t>(tokens.size()); }
     };
     struct InFlightSeq {
         uint64_t seq_id;
-        int64_t num_tokens;
+        int64_t num_tokens;  // known tokens of the chunk (drafts not counted)
         bool sample;
         uint64_t epoch;
+        int64_t num_draft = 0;
     };
     struct InFlightBatch {
         std::vector<InFlightSeq> members;
@@ -199,6 +213,8 @@ private:
     // Schedules the next chunk of a resident sequence (up to `want` tokens), making room in its
     // domain (evict, preempt newer sequences, shorten a prefill). False when it cannot run now.
     bool schedule_chunk(Seq& s, int64_t want, Building& b);
+    // Applies one sequence's outputs of a result (speculative decoding: several), in order.
+    void apply_outputs(Seq& s, const InFlightSeq& m, const control::SeqOutput* outs, size_t count, uint64_t step_id);
     void preempt(Seq& victim);
     void drop_pending_start(uint64_t id);
     void insert_running(uint64_t id);

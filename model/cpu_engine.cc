@@ -42,7 +42,8 @@ StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::create(std::shared_ptr<const Sha
                                                        const EngineOptions& options) {
     const ModelConfig& c = weights->config();
     KvCacheConfig kc;
-    kc.num_layers = weights->num_layers();
+    // The MTP module's block keeps its latent cache in one more layer slot of the same blocks.
+    kc.num_layers = weights->num_layers() + (weights->mtp() != nullptr ? 1 : 0);
     kc.latent_dim = c.kv_lora_rank;
     kc.rope_dim = c.qk_rope_head_dim;
     kc.block_size = options.kv_block_size;
@@ -191,6 +192,31 @@ Status CpuEngine::moe(const LayerWeights& L, const float* x, int64_t T, float* y
     return ok_status();
 }
 
+Status CpuEngine::block(const LayerWeights& L, float* h, int64_t T, const int32_t* tok_pos, const int32_t* tok_row,
+                        const std::vector<int32_t>& tables, int32_t max_blocks) {
+    const int64_t H = config().hidden_size;
+    const float eps = static_cast<float>(config().rms_norm_eps);
+    float* a = scratch(s_->a, T * H);
+    float* out = scratch(s_->out, T * H);
+    kernels::rmsnorm(h, T, H, H, L.attn_norm.data(), eps, a, H);
+    mla(L, a, T, tok_pos, tok_row, tables, max_blocks, out);
+    if (reducer_ != nullptr) {
+        DS_RETURN_IF_ERROR(reducer_->allreduce_sum(out, T * H));
+    }
+    kernels::residual_add(h, out, T * H);
+    kernels::rmsnorm(h, T, H, H, L.ffn_norm.data(), eps, a, H);
+    if (L.moe) {
+        DS_RETURN_IF_ERROR(moe(L, a, T, out));
+    } else {
+        mlp(L.dense, a, T, out);
+    }
+    if (reducer_ != nullptr) {
+        DS_RETURN_IF_ERROR(reducer_->allreduce_sum(out, T * H));
+    }
+    kernels::residual_add(h, out, T * H);
+    return ok_status();
+}
+
 StatusOr<StepOutput> CpuEngine::step(std::span<const SeqChunk> chunks, std::span<const float> hidden_in) {
     const ShardWeights& w = *weights_;
     const ModelConfig& c = w.config();
@@ -226,7 +252,11 @@ StatusOr<StepOutput> CpuEngine::step(std::span<const SeqChunk> chunks, std::span
             return invalid_argument("step: sequence " + std::to_string(ch.seq_id) + " would write position " +
                                     std::to_string(ch.start_pos) + " into a shared (cached) KV block");
         }
-        need += blocks.blocks_needed(ch.seq_id, ch.start_pos + n);
+        if (ch.reserve_ahead < 0 || ch.reserve_ahead > c.max_position_embeddings) {
+            return invalid_argument("step: sequence " + std::to_string(ch.seq_id) + " reserves " +
+                                    std::to_string(ch.reserve_ahead) + " positions ahead");
+        }
+        need += blocks.blocks_needed(ch.seq_id, ch.start_pos + n + ch.reserve_ahead);
         T += n;
     }
     if (need > blocks.free_blocks()) {
@@ -241,7 +271,9 @@ StatusOr<StepOutput> CpuEngine::step(std::span<const SeqChunk> chunks, std::span
         for (size_t i = 0; i < chunks.size(); ++i) {
             const SeqChunk& ch = chunks[i];
             const int64_t n = ch.tokens.empty() ? ch.num_tokens : static_cast<int64_t>(ch.tokens.size());
-            DS_RETURN_IF_ERROR(blocks.reserve(ch.seq_id, ch.start_pos + n));
+            // Drop blocks past what this chunk needs (rejected drafts of an earlier step), then grow.
+            blocks.truncate(ch.seq_id, ch.start_pos + n + ch.reserve_ahead);
+            DS_RETURN_IF_ERROR(blocks.reserve(ch.seq_id, ch.start_pos + n + ch.reserve_ahead));
             max_blocks = std::max<int32_t>(max_blocks, static_cast<int32_t>(blocks.block_table(ch.seq_id).size()));
             for (int64_t k = 0; k < n; ++k, ++t) {
                 tok_pos[t] = static_cast<int32_t>(ch.start_pos + k);
@@ -290,40 +322,26 @@ StatusOr<StepOutput> CpuEngine::step(std::span<const SeqChunk> chunks, std::span
         hooks_->on_hidden(-1, h, T, H);
     }
 
-    float* a = scratch(s.a, T * H);
-    float* out = scratch(s.out, T * H);
     for (const LayerWeights& L : w.layers()) {
         if (T == 0) {
             // A data-parallel rank with no tokens this step still joins the expert exchange.
             if (L.moe && exchange_ != nullptr) {
-                DS_RETURN_IF_ERROR(moe(L, a, 0, out));
+                DS_RETURN_IF_ERROR(moe(L, scratch(s.a, H), 0, scratch(s.out, H)));
             }
             continue;
         }
-        kernels::rmsnorm(h, T, H, H, L.attn_norm.data(), eps, a, H);
-        mla(L, a, T, tok_pos.data(), tok_row.data(), tables, max_blocks, out);
-        if (reducer_ != nullptr) {
-            DS_RETURN_IF_ERROR(reducer_->allreduce_sum(out, T * H));
-        }
-        kernels::residual_add(h, out, T * H);
-        kernels::rmsnorm(h, T, H, H, L.ffn_norm.data(), eps, a, H);
-        if (L.moe) {
-            DS_RETURN_IF_ERROR(moe(L, a, T, out));
-        } else {
-            mlp(L.dense, a, T, out);
-        }
-        if (reducer_ != nullptr) {
-            DS_RETURN_IF_ERROR(reducer_->allreduce_sum(out, T * H));
-        }
-        kernels::residual_add(h, out, T * H);
+        DS_RETURN_IF_ERROR(block(L, h, T, tok_pos.data(), tok_row.data(), tables, max_blocks));
         if (hooks_ != nullptr && hooks_->on_hidden) {
             hooks_->on_hidden(L.index, h, T, H);
         }
     }
 
     StepOutput result;
-    if (!w.has_head()) {
+    if (!w.has_head() ||
+        std::any_of(chunks.begin(), chunks.end(), [](const SeqChunk& ch) { return ch.keep_hidden; })) {
         result.hidden.assign(h, h + T * H);
+    }
+    if (!w.has_head()) {
         return result;
     }
     // Rows that need logits; a kSample chunk's row is sampled here and not returned.

@@ -25,6 +25,9 @@ public:
     void release(uint64_t seq_id) override { kv_.blocks().release(seq_id); }
     KvUsage kv_usage() const override;
     KvBlockManager& kv_blocks() override { return kv_.blocks(); }
+    bool has_mtp() const override { return weights_->mtp() != nullptr; }
+    // model/cpu_engine_mtp.cc
+    StatusOr<std::vector<std::vector<int32_t>>> mtp_draft(std::span<const MtpChunk> chunks) override;
 
     // The cache itself (tests read slots to check kernels against the model's own state).
     const KvCache& kv_cache() const { return kv_; }
@@ -34,6 +37,9 @@ private:
     CpuEngine(std::shared_ptr<const ShardWeights> weights, KvCache kv, kernels::Numerics numerics);
     void mla(const LayerWeights& L, const float* x, int64_t T, const int32_t* tok_pos, const int32_t* tok_row,
              const std::vector<int32_t>& tables, int32_t max_blocks, float* y);
+    // One decoder block on the residual stream h [T, hidden] in place (attention + MLP/MoE).
+    Status block(const LayerWeights& L, float* h, int64_t T, const int32_t* tok_pos, const int32_t* tok_row,
+                 const std::vector<int32_t>& tables, int32_t max_blocks);
     void mlp(const MlpWeights& m, const float* x, int64_t T, float* y);
     Status moe(const LayerWeights& L, const float* x, int64_t T, float* y);
 

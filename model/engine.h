@@ -112,6 +112,23 @@ struct SeqChunk {
     // kSample: the sequence's sampler (parameters, seeded RNG, history); the engine draws its step key
     // and records nothing (the caller accept()s the token).
     Sampler* sampler = nullptr;
+    // Positions past the chunk whose KV space to hold as well: speculative decoding's drafts write
+    // the MTP cache there (coordinator/kv_pool.h reserves the same). The sequence's blocks become
+    // exactly those holding [0, start_pos + num_tokens + reserve_ahead): blocks an earlier step
+    // held past that (rejected drafts) are dropped first.
+    int64_t reserve_ahead = 0;
+    // The shard with the head also returns this chunk's hidden states (StepOutput::hidden), the
+    // input of the MTP module.
+    bool keep_hidden = false;
+};
+
+// One sequence's input to the MTP module (Engine::mtp_draft).
+struct MtpChunk {
+    uint64_t seq_id = 0;
+    int64_t start_pos = 0;                 // position of the first row
+    std::span<const float> hidden;         // [rows, hidden]: the main model's last block output there
+    std::span<const int32_t> next_tokens;  // [rows]: the token at each row's position + 1
+    int32_t drafts = 0;                    // tokens to draft after the last row (0: only fill the cache)
 };
 
 struct StepOutput {
@@ -121,7 +138,9 @@ struct StepOutput {
     int64_t vocab = 0;
     // One result per kSample chunk, in chunk order.
     std::vector<SampleResult> samples;
-    // Hidden states leaving this shard [tokens, hidden] when it has no head (pipeline output).
+    // Hidden states leaving this shard [tokens, hidden] when it has no head (pipeline output), or,
+    // on the shard with the head, the last block's output (before the final norm) of every token
+    // of the step when a chunk asks for keep_hidden.
     std::vector<float> hidden;
 };
 
@@ -190,6 +209,20 @@ public:
     virtual void release(uint64_t seq_id) = 0;
 
     virtual KvUsage kv_usage() const = 0;
+
+    // Speculative decoding with the MTP module (weights().mtp(), on the shard with the head; it keeps
+    // its KV in one more layer slot of this engine's blocks). For each chunk: runs the module over
+    // its rows (writing the MTP cache at start_pos ..), then drafts `drafts` tokens greedily, each
+    // from the module's output for the previous one (position by position). Every row's position must
+    // lie within the sequence's reserved blocks; drafting stops early at their end. Returns the drafts
+    // per chunk. Collective over a tensor-parallel stage (every rank calls it with the same chunks).
+    // kUnimplemented where an engine or layout cannot run it.
+    virtual bool has_mtp() const { return false; }
+    virtual StatusOr<std::vector<std::vector<int32_t>>> mtp_draft(std::span<const MtpChunk> chunks) {
+        (void)chunks;
+        return Status(StatusCode::kUnimplemented,
+                      std::string("the ") + device_name(device()) + " engine does not run the MTP module");
+    }
 
     // The engine's block bookkeeping. The shard node applies the coordinator's prefix-cache
     // operations (fork / publish / evict, model/kv_blocks.h) here between steps; an engine must

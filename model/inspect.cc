@@ -13,7 +13,8 @@ namespace {
 
 constexpr TensorKind kKinds[] = {TensorKind::kEmbedding,  TensorKind::kAttention,    TensorKind::kDenseMlp,
                                  TensorKind::kExpert,     TensorKind::kSharedExpert, TensorKind::kRouter,
-                                 TensorKind::kRouterBias, TensorKind::kNorm,         TensorKind::kHead};
+                                 TensorKind::kRouterBias, TensorKind::kNorm,         TensorKind::kHead,
+                                 TensorKind::kMtpProj};
 
 void add_to(CountRow* row, const TensorInfo& t, bool is_scale) {
     if (!is_scale) {
@@ -47,8 +48,9 @@ ModelSummary summarize(const Checkpoint& ck) {
     std::unordered_map<std::string, const ExpectedTensor*> expected;
     const std::vector<ExpectedTensor> list = expected_tensors(c);
     for (const auto& e : list) expected.emplace(e.name, &e);
-    s.layers.resize(static_cast<size_t>(c.num_hidden_layers));
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const int64_t all_layers = c.num_hidden_layers + c.num_nextn_predict_layers;  // MTP modules last
+    s.layers.resize(static_cast<size_t>(all_layers));
+    for (int64_t l = 0; l < all_layers; ++l) {
         s.layers[l].layer = l;
         s.layers[l].moe = c.is_moe_layer(l);
     }

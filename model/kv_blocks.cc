@@ -1,5 +1,6 @@
 #include "model/kv_blocks.h"
 
+#include <algorithm>
 #include <limits>
 #include <string>
 
@@ -59,6 +60,18 @@ Status KvBlockManager::reserve(uint64_t seq, int64_t num_tokens) {
     auto& table = tables_[seq];
     for (int64_t i = 0; i < need; ++i) table.push_back(take());
     return ok_status();
+}
+
+void KvBlockManager::truncate(uint64_t seq, int64_t num_tokens) {
+    auto it = tables_.find(seq);
+    if (it == tables_.end()) {
+        return;
+    }
+    const size_t keep = static_cast<size_t>(std::max<int64_t>(0, (num_tokens + block_size_ - 1) / block_size_));
+    while (it->second.size() > keep) {
+        drop(it->second.back());
+        it->second.pop_back();
+    }
 }
 
 void KvBlockManager::release(uint64_t seq) {

@@ -44,6 +44,11 @@ public:
     // Makes room for positions [0, num_tokens) of `seq` (allocating blocks as needed).
     // kResourceExhausted (and no change) when the pool cannot supply them.
     Status reserve(uint64_t seq, int64_t num_tokens);
+    // Keeps only the blocks holding positions [0, num_tokens) of `seq` (speculative decoding drops the
+    // blocks of rejected draft positions); the dropped ones return to the pool. Only blocks past the
+    // sequence's writable positions may go, so this never touches a shared (cached) block. Unknown
+    // ids are ignored.
+    void truncate(uint64_t seq, int64_t num_tokens);
     // Drops the sequence's table; blocks no one else holds return to the pool. Unknown ids are ignored.
     void release(uint64_t seq);
     bool has(uint64_t seq) const { return tables_.count(seq) != 0; }

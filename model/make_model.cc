@@ -42,6 +42,8 @@ const char* tensor_kind_name(TensorKind k) {
             return "experts";
         case TensorKind::kSharedExpert:
             return "shared experts";
+        case TensorKind::kMtpProj:
+            return "mtp projection";
     }
     return "?";
 }
@@ -61,8 +63,23 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
     const int64_t H = c.hidden_size, heads = c.num_attention_heads;
     const int64_t qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
     add("model.embed_tokens.weight", {c.vocab_size, H}, TensorKind::kEmbedding, -1);
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    // Layers num_hidden_layers .. + num_nextn_predict_layers - 1 are the MTP modules (MODEL_SPEC §2,
+    // the release's layer 61): a full decoder block plus the MTP-only tensors added below.
+    const int64_t all_layers = c.num_hidden_layers + c.num_nextn_predict_layers;
+    for (int64_t l = 0; l < all_layers; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
+        if (l >= c.num_hidden_layers) {
+            // The release's names and order: its own copies of the embedding and head (so a last
+            // pipeline stage can run it without the first stage's embedding), the two input norms,
+            // the [H, 2H] projection of [enorm(embedding); hnorm(hidden)] (BF16: vLLM and SGLang
+            // load it as an unquantized nn.Linear), and the head's norm.
+            add(p + "embed_tokens.weight", {c.vocab_size, H}, TensorKind::kEmbedding, l);
+            add(p + "enorm.weight", {H}, TensorKind::kNorm, l);
+            add(p + "hnorm.weight", {H}, TensorKind::kNorm, l);
+            add(p + "eh_proj.weight", {H, 2 * H}, TensorKind::kMtpProj, l);
+            add(p + "shared_head.norm.weight", {H}, TensorKind::kNorm, l);
+            add(p + "shared_head.head.weight", {c.vocab_size, H}, TensorKind::kHead, l);
+        }
         add(p + "input_layernorm.weight", {H}, TensorKind::kNorm, l);
         add(p + "post_attention_layernorm.weight", {H}, TensorKind::kNorm, l);
         const std::string a = p + "self_attn.";
@@ -389,15 +406,51 @@ Status write_vec(const safetensors::FileWriter& w, size_t spec, uint64_t offset,
     return w.write(spec, offset, v.data(), v.size() * sizeof(T));
 }
 
-Status run_chunk(
-    const ModelConfig& c, const ExpectedTensor& t, const Chunk& ch, uint64_t seed, const safetensors::FileWriter& w) {
+// The name whose random stream a tensor's values come from: its own, except the MTP module's
+// copies of the embedding and head, which hold the same values as the main ones (the release
+// ships copies too), so drafting embeds and predicts in the main model's vocabulary space.
+std::string value_name(const ModelConfig& c, const ExpectedTensor& t, MakeModelOptions::MtpInit init) {
+    if (t.layer >= c.num_hidden_layers && t.kind == TensorKind::kEmbedding) return "model.embed_tokens.weight";
+    if (t.layer >= c.num_hidden_layers && t.kind == TensorKind::kHead) return "lm_head.weight";
+    if (init == MakeModelOptions::MtpInit::kMirror && t.layer >= c.num_hidden_layers) {
+        const std::string p = "model.layers." + std::to_string(t.layer) + ".";
+        if (t.name == p + "shared_head.norm.weight") return "model.norm.weight";
+        // The block's tensors: the same name one layer down (the last main layer; same shapes when
+        // both are MoE or both dense).
+        return "model.layers." + std::to_string(c.num_hidden_layers - 1) + "." + t.name.substr(p.size());
+    }
+    return t.name;
+}
+
+// kMirror's constant MTP tensors (enorm = 1, eh_proj = [I | 0]); false for every other tensor.
+bool mirror_constant(const ModelConfig& c, const ExpectedTensor& t, const Chunk& ch, std::vector<float>* v) {
+    if (t.layer < c.num_hidden_layers) return false;
+    const std::string p = "model.layers." + std::to_string(t.layer) + ".";
+    if (t.name == p + "enorm.weight") {
+        std::fill(v->begin(), v->end(), 1.0f);
+        return true;
+    }
+    if (t.name == p + "eh_proj.weight") {
+        const int64_t cols = t.shape.back();
+        std::fill(v->begin(), v->end(), 0.0f);
+        for (int64_t r = 0; r < ch.rows; ++r) (*v)[static_cast<size_t>(r * cols + ch.row0 + r)] = 1.0f;
+        return true;
+    }
+    return false;
+}
+
+Status run_chunk(const ModelConfig& c, const ExpectedTensor& t, const Chunk& ch, const MakeModelOptions& opt,
+                 const safetensors::FileWriter& w) {
     const int64_t cols = t.shape.back();
     const int64_t n = ch.rows * cols;
-    NormalRng rng(splitmix64(splitmix64(seed ^ fnv1a(t.name)) + static_cast<uint64_t>(ch.index)));
+    NormalRng rng(splitmix64(splitmix64(opt.seed ^ fnv1a(value_name(c, t, opt.mtp_init))) +
+                             static_cast<uint64_t>(ch.index)));
     double mean = 0, stddev = 1;
     init_params(t, &mean, &stddev);
     std::vector<float> v(static_cast<size_t>(n));
-    for (auto& x : v) x = static_cast<float>(mean + stddev * rng.next());
+    if (opt.mtp_init != MakeModelOptions::MtpInit::kMirror || !mirror_constant(c, t, ch, &v)) {
+        for (auto& x : v) x = static_cast<float>(mean + stddev * rng.next());
+    }
     const DType dt = t.dtype(c);
     const auto first = static_cast<uint64_t>(ch.row0 * cols);
     switch (dt) {
@@ -531,7 +584,7 @@ StatusOr<MakeModelResult> make_model(const ModelConfig& c, const std::string& ou
         for (size_t i = next++; i < chunks.size() && !failed.load(); i = next++) {
             const Chunk& ch = chunks[i];
             const ExpectedTensor& t = tensors[ch.tensor];
-            Status s = run_chunk(c, t, ch, opt.seed, *writers[static_cast<size_t>(ch.shard)]);
+            Status s = run_chunk(c, t, ch, opt, *writers[static_cast<size_t>(ch.shard)]);
             if (!s.ok()) {
                 std::lock_guard<std::mutex> lock(err_mu);
                 if (first_error.ok()) {

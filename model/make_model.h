@@ -17,7 +17,10 @@
 namespace deepshard::model {
 
 // What a tensor is, for counting (inspect) and for choosing its dtype and initialization.
-enum class TensorKind { kEmbedding, kHead, kNorm, kAttention, kDenseMlp, kRouter, kRouterBias, kExpert, kSharedExpert };
+enum class TensorKind {
+    kEmbedding, kHead, kNorm, kAttention, kDenseMlp, kRouter, kRouterBias, kExpert, kSharedExpert,
+    kMtpProj,  // the MTP module's eh_proj (BF16 in the release, not block-quantized)
+};
 const char* tensor_kind_name(TensorKind k);
 
 struct ExpectedTensor {
@@ -70,6 +73,14 @@ struct MakeModelOptions {
                                  // refused if the config's vocab_size is smaller than its ids
     ThreadPool* pool = nullptr;  // default: ThreadPool::global()
     bool progress = false;       // log lines while writing
+    // How the MTP module (num_nextn_predict_layers > 0) is drawn. kRandom: like every other layer.
+    // kMirror: a module whose drafts approximate the main model, so speculative decoding on a
+    // random-weight model accepts a realistic share of drafts (tests, benchmarks): its block copies
+    // the last main layer, shared_head.norm the final norm, enorm is 1 and eh_proj = [I | 0] (the
+    // block sees the next token's normalized embedding, like the main model's last layer sees its
+    // input when that is the only layer).
+    enum class MtpInit { kRandom, kMirror };
+    MtpInit mtp_init = MtpInit::kRandom;
 };
 
 struct MakeModelResult {

@@ -94,8 +94,7 @@ Status ShardWeights::build(const ShardSpec& spec) {
     const Checkpoint& ck = *checkpoint_;
     const ModelConfig& c = config();
     spec_ = spec;
-    const int64_t H = c.hidden_size, nope = c.qk_nope_head_dim, rd = c.qk_rope_head_dim, vd = c.v_head_dim;
-    const int64_t qk = nope + rd, heads = c.num_attention_heads;
+    const int64_t H = c.hidden_size, heads = c.num_attention_heads;
     first_ = spec.first_layer;
     last_ = spec.last_layer < 0 ? c.num_hidden_layers : spec.last_layer;
     h0_ = spec.head_begin;
@@ -124,53 +123,91 @@ Status ShardWeights::build(const ShardSpec& spec) {
         DS_ASSIGN_OR_RETURN(final_norm_, ck.vector_f32("model.norm.weight", H));
     }
     for (int64_t l = first_; l < last_; ++l) {
-        const std::string p = layer_prefix(l);
         LayerWeights L;
-        L.index = l;
-        DS_ASSIGN_OR_RETURN(L.attn_norm, ck.vector_f32(p + "input_layernorm.weight", H));
-        DS_ASSIGN_OR_RETURN(L.ffn_norm, ck.vector_f32(p + "post_attention_layernorm.weight", H));
-        const std::string a = p + "self_attn.";
-        if (c.q_lora_rank > 0) {
-            DS_ASSIGN_OR_RETURN(L.wq_a, ck.weight(a + "q_a_proj.weight", c.q_lora_rank, H));
-            DS_ASSIGN_OR_RETURN(L.q_norm, ck.vector_f32(a + "q_a_layernorm.weight", c.q_lora_rank));
-            DS_ASSIGN_OR_RETURN(L.wq_b,
-                                ck.weight_rows(a + "q_b_proj.weight", heads * qk, c.q_lora_rank, h0_ * qk, nh_ * qk));
-        } else {
-            DS_ASSIGN_OR_RETURN(L.wq, ck.weight_rows(a + "q_proj.weight", heads * qk, H, h0_ * qk, nh_ * qk));
-        }
-        DS_ASSIGN_OR_RETURN(L.wkv_a, ck.weight(a + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + rd, H));
-        DS_ASSIGN_OR_RETURN(L.kv_norm, ck.vector_f32(a + "kv_a_layernorm.weight", c.kv_lora_rank));
-        DS_ASSIGN_OR_RETURN(L.wkv_b, ck.weight_rows(a + "kv_b_proj.weight", heads * (nope + vd), c.kv_lora_rank,
-                                                    h0_ * (nope + vd), nh_ * (nope + vd)));
-        DS_ASSIGN_OR_RETURN(L.wo, ck.weight_cols(a + "o_proj.weight", H, heads * vd, h0_ * vd, nh_ * vd));
-        L.moe = c.is_moe_layer(l);
-        const std::string m = p + "mlp.";
-        if (!L.moe) {
-            DS_RETURN_IF_ERROR(load_mlp(m, c.intermediate_size, spec.tp_rank, spec.tp_size, &L.dense));
-        } else {
-            const int64_t E = c.n_routed_experts;
-            DS_ASSIGN_OR_RETURN(L.gate, ck.weight(m + "gate.weight", E, H));
-            if (ck.find(m + "gate.e_score_correction_bias") != nullptr) {
-                DS_ASSIGN_OR_RETURN(L.bias, ck.vector_f32(m + "gate.e_score_correction_bias", E));
-            }
-            L.experts.resize(static_cast<size_t>(E));
-            for (int64_t e = 0; e < E; ++e) {
-                if (!spec.experts.empty() && !spec.experts[e]) {
-                    continue;
-                }
-                DS_RETURN_IF_ERROR(
-                    load_mlp(m + "experts." + std::to_string(e) + ".", c.moe_intermediate_size, 0, 1, &L.experts[e]));
-            }
-            if (c.n_shared_experts > 0) {
-                L.has_shared = true;
-                DS_RETURN_IF_ERROR(load_mlp(m + "shared_experts.", c.moe_intermediate_size * c.n_shared_experts,
-                                            spec.tp_rank, spec.tp_size, &L.shared));
-            }
-        }
+        DS_RETURN_IF_ERROR(load_layer(l, spec, &L));
         layers_.push_back(std::move(L));
+    }
+    if (spec.has_mtp && c.num_nextn_predict_layers > 0) {
+        DS_RETURN_IF_ERROR(load_mtp(spec));
     }
     inv_freq_ = c.rope_inv_freq();
     softmax_scale_ = static_cast<float>(c.softmax_scale());
+    return ok_status();
+}
+
+// One decoder block (attention + dense MLP or MoE) of global index `l`, sliced as `spec` says.
+Status ShardWeights::load_layer(int64_t l, const ShardSpec& spec, LayerWeights* out) {
+    const Checkpoint& ck = *checkpoint_;
+    const ModelConfig& c = config();
+    const int64_t H = c.hidden_size, nope = c.qk_nope_head_dim, rd = c.qk_rope_head_dim, vd = c.v_head_dim;
+    const int64_t qk = nope + rd, heads = c.num_attention_heads;
+    const std::string p = layer_prefix(l);
+    LayerWeights& L = *out;
+    L.index = l;
+    DS_ASSIGN_OR_RETURN(L.attn_norm, ck.vector_f32(p + "input_layernorm.weight", H));
+    DS_ASSIGN_OR_RETURN(L.ffn_norm, ck.vector_f32(p + "post_attention_layernorm.weight", H));
+    const std::string a = p + "self_attn.";
+    if (c.q_lora_rank > 0) {
+        DS_ASSIGN_OR_RETURN(L.wq_a, ck.weight(a + "q_a_proj.weight", c.q_lora_rank, H));
+        DS_ASSIGN_OR_RETURN(L.q_norm, ck.vector_f32(a + "q_a_layernorm.weight", c.q_lora_rank));
+        DS_ASSIGN_OR_RETURN(L.wq_b,
+                            ck.weight_rows(a + "q_b_proj.weight", heads * qk, c.q_lora_rank, h0_ * qk, nh_ * qk));
+    } else {
+        DS_ASSIGN_OR_RETURN(L.wq, ck.weight_rows(a + "q_proj.weight", heads * qk, H, h0_ * qk, nh_ * qk));
+    }
+    DS_ASSIGN_OR_RETURN(L.wkv_a, ck.weight(a + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + rd, H));
+    DS_ASSIGN_OR_RETURN(L.kv_norm, ck.vector_f32(a + "kv_a_layernorm.weight", c.kv_lora_rank));
+    DS_ASSIGN_OR_RETURN(L.wkv_b, ck.weight_rows(a + "kv_b_proj.weight", heads * (nope + vd), c.kv_lora_rank,
+                                                h0_ * (nope + vd), nh_ * (nope + vd)));
+    DS_ASSIGN_OR_RETURN(L.wo, ck.weight_cols(a + "o_proj.weight", H, heads * vd, h0_ * vd, nh_ * vd));
+    L.moe = c.is_moe_layer(l);
+    const std::string m = p + "mlp.";
+    if (!L.moe) {
+        DS_RETURN_IF_ERROR(load_mlp(m, c.intermediate_size, spec.tp_rank, spec.tp_size, &L.dense));
+    } else {
+        const int64_t E = c.n_routed_experts;
+        DS_ASSIGN_OR_RETURN(L.gate, ck.weight(m + "gate.weight", E, H));
+        if (ck.find(m + "gate.e_score_correction_bias") != nullptr) {
+            DS_ASSIGN_OR_RETURN(L.bias, ck.vector_f32(m + "gate.e_score_correction_bias", E));
+        }
+        L.experts.resize(static_cast<size_t>(E));
+        for (int64_t e = 0; e < E; ++e) {
+            if (!spec.experts.empty() && !spec.experts[e]) {
+                continue;
+            }
+            DS_RETURN_IF_ERROR(
+                load_mlp(m + "experts." + std::to_string(e) + ".", c.moe_intermediate_size, 0, 1, &L.experts[e]));
+        }
+        if (c.n_shared_experts > 0) {
+            L.has_shared = true;
+            DS_RETURN_IF_ERROR(load_mlp(m + "shared_experts.", c.moe_intermediate_size * c.n_shared_experts,
+                                        spec.tp_rank, spec.tp_size, &L.shared));
+        }
+    }
+    return ok_status();
+}
+
+// The MTP module (MODEL_SPEC §2 "MTP"): layer num_hidden_layers, on the shard with the head. Its
+// embedding and head are its own copies (the release ships them), sliced to the shard's vocabulary
+// range like the main ones; its block is sliced like every other layer of the shard.
+Status ShardWeights::load_mtp(const ShardSpec& spec) {
+    const Checkpoint& ck = *checkpoint_;
+    const ModelConfig& c = config();
+    const int64_t H = c.hidden_size, l = c.num_hidden_layers;
+    if (!spec.has_head) {
+        return invalid_argument("the MTP module (layer " + std::to_string(l) +
+                                ") belongs on the shard that holds the head (the last pipeline stage)");
+    }
+    const std::string p = layer_prefix(l);
+    MtpWeights m;
+    DS_ASSIGN_OR_RETURN(m.embed, ck.weight_rows(p + "embed_tokens.weight", c.vocab_size, H, vb_, ve_ - vb_));
+    DS_ASSIGN_OR_RETURN(m.head, ck.weight_rows(p + "shared_head.head.weight", c.vocab_size, H, vb_, ve_ - vb_));
+    DS_ASSIGN_OR_RETURN(m.eh_proj, ck.weight(p + "eh_proj.weight", H, 2 * H));
+    DS_ASSIGN_OR_RETURN(m.enorm, ck.vector_f32(p + "enorm.weight", H));
+    DS_ASSIGN_OR_RETURN(m.hnorm, ck.vector_f32(p + "hnorm.weight", H));
+    DS_ASSIGN_OR_RETURN(m.head_norm, ck.vector_f32(p + "shared_head.norm.weight", H));
+    DS_RETURN_IF_ERROR(load_layer(l, spec, &m.block));
+    mtp_ = std::make_unique<MtpWeights>(std::move(m));
     return ok_status();
 }
 

@@ -33,6 +33,9 @@ struct ShardSpec {
     int64_t tp_rank = 0;           // index / count used to slice dense MLP + shared expert columns
     int64_t tp_size = 1;
     std::vector<bool> experts;     // routed experts held (empty = all)
+    // Also hold the MTP module (layer num_hidden_layers) when the checkpoint has one
+    // (num_nextn_predict_layers > 0); only with has_head.
+    bool has_mtp = false;
 };
 
 // A SwiGLU MLP (dense layer, routed expert or shared expert), possibly a TP column slice.
@@ -54,6 +57,16 @@ struct LayerWeights {
     std::vector<MlpWeights> experts;     // index = expert id; not held() for experts elsewhere
     MlpWeights shared;
     bool has_shared = false;
+};
+
+// The multi-token-prediction module (MODEL_SPEC §2 "MTP"; DeepSeek-V3 tech report §2.2): for position
+// i, h' = eh_proj . [enorm(Embed(t_{i+1})) ; hnorm(h_i)], then one full decoder block, then the head
+// (shared_head.norm + shared_head.head) predicts t_{i+2}. Used to draft tokens for speculative decoding.
+struct MtpWeights {
+    kernels::WeightView embed, head;  // the module's own copies, vocabulary rows [vocab_begin, vocab_end)
+    kernels::WeightView eh_proj;      // [H, 2H]: columns [0, H) see the embedding, [H, 2H) the hidden state
+    std::vector<float> enorm, hnorm, head_norm;
+    LayerWeights block;               // index = num_hidden_layers
 };
 
 // One held weight and where its bytes are in the checkpoint, so a device backend can read exactly
@@ -95,6 +108,9 @@ public:
     const std::vector<float>& final_norm() const { return final_norm_; }
     const LayerWeights& layer(int64_t global_index) const { return layers_[global_index - first_]; }
     const std::vector<LayerWeights>& layers() const { return layers_; }
+    // The MTP module, or nullptr (not asked for, or the checkpoint has none). Its weights are not in
+    // tensors(): device engines that do not run it never upload it.
+    const MtpWeights* mtp() const { return mtp_.get(); }
 
     // RoPE inverse frequencies (YaRN) and the attention softmax scale, from config.json.
     const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
@@ -117,6 +133,8 @@ public:
 private:
     ShardWeights() = default;
     Status build(const ShardSpec& spec);
+    Status load_layer(int64_t l, const ShardSpec& spec, LayerWeights* out);
+    Status load_mtp(const ShardSpec& spec);
     Status load_mlp(const std::string& prefix, int64_t inter, int64_t tp_rank, int64_t tp_size, MlpWeights* mlp);
     void list_tensors();
 
@@ -128,6 +146,7 @@ private:
     kernels::WeightView embed_, head_;
     std::vector<float> final_norm_;
     std::vector<LayerWeights> layers_;
+    std::unique_ptr<MtpWeights> mtp_;
     std::vector<float> inv_freq_;
     float softmax_scale_ = 1.0f;
     std::vector<HeldTensor> tensors_;

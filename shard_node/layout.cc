@@ -63,6 +63,7 @@ model::ShardSpec Layout::shard_spec(const model::ModelConfig& c, int rank) const
     spec.last_layer = stages[stage].last_layer;
     spec.has_embedding = stage == 0;
     spec.has_head = stage == num_stages() - 1;
+    spec.has_mtp = spec.has_head && c.num_nextn_predict_layers > 0;  // speculative decoding drafts there
     if (attention == AttentionMode::kTensorParallel && S > 1) {
         const int64_t hp = c.num_attention_heads / S, vp = c.vocab_size / S;
         spec.head_begin = local * hp;

@@ -75,6 +75,18 @@ model::SamplingParams to_params(const ctl::SamplingSpec& s) {
     return p;
 }
 
+ctl::SeqOutput to_output(uint64_t seq_id, const model::SampleResult& r) {
+    ctl::SeqOutput o;
+    o.seq_id = seq_id;
+    o.token = r.token;
+    o.logprob = r.logprob;
+    for (const auto& [id, lp] : r.top_logprobs) {
+        o.top_ids.push_back(id);
+        o.top_logprobs.push_back(lp);
+    }
+    return o;
+}
+
 }  // namespace
 
 std::string encode_step(const PipelineStep& step) {
@@ -283,6 +295,11 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
     if (!step.error.empty()) {
         return forward_failure(step);
     }
+    if (const std::string why = speculative_refusal(step); !why.empty()) {
+        PipelineStep failed = step;
+        failed.error = why;
+        return forward_failure(failed);
+    }
     const std::vector<size_t> mine = my_sequences(step);
     // The rank that answers for the last stage samples: its engine does it (on the device for CUDA),
     // with this rank's per-sequence samplers; the stage's other ranks only compute the rows.
@@ -296,8 +313,16 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
         c.tokens = w.tokens;
         c.num_tokens = chunk_tokens(w);
         c.start_pos = w.start_pos;
+        // Speculative decoding: every stage holds the KV the drafts will need (the coordinator's
+        // mirror reserves the same); the last stage keeps the hidden states for the MTP module and
+        // all logits rows of a chunk with drafts to verify (same rows on every rank: the vocab
+        // allgather is collective).
+        c.reserve_ahead = w.sample && w.propose > 0 ? w.propose - 1 : 0;
+        c.keep_hidden = last && w.propose > 0;
         if (!step.logits_mode.empty()) {
             c.logits = step.logits_mode[i];
+        } else if (w.num_draft > 0) {
+            c.logits = model::LogitsMode::kAll;
         } else {
             c.logits = w.sample ? model::LogitsMode::kLast : model::LogitsMode::kNone;
         }
@@ -305,7 +330,7 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
             if (w.is_new || samplers_.count(w.seq_id) == 0) {
                 samplers_[w.seq_id] = std::make_unique<model::Sampler>(to_params(w.sampling), w.prompt);
             }
-            if (w.sample) {
+            if (w.sample && w.num_draft == 0) {
                 c.logits = model::LogitsMode::kSample;
                 c.sampler = samplers_[w.seq_id].get();
             }
@@ -328,7 +353,35 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
     if (!last) {
         return send_step(step, out.hidden, layout_.rank_of(stage_ + 1, local_));
     }
-    return finish_last_stage(step, mine, out);
+    const bool speculative = step.logits_mode.empty() &&
+                             std::any_of(mine.begin(), mine.end(), [&](size_t i) {
+                                 return step.batch.seqs[i].propose > 0 || step.batch.seqs[i].num_draft > 0;
+                             });
+    if (!speculative) {
+        return finish_last_stage(step, mine, out);
+    }
+    std::vector<SpecOutcome> outcomes;
+    DS_RETURN_IF_ERROR(speculate(step, mine, out, &outcomes).with_context("speculative decoding"));
+    return finish_last_stage(step, mine, out, &outcomes);
+}
+
+std::string Pipeline::speculative_refusal(const PipelineStep& step) const {
+    const bool asked = std::any_of(step.batch.seqs.begin(), step.batch.seqs.end(),
+                                   [](const ctl::SeqWork& w) { return w.propose > 0 || w.num_draft > 0; });
+    if (step.kind != StepKind::kStep || !asked) return "";
+    if (layout_.attention == AttentionMode::kDataParallel && layout_.ranks_per_stage > 1) {
+        return "speculative decoding is not implemented with data-parallel attention (use tensor-parallel attention)";
+    }
+    // Every stage checks what the last one holds (the plan and model are the same everywhere).
+    const model::ModelConfig& cfg = checkpoint_->config();
+    if (cfg.num_nextn_predict_layers <= 0) {
+        return "speculative decoding (mtp): the model has no MTP module (num_nextn_predict_layers = 0)";
+    }
+    if (stage_ == layout_.num_stages() - 1 && !model_->has_mtp()) {
+        return std::string("speculative decoding (mtp): the ") + model::device_name(model_->device()) +
+               " engine does not run the MTP module (use --device cpu)";
+    }
+    return "";
 }
 
 Status Pipeline::forward_failure(const PipelineStep& step) {
@@ -340,7 +393,7 @@ Status Pipeline::forward_failure(const PipelineStep& step) {
 }
 
 Status Pipeline::finish_last_stage(const PipelineStep& step, const std::vector<size_t>& mine,
-                                   const model::StepOutput& out) {
+                                   const model::StepOutput& out, const std::vector<SpecOutcome>* spec) {
     if (layout_.attention == AttentionMode::kTensorParallel && local_ != 0) {
         return ok_status();  // local 0 of the last stage answers for the stage
     }
@@ -366,23 +419,30 @@ Status Pipeline::finish_last_stage(const PipelineStep& step, const std::vector<s
     } else {
         // The engine sampled every kSample chunk (process() set them), in chunk order.
         size_t next = 0;
-        for (size_t i : mine) {
-            const ctl::SeqWork& w = step.batch.seqs[i];
+        for (size_t j = 0; j < mine.size(); ++j) {
+            const ctl::SeqWork& w = step.batch.seqs[mine[j]];
             if (!w.sample) continue;
+            const SpecOutcome* so = spec != nullptr && (*spec)[j].active ? &(*spec)[j] : nullptr;
+            if (w.num_draft > 0) {
+                // Verified drafts: the emitted tokens (their sampler already took them), in order.
+                if (so == nullptr || so->emitted.empty()) {
+                    return internal_error("speculative decoding: no verification for sequence " +
+                                          std::to_string(w.seq_id));
+                }
+                for (const model::SampleResult& r : so->emitted) {
+                    reply.result.outputs.push_back(to_output(w.seq_id, r));
+                }
+                reply.result.outputs.back().drafts = so->drafts;
+                continue;
+            }
             if (next >= out.samples.size()) {
                 return internal_error("the engine returned " + std::to_string(out.samples.size()) +
                                       " sampled tokens for more sampled sequences");
             }
             const model::SampleResult& r = out.samples[next++];
             samplers_[w.seq_id]->accept(r.token);
-            ctl::SeqOutput o;
-            o.seq_id = w.seq_id;
-            o.token = r.token;
-            o.logprob = r.logprob;
-            for (const auto& [id, lp] : r.top_logprobs) {
-                o.top_ids.push_back(id);
-                o.top_logprobs.push_back(lp);
-            }
+            ctl::SeqOutput o = to_output(w.seq_id, r);
+            if (so != nullptr) o.drafts = so->drafts;
             reply.result.outputs.push_back(std::move(o));
         }
     }
@@ -519,6 +579,12 @@ Status Pipeline::collect(bool block, bool* ready, StepReply* reply) {
             size_t& at = out_pos[sender];
             if (at >= part.result.outputs.size()) return protocol_error("a last-stage rank returned too few tokens");
             merged.result.outputs.push_back(part.result.outputs[at++]);
+            // Speculative decoding: the sequence's further emitted tokens follow (same id).
+            for (int64_t more = 0; more < w.num_draft && at < part.result.outputs.size() &&
+                                   part.result.outputs[at].seq_id == w.seq_id;
+                 ++more) {
+                merged.result.outputs.push_back(part.result.outputs[at++]);
+            }
         }
     }
     local_replies_.erase(step.batch.step_id);

@@ -24,6 +24,7 @@
 #include "model/sampling.h"
 #include "model/engine.h"
 #include "shard_node/layout.h"
+#include "shard_node/speculative.h"
 
 namespace deepshard::shard_node {
 
@@ -105,7 +106,14 @@ private:
     // The chunks this rank runs for `step` (TP: all; DP: the sequences it owns).
     std::vector<size_t> my_sequences(const PipelineStep& step) const;
     Status forward_failure(const PipelineStep& step);
-    Status finish_last_stage(const PipelineStep& step, const std::vector<size_t>& mine, const model::StepOutput& out);
+    Status finish_last_stage(const PipelineStep& step, const std::vector<size_t>& mine, const model::StepOutput& out,
+                             const std::vector<SpecOutcome>* spec = nullptr);
+    // Speculative decoding on the last stage (shard_node/speculative.cc): verifies the chunks'
+    // drafts, runs the MTP module and drafts the next tokens; one outcome per entry of `mine`.
+    Status speculate(const PipelineStep& step, const std::vector<size_t>& mine, const model::StepOutput& out,
+                     std::vector<SpecOutcome>* outcomes);
+    // Why this rank cannot run a step's speculative work (empty: it can); same on every rank.
+    std::string speculative_refusal(const PipelineStep& step) const;
     std::vector<int> result_senders() const;
 
     comm::Communicator* world_ = nullptr;

@@ -546,5 +546,72 @@ TEST_F(SchedulerTest, UnseededRequestGetsASeedThatSurvivesRetry) {
     }
 }
 
+TEST_F(SchedulerTest, SpeculativeDraftsAreVerifiedAndRejectedPositionsReleased) {
+    SchedulerOptions o = opts();
+    o.draft_tokens = 3;
+    o.token_budget = 16;
+    o.prefill_chunk = 16;
+    Scheduler s(o);
+    s.attach(cap(100));  // blocks of 4 tokens
+    std::shared_ptr<Sink> sink;
+    const uint64_t a = add(s, 6, 20, &sink);
+    // The prompt: sampled, the MTP module asked for 3 drafts; 6 tokens + 2 draft positions = 2 blocks.
+    auto b1 = s.next_batch(now_);
+    ASSERT_TRUE(b1.has_value());
+    ASSERT_EQ(b1->seqs.size(), 1u);
+    EXPECT_EQ(b1->seqs[0].tokens.size(), 6u);
+    EXPECT_EQ(b1->seqs[0].num_draft, 0);
+    EXPECT_EQ(b1->seqs[0].propose, 3);
+    EXPECT_EQ(s.stats().kv_blocks_used, 2u);
+    ctl::StepResult r1;
+    r1.step_id = b1->step_id;
+    ctl::SeqOutput out;
+    out.seq_id = a;
+    out.token = 50;
+    out.drafts = {51, 52, 53};
+    r1.outputs = {out};
+    ASSERT_TRUE(s.on_result(r1, now_).ok());
+    // The decode chunk carries the drafts: [50, 51, 52, 53] at position 6; 6 + 4 + 2 positions = 3 blocks.
+    auto b2 = s.next_batch(now_);
+    ASSERT_TRUE(b2.has_value());
+    ASSERT_EQ(b2->seqs.size(), 1u);
+    EXPECT_EQ(b2->seqs[0].start_pos, 6u);
+    EXPECT_EQ(b2->seqs[0].tokens, (std::vector<int32_t>{50, 51, 52, 53}));
+    EXPECT_EQ(b2->seqs[0].num_draft, 3);
+    EXPECT_EQ(b2->seqs[0].sample, 1);
+    EXPECT_EQ(s.stats().kv_blocks_used, 3u);
+    // The job accepts 51, then emits 60 where the draft said 52.
+    ctl::StepResult r2;
+    r2.step_id = b2->step_id;
+    ctl::SeqOutput o1, o2;
+    o1.seq_id = o2.seq_id = a;
+    o1.token = 51;
+    o2.token = 60;
+    o2.drafts = {61, 62, 63};
+    r2.outputs = {o1, o2};
+    ASSERT_TRUE(s.on_result(r2, now_).ok());
+    EXPECT_EQ(sink->tokens, (std::vector<int32_t>{50, 51, 60}));
+    EXPECT_EQ(s.stats().spec_draft_tokens, 3u);
+    EXPECT_EQ(s.stats().spec_accepted_tokens, 1u);
+    // Positions 0..7 are computed (prompt, 50, 51): the next chunk starts at 8 with the new drafts;
+    // the rejected positions' blocks went first: 8 + 4 + 2 = 14 positions = 4 blocks, not 5.
+    auto b3 = s.next_batch(now_);
+    ASSERT_TRUE(b3.has_value());
+    EXPECT_EQ(b3->seqs[0].start_pos, 8u);
+    EXPECT_EQ(b3->seqs[0].tokens, (std::vector<int32_t>{60, 61, 62, 63}));
+    EXPECT_EQ(s.stats().kv_blocks_used, 4u);
+    // More outputs than drafts + 1 is a protocol error that ends the sequence.
+    ctl::StepResult r3;
+    r3.step_id = b3->step_id;
+    for (int i = 0; i < 5; ++i) {
+        ctl::SeqOutput x;
+        x.seq_id = a;
+        x.token = 70 + i;
+        r3.outputs.push_back(x);
+    }
+    EXPECT_FALSE(s.on_result(r3, now_).ok());
+    EXPECT_EQ(sink->finished, FinishReason::kError);
+}
+
 }  // namespace
 }  // namespace deepshard::coordinator

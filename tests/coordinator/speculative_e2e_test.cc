@@ -1,0 +1,293 @@
+// MTP speculative decoding (issue 13, part 3) on live localhost clusters: deepshard-coordinator
+// --speculative mtp + an mpirun shard job, requests through HTTP (plain and SSE) and Thrift. The model is
+// written by `deepshard make-model --set num_nextn_predict_layers=1 --mtp-init mirror` (a one-layer
+// main model whose MTP module mirrors it, so drafts are accepted often and every path runs:
+// accepted drafts, rejected ones rolled back, the bonus token). References:
+//  - greedy outputs equal `deepshard generate` (one process, no speculation) token for token;
+//  - seeded sampled outputs equal the same cluster layout without --speculative;
+//  - drafts were sent and accepted (the /metrics counters), and the coordinator's KV view never
+//    disagreed with the job's (rollback of rejected positions is exact on both sides).
+// Layouts: one rank, pipeline pp=2 (2 ranks), tensor parallel tp=2 (2 ranks). And the error case: a
+// model without an MTP module refuses --speculative mtp with a clear message.
+#include <filesystem>
+#include <future>
+
+#include <gtest/gtest.h>
+
+#include "tests/coordinator/live_util.h"
+#include "tests/util/subprocess.h"
+
+namespace deepshard {
+namespace {
+
+using namespace testing_util;
+using json = nlohmann::json;
+using std::chrono::seconds;
+
+std::string csv(const std::vector<int>& v) {
+    std::string s;
+    for (int x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+    return s;
+}
+
+std::vector<int> prompt_of(int n, int seed, int vocab) {
+    std::vector<int> p;
+    uint32_t x = 2654435761u * static_cast<uint32_t>(seed + 1);
+    for (int i = 0; i < n; ++i) {
+        x = x * 1664525u + 1013904223u;
+        p.push_back(3 + static_cast<int>((x >> 8) % static_cast<uint32_t>(vocab - 3)));
+    }
+    return p;
+}
+
+std::vector<int> reference(const std::string& model, const std::vector<int>& prompt, int n) {
+    auto r = run_command({binary_path("deepshard"), "generate", "--model", model, "--tokens", csv(prompt), "--max-tokens",
+                          std::to_string(n), "--ignore-eos", "--json", "--numerics", "exact"},
+                         seconds(300));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    json j = json::parse(r.out.substr(std::min(r.out.find('{'), r.out.size())), nullptr, false);
+    if (j.is_discarded() || !j.contains("generated_tokens")) {
+        ADD_FAILURE() << "deepshard generate printed: " << r.out;
+        return {};
+    }
+    return j["generated_tokens"].get<std::vector<int>>();
+}
+
+// Token ids of a completion (plain or SSE); empty with a failure recorded on error.
+std::vector<int> completion(uint16_t port, const std::vector<int>& prompt, int n, bool stream, double temperature = 0,
+                            int seed = 0) {
+    json b = {{"model", "m"},     {"prompt", prompt},           {"max_tokens", n},          {"ignore_eos", true},
+              {"stream", stream}, {"temperature", temperature}, {"return_token_ids", true}};
+    if (temperature > 0) b["seed"] = seed;
+    HttpResponse r = http_request(port, "POST", "/v1/completions", b.dump(), {}, seconds(600));
+    std::vector<int> out;
+    if (r.status != 200) {
+        ADD_FAILURE() << "HTTP " << r.status << ": " << r.body << r.error;
+        return out;
+    }
+    if (!stream) return r.json()["choices"][0]["token_ids"].get<std::vector<int>>();
+    bool done = false;
+    for (const std::string& ev : sse_events(r.body)) {
+        if (ev == "[DONE]") {
+            done = true;
+            continue;
+        }
+        json j = json::parse(ev, nullptr, false);
+        if (j.is_discarded() || j.contains("error")) {
+            ADD_FAILURE() << "event: " << ev;
+            continue;
+        }
+        for (const auto& c : j["choices"]) {
+            for (int t : c["token_ids"]) out.push_back(t);
+        }
+    }
+    EXPECT_TRUE(done) << "the stream did not end with [DONE]";
+    return out;
+}
+
+// A greedy completion through Thrift (deepshard-thrift-client; Generate, or Submit/Poll with --stream).
+std::vector<int> thrift_completion(uint16_t port, const std::vector<int>& prompt, int n, bool stream) {
+    std::vector<std::string> cmd = {binary_path("deepshard-thrift-client"), "--server", "127.0.0.1:" + std::to_string(port),
+                                    "--tokens", csv(prompt), "--max-tokens", std::to_string(n), "--ignore-eos"};
+    if (stream) cmd.push_back("--stream");
+    auto r = run_command(cmd, seconds(600));
+    EXPECT_EQ(r.exit_code, 0) << r.err << r.out;
+    json j = json::parse(r.out.substr(std::min(r.out.find('{'), r.out.size())), nullptr, false);
+    if (j.is_discarded() || !j.contains("tokens")) {
+        ADD_FAILURE() << "thrift client printed: " << r.out;
+        return {};
+    }
+    return j["tokens"].get<std::vector<int>>();
+}
+
+double scrape(uint16_t port, const std::string& name) {
+    return metric_value(http_request(port, "GET", "/metrics", "", {}, seconds(10)).body, name);
+}
+
+class SpeculativeTest : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        ensure_test_env();
+        dir_ = new std::string(make_temp_dir("ds_spec_model_"));
+        model_ = new std::string(*dir_ + "/tiny-mtp");
+        auto r = run_command({binary_path("deepshard"), "make-model", "--preset", "tiny", "--dtype", "bf16", "--seed", "5",
+                              "--set", "num_hidden_layers=1", "--set", "first_k_dense_replace=0", "--set",
+                              "num_nextn_predict_layers=1", "--mtp-init", "mirror", "--shards", "1", "--out", *model_},
+                             seconds(300));
+        ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+        // Two main layers for the pipeline (one per stage); the MTP block mirrors the second.
+        model2_ = new std::string(*dir_ + "/tiny-mtp-2");
+        r = run_command({binary_path("deepshard"), "make-model", "--preset", "tiny", "--dtype", "bf16", "--seed", "6",
+                         "--set", "num_hidden_layers=2", "--set", "first_k_dense_replace=0", "--set",
+                         "num_nextn_predict_layers=1", "--mtp-init", "mirror", "--shards", "1", "--out", *model2_},
+                        seconds(300));
+        ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    }
+    static void TearDownTestSuite() {
+        std::error_code ec;
+        if (dir_ != nullptr) std::filesystem::remove_all(*dir_, ec);
+        delete dir_;
+        delete model_;
+        delete model2_;
+        dir_ = model_ = model2_ = nullptr;
+    }
+    static std::string* dir_;
+    static std::string* model_;
+    static std::string* model2_;
+
+    struct Case {
+        std::vector<int> prompt;
+        bool stream;
+        double temperature;
+        int seed;
+    };
+    static std::vector<Case> cases() {
+        return {{prompt_of(9, 1, 4096), false, 0, 0},
+                {prompt_of(23, 2, 4096), true, 0, 0},
+                {prompt_of(40, 3, 4096), false, 0, 0},
+                {prompt_of(12, 4, 4096), true, 0.8, 11},
+                {prompt_of(17, 5, 4096), false, 1.0, 12}};
+    }
+    static constexpr int kOut = 40;
+
+    // Runs the cases on a cluster of `layout` (all at once, so steps batch several sequences).
+    static std::vector<std::vector<int>> serve(const std::string& model, const std::string& layout, int ranks, const std::vector<std::string>& args,
+                                               double* drafts, double* accepted) {
+        LiveCluster cluster;
+        const std::string dir = make_temp_dir("ds_spec_");
+        std::vector<std::string> all = {"--name", "m"};
+        all.insert(all.end(), args.begin(), args.end());
+        EXPECT_EQ(cluster.start_coordinator(model, dir, all, layout, ranks), "");
+        cluster.start_shard_job();
+        EXPECT_TRUE(cluster.wait_health(200, seconds(240))) << cluster.logs();
+        const uint16_t http = cluster.http();
+        std::vector<std::future<std::vector<int>>> outs;
+        for (const Case& c : cases()) {
+            outs.push_back(std::async(std::launch::async,
+                                      [&, c] { return completion(http, c.prompt, kOut, c.stream, c.temperature, c.seed); }));
+        }
+        std::vector<std::vector<int>> got;
+        for (auto& f : outs) got.push_back(f.get());
+        EXPECT_EQ(scrape(http, "deepshard_kv_view_mismatches_total"), 0) << cluster.logs();
+        *drafts = scrape(http, "deepshard_spec_draft_tokens_total");
+        *accepted = scrape(http, "deepshard_spec_accepted_tokens_total");
+        return got;
+    }
+
+    static void check_layout(const std::string& model, const std::string& layout, int ranks, int k,
+                             double min_acceptance) {
+        double drafts = 0, accepted = 0;
+        const auto spec = serve(model, layout, ranks, {"--speculative", "mtp", "--draft-tokens", std::to_string(k)}, &drafts,
+                                &accepted);
+        double none_d = 0, none_a = 0;
+        const auto plain = serve(model, layout, ranks, {}, &none_d, &none_a);
+        EXPECT_EQ(none_d, -1) << "the speculative counters are exported only with --speculative";
+        const auto cs = cases();
+        for (size_t i = 0; i < cs.size(); ++i) {
+            ASSERT_EQ(spec[i].size(), static_cast<size_t>(kOut)) << "case " << i;
+            EXPECT_EQ(spec[i], plain[i]) << "case " << i << " (temperature " << cs[i].temperature << ")";
+            if (cs[i].temperature == 0) {
+                EXPECT_EQ(spec[i], reference(model, cs[i].prompt, kOut)) << "case " << i;
+            }
+        }
+        // Drafts were verified, a real share accepted and some rejected (both paths ran).
+        EXPECT_GT(drafts, 50) << layout;
+        EXPECT_GT(accepted, min_acceptance * drafts) << layout;
+        EXPECT_LT(accepted, drafts) << layout;
+        std::printf("[ speculative ] %s k=%d: %.0f drafts, %.0f accepted (%.0f%%)\n", layout.c_str(), k, drafts, accepted,
+                    drafts > 0 ? 100 * accepted / drafts : 0.0);
+    }
+};
+std::string* SpeculativeTest::dir_ = nullptr;
+std::string* SpeculativeTest::model_ = nullptr;
+std::string* SpeculativeTest::model2_ = nullptr;
+
+TEST_F(SpeculativeTest, SingleRankKeepsEveryOutput) {
+    check_layout(*model_, "pp=1,tp=1", 1, 3, 0.2);
+}
+
+TEST_F(SpeculativeTest, PipelineParallelKeepsEveryOutput) {
+    // The mirrored MTP block copies only the second of two layers: few drafts are right (outputs are
+    // deterministic, so the count is too), enough to run the accept path across stages.
+    check_layout(*model2_, "pp=2,tp=1", 2, 2, 0.0);
+}
+
+TEST_F(SpeculativeTest, TensorParallelKeepsEveryOutput) {
+    check_layout(*model_, "pp=1,tp=2", 2, 2, 0.2);
+}
+
+TEST_F(SpeculativeTest, PreemptionAndPrefixCacheKeepEveryOutput) {
+    // 8 KV blocks of 16 tokens: one request (24 + 40 tokens + 2 draft positions = 5 blocks) fits,
+    // two do not, so sequences are preempted (their drafts' blocks with them) and recomputed, partly
+    // from the prefix cache (two prompts share their first 32 tokens).
+    LiveCluster cluster;
+    const std::string dir = make_temp_dir("ds_spec_preempt_");
+    ASSERT_EQ(cluster.start_coordinator(*model_, dir, {"--name", "m", "--speculative", "mtp", "--draft-tokens", "3",
+                                                       "--http-threads", "6", "--thrift", "127.0.0.1:0"},
+                                        "pp=1,tp=1", 1),
+              "");
+    cluster.set_shard_args({"--kv-blocks", "8"});
+    cluster.start_shard_job();
+    ASSERT_TRUE(cluster.wait_health(200, seconds(240))) << cluster.logs();
+    const uint16_t http = cluster.http();
+    std::vector<std::vector<int>> prompts;
+    for (int i = 0; i < 4; ++i) prompts.push_back(prompt_of(24, 40 + i, 4096));
+    const auto shared = prompt_of(32, 77, 4096);
+    for (int i = 0; i < 2; ++i) {
+        auto p = shared;
+        const auto tail = prompt_of(4, 90 + i, 4096);
+        p.insert(p.end(), tail.begin(), tail.end());
+        prompts.push_back(p);
+    }
+    const uint16_t thrift = static_cast<uint16_t>(cluster.port("thrift"));
+    std::vector<std::future<std::vector<int>>> outs;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        // HTTP plain and SSE, and two through Thrift (Generate and Submit/Poll).
+        outs.push_back(std::async(std::launch::async, [&, i] {
+            return i >= 2 && i < 4 ? thrift_completion(thrift, prompts[i], 40, i == 3)
+                                   : completion(http, prompts[i], 40, i % 2 == 1);
+        }));
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        EXPECT_EQ(outs[i].get(), reference(*model_, prompts[i], 40)) << "request " << i;
+    }
+    EXPECT_GT(scrape(http, "deepshard_preemptions_total"), 0) << cluster.logs();
+    EXPECT_GT(scrape(http, "deepshard_spec_accepted_tokens_total"), 0);
+    EXPECT_EQ(scrape(http, "deepshard_kv_view_mismatches_total"), 0) << cluster.logs();
+    // Alone on the job, one shared-prefix request caches the prefix and the other starts from it.
+    EXPECT_EQ(completion(http, prompts[4], 40, false), reference(*model_, prompts[4], 40));
+    const double hits = scrape(http, "deepshard_prefix_cache_hit_tokens_total");
+    EXPECT_EQ(completion(http, prompts[5], 40, true), reference(*model_, prompts[5], 40));
+    EXPECT_GE(scrape(http, "deepshard_prefix_cache_hit_tokens_total"), hits + 32) << cluster.logs();
+    EXPECT_EQ(scrape(http, "deepshard_kv_view_mismatches_total"), 0) << cluster.logs();
+}
+
+TEST_F(SpeculativeTest, ModelWithoutMtpRefusesSpeculative) {
+    const std::string dir = make_temp_dir("ds_spec_err_");
+    auto r = run_command({binary_path("deepshard-coordinator"), "--model", source_path("testdata/golden/tiny-bf16"),
+                          "--http", "127.0.0.1:0", "--control", "127.0.0.1:0", "--thrift", "", "--speculative", "mtp"},
+                         seconds(60));
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE((r.out + r.err).find("has no MTP module (config.json num_nextn_predict_layers = 0)"), std::string::npos)
+        << r.out << r.err;
+    auto bad = run_command({binary_path("deepshard-coordinator"), "--model", *model_, "--http", "127.0.0.1:0",
+                            "--control", "127.0.0.1:0", "--thrift", "", "--speculative", "eagle"},
+                           seconds(60));
+    EXPECT_NE(bad.exit_code, 0);
+    EXPECT_NE((bad.out + bad.err).find("the only method is \"mtp\""), std::string::npos) << bad.out << bad.err;
+    // Data-parallel attention is refused up front (the job could not run the drafts).
+    const std::string plan = dir + "/dp.json";
+    auto p = run_command({binary_path("deepshard"), "plan", "--model", *model_, "--layout", "pp=1,tp=2,attn=dp", "--out",
+                          plan},
+                         seconds(60));
+    ASSERT_EQ(p.exit_code, 0) << p.out << p.err;
+    auto dp = run_command({binary_path("deepshard-coordinator"), "--model", *model_, "--plan", plan, "--http",
+                           "127.0.0.1:0", "--control", "127.0.0.1:0", "--thrift", "", "--speculative", "mtp"},
+                          seconds(60));
+    EXPECT_NE(dp.exit_code, 0);
+    EXPECT_NE((dp.out + dp.err).find("not implemented with data-parallel attention"), std::string::npos)
+        << dp.out << dp.err;
+}
+
+}  // namespace
+}  // namespace deepshard
