@@ -8,6 +8,7 @@
 #include "model/cuda_engine.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "common/env.h"
@@ -34,6 +35,13 @@ namespace {
 constexpr int64_t kDefaultMaxTokens = 2048;
 constexpr int64_t kDefaultMaxSeqs = 256;
 constexpr int kLtWorkspaceMb = 32;
+
+// The dense weights of a layer that go through GemmRunner::run (routed experts take the grouped kernels;
+// only the host expert exchange runs them through it, below).
+std::array<const kernels::WeightView*, 11> gemm_weights(const LayerWeights& L) {
+    return {&L.wq_a, &L.wq_b, &L.wq, &L.wkv_a, &L.wo, &L.dense.w1, &L.dense.w3, &L.dense.w2,
+            &L.shared.w1, &L.shared.w3, &L.shared.w2};
+}
 
 int64_t chunk_len(const SeqChunk& c) {
     return c.tokens.empty() ? c.num_tokens : static_cast<int64_t>(c.tokens.size());
@@ -124,8 +132,7 @@ Status CudaEngine::init(const EngineOptions& options) {
         int64_t max_k = 0, max_n = 0;
         bool any = false;
         for (const LayerWeights& L : w.layers()) {
-            for (const kernels::WeightView* v : {&L.wq_a, &L.wq_b, &L.wq, &L.wkv_a, &L.wo, &L.dense.w1, &L.dense.w3,
-                                                 &L.dense.w2, &L.shared.w1, &L.shared.w3, &L.shared.w2}) {
+            for (const kernels::WeightView* v : gemm_weights(L)) {
                 if (!kc::fp8_lt_compatible(*v)) continue;
                 any = true;
                 max_k = std::max(max_k, v->cols);
@@ -151,8 +158,7 @@ Status CudaEngine::init(const EngineOptions& options) {
             if (v.valid() && v.dtype == DType::kBF16) bf16_k = std::max(bf16_k, v.cols);
         };
         for (const LayerWeights& L : w.layers()) {
-            for (const kernels::WeightView* v : {&L.wq_a, &L.wq_b, &L.wq, &L.wkv_a, &L.wo, &L.dense.w1, &L.dense.w3,
-                                                 &L.dense.w2, &L.shared.w1, &L.shared.w3, &L.shared.w2}) {
+            for (const kernels::WeightView* v : gemm_weights(L)) {
                 widest(*v);
             }
             for (const MlpWeights& e : L.experts) {
