@@ -9,10 +9,9 @@
 //    the kernels) in another summation order: the CPU golden bounds (logits 1e-4, hidden 2e-4) widened 2x
 //    for that reordering, and every expert choice equal (the sets' smallest routing margin is 2.3e-3,
 //    far above fp32 noise).
-//  - fast precision rounds the KV cache to BF16 and the activations of FP8 weights' GEMMs to FP8 on
-//    Hopper (e4m3, 2^-4 relative; CudaEngine::fp8_activations), those of larger GEMMs to BF16 (2^-8)
-//    elsewhere. It is judged
-//    routing first against the CPU engine's exact run on the same prompt, with the bounds
+//  - fast precision rounds the KV cache to BF16 and GEMM activations to FP8 for FP8 weights on Hopper
+//    (e4m3, 2^-4 relative; CudaEngine::fp8_activations), to BF16 (2^-8) otherwise. It is judged routing
+//    first against the CPU engine's exact run on the same prompt, with the bounds
 //    tests/model/routing_judge.h derives from that unit (the same judgement golden_fast_test makes of
 //    the CPU's BF16 mode): router scores within their rounding bound, no expert flip where the golden
 //    margins exceed the noise, logits within their bound wherever no expert flipped upstream; greedy
@@ -165,22 +164,20 @@ TEST_P(GoldenCudaTest, PrefillLogitsHiddenAndRouting) {
             << "after block " << l - 1;
     }
     const auto moe = read_json(dir_ + "/moe_routing.json");
-    int decisions = 0, checked = 0;
+    int decisions = 0;
     for (const auto& entry : moe) {
         const int64_t layer = entry["layer"].get<int64_t>();
         const auto& expected = entry["experts"];
         ASSERT_EQ(routing[layer].size(), expected.size()) << "layer " << layer;
         for (size_t t = 0; t < expected.size(); ++t) {
             ++decisions;
-            ++checked;
             const auto want = expected[t].get<std::set<int32_t>>();
             const std::set<int32_t> got(routing[layer][t].begin(), routing[layer][t].end());
             EXPECT_EQ(got, want) << "layer " << layer << " position " << t;
         }
     }
-    std::printf("[golden] %s %s expert choices compared: %d / %d\n", GetParam().set.c_str(),
-                precision_name(GetParam().precision), checked, decisions);
-    EXPECT_EQ(checked, decisions);
+    std::printf("[golden] %s %s expert choices compared: %d\n", GetParam().set.c_str(),
+                precision_name(GetParam().precision), decisions);
 }
 
 TEST_P(GoldenCudaTest, GreedyContinuationThroughKvCache) {
