@@ -8,6 +8,7 @@
 
 #include "control/auth.h"
 #include "control/protocol.h"
+#include "tests/control/protocol_samples.h"
 
 namespace deepshard::control {
 namespace {
@@ -22,56 +23,11 @@ std::string payload_of(const std::string& frame, MessageType expect) {
 }
 
 StepBatch sample_batch() {
-    StepBatch b;
-    b.step_id = 42;
-    b.release = {7, 9};
-    SeqWork a;
-    a.seq_id = 11;
-    a.start_pos = 0;
-    a.tokens = {0, 5, 6, 7};
-    a.sample = 1;
-    a.is_new = 1;
-    a.sampling.temperature = 0.7f;
-    a.sampling.top_k = 40;
-    a.sampling.top_p = 0.9f;
-    a.sampling.seed = 1234;
-    a.sampling.has_seed = 1;
-    a.sampling.logprobs = 3;
-    a.prompt = {0, 5, 6, 7};
-    SeqWork d;
-    d.seq_id = 12;
-    d.start_pos = 17;
-    d.tokens = {99};
-    d.sample = 1;
-    // A new sequence starting from two cached blocks (start_pos 8 with blocks of 4).
-    SeqWork f;
-    f.seq_id = 13;
-    f.start_pos = 8;
-    f.tokens = {4, 4};
-    f.is_new = 1;
-    f.prompt = {1, 2, 3, 4, 5, 6, 7, 8, 4, 4};
-    b.seqs = {a, d, f};
-    b.kv.publish = {{.entry = 500, .seq_id = 12, .block_index = 3, .domain = 1}};
-    b.kv.preempt = {14};
-    b.kv.evict = {{.entry = 400, .domain = 0}, {.entry = 401, .domain = 1}};
-    b.kv.start = {{.seq_id = 13, .domain = 1, .prefix = {300, 301}}, {.seq_id = 11, .domain = 0, .prefix = {}}};
-    return b;
+    return samples::step_batch();
 }
 
 StepResult sample_result() {
-    StepResult r;
-    r.step_id = 42;
-    r.step_seconds = 0.25;
-    SeqOutput o;
-    o.seq_id = 11;
-    o.token = 3;
-    o.logprob = -0.5f;
-    o.top_ids = {3, 4};
-    o.top_logprobs = {-0.5f, -1.5f};
-    r.outputs = {o};
-    r.kv = {{.domain = 0, .used_blocks = 10, .cached_blocks = 4, .total_blocks = 64},
-            {.domain = 1, .used_blocks = 3, .cached_blocks = 0, .total_blocks = 64}};
-    return r;
+    return samples::step_result();
 }
 
 TEST(ProtocolTest, RoundTripsEveryMessage) {
@@ -108,6 +64,9 @@ TEST(ProtocolTest, RoundTripsEveryMessage) {
     EXPECT_FLOAT_EQ(b2->seqs[0].sampling.top_p, 0.9f);
     EXPECT_EQ(b2->seqs[1].start_pos, 17u);
     EXPECT_EQ(b2->seqs[1].is_new, 0);
+    EXPECT_EQ(b2->seqs[1].num_draft, 2);
+    EXPECT_EQ(b2->seqs[1].propose, 2);
+    EXPECT_FLOAT_EQ(b2->seqs[0].sampling.presence_penalty, -0.5f);
     ASSERT_EQ(b2->kv.publish.size(), 1u);
     EXPECT_EQ(b2->kv.publish[0].entry, 500u);
     EXPECT_EQ(b2->kv.publish[0].block_index, 3u);
@@ -124,8 +83,11 @@ TEST(ProtocolTest, RoundTripsEveryMessage) {
     encode(sample_result(), &f);
     auto r2 = decode_step_result(payload_of(f, MessageType::kStepResult));
     ASSERT_TRUE(r2.ok()) << r2.status().to_string();
-    ASSERT_EQ(r2->outputs.size(), 1u);
+    ASSERT_EQ(r2->outputs.size(), 3u);
     EXPECT_EQ(r2->outputs[0].top_ids, (std::vector<int32_t>{3, 4}));
+    EXPECT_EQ(r2->outputs[0].drafts, (std::vector<int32_t>{8, 9}));
+    EXPECT_EQ(r2->outputs[2].seq_id, 12u);
+    EXPECT_EQ(r2->outputs[2].drafts, (std::vector<int32_t>{6, 7}));
     EXPECT_DOUBLE_EQ(r2->step_seconds, 0.25);
     ASSERT_EQ(r2->kv.size(), 2u);
     EXPECT_EQ(r2->kv[0].cached_blocks, 4u);

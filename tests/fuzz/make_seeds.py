@@ -62,43 +62,8 @@ write("http_request", "chat.body", b"\x01" + json.dumps(CHAT, ensure_ascii=False
 write("http_request", "completion.body", b"\x00" + json.dumps(COMPLETION).encode())
 write("http_request", "completion_text.body", b"\x00" + json.dumps(COMPLETION_TEXT).encode())
 
-# ---- control: frames as control/protocol.cc encodes them -----------------------------------------
-MAGIC, VERSION = 0x50435344, 1
-
-
-def frame(mtype, payload):
-    return struct.pack("<IHHI", MAGIC, VERSION, mtype, len(payload)) + payload
-
-
-def s(text):
-    b = text.encode()
-    return struct.pack("<I", len(b)) + b
-
-
-def vec(fmt, items):
-    return struct.pack("<I", len(items)) + b"".join(struct.pack("<" + fmt, x) for x in items)
-
-
-SAMPLING = struct.pack("<fifffffQBB", 0.7, 40, 0.9, 0.0, 1.1, 0.5, -0.5, 42, 1, 3)
-hello = (struct.pack("<HQ", 1, 0x1234567890ABCDEF) + s('{"world_size": 4}') +
-         struct.pack("<IIIQIII", 4, 2, 16, 1000, 512, 64, 4096) + s("host:123"))
-batch = (struct.pack("<Q", 9) + vec("Q", [3, 4]) + struct.pack("<I", 2) +
-         struct.pack("<QI", 5, 0) + vec("i", [0, 10, 11]) + struct.pack("<BB", 1, 1) + SAMPLING + vec("i", [0, 10, 11]) +
-         struct.pack("<QI", 6, 7) + vec("i", [12]) + struct.pack("<BB", 1, 0))
-result = (struct.pack("<QB", 9, 1) + s("") + struct.pack("<dI", 0.01, 2) +
-          struct.pack("<Qif", 5, 77, -0.5) + struct.pack("<I", 2) + struct.pack("<ifif", 77, -0.5, 78, -1.5) +
-          struct.pack("<Qif", 6, 12, -0.1) + struct.pack("<I", 0))
-frames = {
-    "hello": frame(1, hello), "hello_ack": frame(2, struct.pack("<Q", 5)), "refuse": frame(3, s("fingerprint")),
-    "step_batch": frame(4, batch), "step_result": frame(5, result),
-    "heartbeat": frame(6, struct.pack("<QQ", 1, 1700000000000)), "shutdown": frame(7, s("bye")),
-}
-for name, f in frames.items():
-    write("control", name + ".frame", f)
-write("control", "session.frames", frames["hello"] + frames["hello_ack"] + frames["step_batch"] +
-      frames["step_result"] + frames["heartbeat"] + frames["shutdown"])
-for i, (name, f) in enumerate(frames.items()):  # payload mode: first byte picks the decoder
-    write("control", name + ".payload", bytes([i]) + f[12:])
+# ---- control: written by the protocol's own encoder, build/tests/write_control_seeds DIR
+# (tests/control/protocol_samples.cc); fuzz_control_seeds_test fails while the committed ones are stale.
 
 # ---- tokenizer_json: small byte-level BPE files (+ "\n@@config@@\n" + tokenizer_config.json) -------
 def byte_vocab():
