@@ -9,6 +9,7 @@
 #include <mutex>
 #include <utility>
 
+#include "common/cuda_handles.h"
 #include "common/cuda_status.h"
 #include "common/logging.h"
 
@@ -35,13 +36,8 @@ bool is_usage_error(ncclResult_t r) {
 
 // Completion event of one operation; recorded once its NCCL calls are fully enqueued.
 struct OpEvent {
-    cudaEvent_t event = nullptr;
+    cuda::CudaEvent event;
     bool recorded = false;
-    ~OpEvent() {
-        if (event != nullptr) {
-            cudaEventDestroy(event);
-        }
-    }
 };
 
 }  // namespace
@@ -54,8 +50,9 @@ struct NcclState : PoisonState {
     int rank = 0;
     int size = 0;
     ncclComm_t comm = nullptr;
-    cudaStream_t stream = nullptr;
-    float* barrier_buf = nullptr;
+    // Destroyed after the destructor body has finalized or aborted the communicator.
+    cuda::CudaStream stream;
+    cuda::DeviceBuffer barrier_buf;  // one float
     Millis timeout = default_timeout();
     std::atomic<bool> aborted{false};  // read by a watchdog thread too
     std::mutex abort_mu;               // serializes abort_comm (owner error path vs watchdog)
@@ -99,7 +96,7 @@ struct NcclState : PoisonState {
         if (r == ncclInProgress || r != ncclSuccess) {
             return r;
         }
-        if (cudaEventRecord(pending->event, stream) != cudaSuccess) {
+        if (cudaEventRecord(pending->event.get(), stream.get()) != cudaSuccess) {
             return ncclUnhandledCudaError;
         }
         pending->recorded = true;
@@ -138,12 +135,6 @@ struct NcclState : PoisonState {
             }
         }
         pending.reset();
-        if (barrier_buf != nullptr) {
-            cudaFree(barrier_buf);
-        }
-        if (stream != nullptr) {
-            cudaStreamDestroy(stream);
-        }
     }
 };
 
@@ -177,7 +168,7 @@ public:
         if (r != ncclSuccess && r != ncclInProgress) {
             return fail(nccl_error(r, "ncclCommGetAsyncError", __FILE__, __LINE__, state_->comm), result);
         }
-        cudaError_t e = cudaEventQuery(op_->event);
+        cudaError_t e = cudaEventQuery(op_->event.get());
         if (e == cudaErrorNotReady) {
             return false;
         }
@@ -239,9 +230,9 @@ Status wait_ready(std::initializer_list<ncclComm_t> comms, Deadline deadline, co
 // Stream and barrier buffer of a new state on `device`.
 Status init_resources(NcclState& s) {
     DS_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device));
-    DS_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
-    DS_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&s.barrier_buf), sizeof(float)));
-    DS_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.barrier_buf, 0, sizeof(float), s.stream));
+    DS_ASSIGN_OR_RETURN(s.stream, cuda::CudaStream::create());
+    DS_ASSIGN_OR_RETURN(s.barrier_buf, cuda::DeviceBuffer::create(sizeof(float)));
+    DS_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.barrier_buf.get(), 0, sizeof(float), s.stream.get()));
     return ok_status();
 }
 
@@ -326,7 +317,7 @@ ncclComm_t NcclComm::get() const {
     return state_ ? state_->comm : nullptr;
 }
 cudaStream_t NcclComm::stream() const {
-    return state_ ? state_->stream : nullptr;
+    return state_ ? state_->stream.get() : nullptr;
 }
 int NcclComm::device() const {
     return state_ ? state_->device : -1;
@@ -388,12 +379,12 @@ StatusOr<Request> NcclComm::issue(std::string desc, F&& enqueue) {
         }
     }
     auto op = std::make_shared<OpEvent>();
-    DS_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&op->event, cudaEventDisableTiming));
+    DS_ASSIGN_OR_RETURN(op->event, cuda::CudaEvent::create());
     ncclResult_t r = enqueue();
     if (r == ncclInProgress) {
         s.pending = op;
     } else if (r == ncclSuccess) {
-        DS_CUDA_RETURN_IF_ERROR(cudaEventRecord(op->event, s.stream));
+        DS_RETURN_IF_ERROR(op->event.record(s.stream.get()));
         op->recorded = true;
     } else {
         Status e = nccl_error(r, "enqueue", __FILE__, __LINE__, s.comm).with_context(desc);
@@ -587,7 +578,7 @@ StatusOr<Request> NcclComm::ibroadcast(void* buf, size_t count, DataType type, i
 StatusOr<Request> NcclComm::ibarrier() {
     DS_RETURN_IF_ERROR(check_usable("barrier"));
     std::string desc = describe_op("barrier", rank_, size_, name(), "nccl", kAllPeers);
-    float* b = state_->barrier_buf;
+    float* b = state_->barrier_buf.as<float>();
     return issue(std::move(desc), [&] { return ncclAllReduce(b, b, 1, ncclFloat32, ncclSum, get(), stream()); });
 }
 
