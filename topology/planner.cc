@@ -133,6 +133,24 @@ double layer_bytes(const ModelStats& s, int64_t l, int split, int experts) {
     return b;
 }
 
+// Weight bytes of the MTP module on the last stage's fullest rank (0 without one): the shard job
+// loads it whenever the checkpoint has one (model/shard_weights.cc load_mtp), speculative decoding
+// or not: one more layer, its own embedding and head (vocab-parallel like the main ones), the BF16
+// [H, 2H] eh_proj and three norms.
+double mtp_bytes(const ModelStats& s, int split, int experts) {
+    const model::ModelConfig& c = s.config();
+    if (c.num_nextn_predict_layers <= 0) return 0.0;
+    const double H = static_cast<double>(c.hidden_size);
+    return layer_bytes(s, c.num_hidden_layers, split, experts) + s.embed_bytes(split) + s.head_bytes(split) +
+           2.0 * H * 2.0 * H + 2.0 * 4.0 * H;
+}
+
+// Latent-cache layer slots of a stage: its layers, plus the MTP module's own slot on the last stage
+// (the engine keeps the module's cache in one more layer of the same blocks, model/cpu_engine.cc).
+int64_t kv_layer_slots(const model::ModelConfig& c, const std::pair<int64_t, int64_t>& stage, bool last) {
+    return stage.second - stage.first + (last && c.num_nextn_predict_layers > 0 ? 1 : 0);
+}
+
 // Contiguous layer ranges minimising the fullest stage's bytes (embedding on stage 0, head on the last).
 std::vector<std::pair<int64_t, int64_t>> split_layers(const ModelStats& s, int pp, int split, int experts) {
     const int64_t L = s.config().num_hidden_layers;
@@ -141,7 +159,7 @@ std::vector<std::pair<int64_t, int64_t>> split_layers(const ModelStats& s, int p
         w[static_cast<size_t>(l)] = layer_bytes(s, l, split, experts);
     }
     w.front() += s.embed_bytes(split);
-    w.back() += s.head_bytes(split);
+    w.back() += s.head_bytes(split) + mtp_bytes(s, split, experts);
     // Greedy packing under a cap; binary search the smallest cap that needs <= pp stages.
     auto pack = [&](double cap) {
         std::vector<std::pair<int64_t, int64_t>> st;
@@ -224,7 +242,7 @@ Eval evaluate(
         }
         m.weights += st == 0 ? s.embed_bytes(split) : 0.0;
         const bool last = st + 1 == pp;
-        m.weights += last ? s.head_bytes(split) : 0.0;
+        m.weights += last ? s.head_bytes(split) + mtp_bytes(s, split, experts) : 0.0;
         m.activations = T * per_token + ctx_expand + (gpu ? kGpuWorkspace : kCpuWorkspace);
         if (last) {
             m.activations += static_cast<double>(w.max_batch_per_rank) * static_cast<double>(c.vocab_size / split) * 4;
@@ -257,7 +275,7 @@ Eval evaluate(
     int64_t max_layers = 1;
     for (const auto& m : ev.memory) {
         room = std::min(room, m.kv_room);
-        max_layers = std::max(max_layers, ev.stages[m.stage].second - ev.stages[m.stage].first);
+        max_layers = std::max(max_layers, kv_layer_slots(c, ev.stages[m.stage], m.stage + 1 == pp));
     }
     const double need = static_cast<double>(pp) * static_cast<double>(w.max_batch_per_rank) *
                         static_cast<double>(seq_len) * static_cast<double>(max_layers) * per_token_layer;
@@ -280,7 +298,7 @@ Eval evaluate(
     }
     for (auto& m : ev.memory) {
         m.kv = ev.kv_budget;
-        const double layers = static_cast<double>(ev.stages[m.stage].second - ev.stages[m.stage].first);
+        const double layers = static_cast<double>(kv_layer_slots(c, ev.stages[m.stage], m.stage + 1 == pp));
         m.kv_tokens = static_cast<int64_t>(m.kv / (layers * per_token_layer));
         ev.capacity_tokens = std::min(ev.capacity_tokens, dp ? m.kv_tokens * S : m.kv_tokens);
         ev.max_seq_tokens = std::min(ev.max_seq_tokens, m.kv_tokens);
@@ -545,7 +563,10 @@ StatusOr<Plan> make_plan(const model::ModelConfig& config, const Cluster& cluste
     p.expert_owner = best->expert_owner;
     p.dtype = dt.first;
     p.dtype_reason = dt.second;
-    p.total_weight_bytes = stats.total_bytes();
+    // The checkpoint as loaded: the main layers plus the MTP module, which the head stage always holds
+    // (DeepSeek-V3: 673.2 GB of main layers + 15.4 GB of MTP module; the model card's 685B parameters
+    // are 671B main + 14B MTP).
+    p.total_weight_bytes = stats.total_bytes() + mtp_bytes(stats, 1, static_cast<int>(config.n_routed_experts));
     p.total_params = stats.total_params();
     p.stage_memory = best->memory;
     p.kv_storage = kv_storage;

@@ -24,12 +24,21 @@ nlohmann::json read_json(const std::string& path) {
 }
 
 void expect_registered_kv_matches_plan(const std::string& layout, int ranks, std::vector<std::string> plan_args,
-                                       const std::string& expect_reason) {
+                                       const std::string& expect_reason, bool mtp = false) {
     ensure_test_env();
     const std::string dir = make_temp_dir("ds_plan_kv");
     LiveCluster cluster;
     cluster.set_plan_args(std::move(plan_args));
-    const std::string model = source_path("testdata/golden/tiny-bf16");
+    std::string model = source_path("testdata/golden/tiny-bf16");
+    if (mtp) {
+        // The same shape with an MTP module: the last stage's engine keeps the module's latent cache in
+        // one more layer slot of its blocks, so the plan must divide that stage's budget by one more.
+        model = dir + "/tiny-mtp";
+        auto r = run_command({binary_path("deepshard"), "make-model", "--preset", "tiny", "--dtype", "bf16", "--seed",
+                              "5", "--set", "num_nextn_predict_layers=1", "--shards", "1", "--out", model},
+                             120s);
+        ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    }
     ASSERT_EQ(cluster.start_coordinator(model, dir, {}, layout, ranks), "");
     const nlohmann::json plan = read_json(cluster.plan_path());
     ASSERT_TRUE(plan.is_object());
@@ -74,6 +83,12 @@ TEST(PlanKvTest, TheJobRegistersThePlansKvCapacity) {
 // A budget fixed at plan time travels in the plan too (DP attention: one KV domain per rank).
 TEST(PlanKvTest, AFixedPlanBudgetIsWhatRegisters) {
     expect_registered_kv_matches_plan("pp=1,attn=dp,ep=2", 2, {"--kv-budget-mb", "8"}, "--kv-budget-mb");
+}
+
+// A model with an MTP module (loaded on the last stage whether or not --speculative is used): its
+// KV layer slot is in the plan's count, so the last stage's tokens still match what registers.
+TEST(PlanKvTest, TheMtpModulesKvSlotIsPlanned) {
+    expect_registered_kv_matches_plan("pp=2,tp=1", 2, {"--kv-budget-mb", "8"}, "--kv-budget-mb", /*mtp=*/true);
 }
 
 }  // namespace
