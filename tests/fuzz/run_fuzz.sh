@@ -80,11 +80,16 @@ case "$target" in
       exit 77
     fi
     sources=(shard_node/layout.cc launch/launch_config.cc)
-    libs=(-Wl,--start-group "$bindir"/model/libdeepshard_model.a "$bindir"/model/libdeepshard_model_config.a
-          "$bindir"/model/libdeepshard_sampling.a "$bindir"/model/libdeepshard_tokenizer.a
-          "$bindir"/kernels/libdeepshard_kernels.a
-          "$bindir"/topology/libdeepshard_topology.a "$bindir"/common/libdeepshard_common.a -Wl,--end-group
-          $(pkg-config --libs spdlog fmt 2>/dev/null || echo -lspdlog -lfmt) $pcre -lpthread) ;;
+    # Every library of the build in one group (the linker takes only what the readers reach), so a
+    # component split does not break this list; a CUDA build's model library reaches the CUDA engine.
+    mapfile -t build_libs < <(find "$bindir" -name 'libdeepshard_*.a' -not -path '*/tests/*' | sort)
+    cuda_libs=()
+    if [ -f "$bindir/model/libdeepshard_model_cuda.a" ]; then
+      cuda_home=${CUDA_HOME:-/usr/local/cuda}
+      cuda_libs=(-L"$cuda_home/lib64" -Wl,-rpath,"$cuda_home/lib64" -lcudart -lcublasLt -lcublas)
+    fi
+    libs=(-Wl,--start-group "${build_libs[@]}" -Wl,--end-group "${cuda_libs[@]}"
+          $(pkg-config --libs spdlog fmt 2>/dev/null || echo -lspdlog -lfmt) $pcre -lpthread -ldl) ;;
   *) echo "unknown target $target"; exit 2 ;;
 esac
 bin=$work/fuzz_$target
