@@ -133,13 +133,19 @@ double layer_bytes(const ModelStats& s, int64_t l, int split, int experts) {
     return b;
 }
 
-// Weight bytes of the MTP module on the last stage's fullest rank (0 without one): the shard job
-// loads it whenever the checkpoint has one (model/shard_weights.cc load_mtp), speculative decoding
-// or not: one more layer, its own embedding and head (vocab-parallel like the main ones), the BF16
-// [H, 2H] eh_proj and three norms.
-double mtp_bytes(const ModelStats& s, int split, int experts) {
+// Whether the engine of a plan's ranks holds the checkpoint's MTP module: the CPU engine loads it
+// whenever the checkpoint has one (model/shard_weights.cc load_mtp), speculative decoding or not;
+// the CUDA engine does not run it yet and never uploads it (shard_weights.h, tensors()).
+bool holds_mtp(const model::ModelConfig& c, bool gpu) {
+    return c.num_nextn_predict_layers > 0 && !gpu;
+}
+
+// Weight bytes of the MTP module on the last stage's fullest rank (0 when not held): one more
+// layer, its own embedding and head (vocab-parallel like the main ones), the BF16 [H, 2H] eh_proj
+// and three norms.
+double mtp_bytes(const ModelStats& s, int split, int experts, bool held) {
     const model::ModelConfig& c = s.config();
-    if (c.num_nextn_predict_layers <= 0) return 0.0;
+    if (!held) return 0.0;
     const double H = static_cast<double>(c.hidden_size);
     return layer_bytes(s, c.num_hidden_layers, split, experts) + s.embed_bytes(split) + s.head_bytes(split) +
            2.0 * H * 2.0 * H + 2.0 * 4.0 * H;
@@ -147,19 +153,20 @@ double mtp_bytes(const ModelStats& s, int split, int experts) {
 
 // Latent-cache layer slots of a stage: its layers, plus the MTP module's own slot on the last stage
 // (the engine keeps the module's cache in one more layer of the same blocks, model/cpu_engine.cc).
-int64_t kv_layer_slots(const model::ModelConfig& c, const std::pair<int64_t, int64_t>& stage, bool last) {
-    return stage.second - stage.first + (last && c.num_nextn_predict_layers > 0 ? 1 : 0);
+int64_t kv_layer_slots(const std::pair<int64_t, int64_t>& stage, bool last, bool mtp_held) {
+    return stage.second - stage.first + (last && mtp_held ? 1 : 0);
 }
 
 // Contiguous layer ranges minimising the fullest stage's bytes (embedding on stage 0, head on the last).
-std::vector<std::pair<int64_t, int64_t>> split_layers(const ModelStats& s, int pp, int split, int experts) {
+std::vector<std::pair<int64_t, int64_t>> split_layers(const ModelStats& s, int pp, int split, int experts,
+                                                      bool mtp_held) {
     const int64_t L = s.config().num_hidden_layers;
     std::vector<double> w(static_cast<size_t>(L));
     for (int64_t l = 0; l < L; ++l) {
         w[static_cast<size_t>(l)] = layer_bytes(s, l, split, experts);
     }
     w.front() += s.embed_bytes(split);
-    w.back() += s.head_bytes(split) + mtp_bytes(s, split, experts);
+    w.back() += s.head_bytes(split) + mtp_bytes(s, split, experts, mtp_held);
     // Greedy packing under a cap; binary search the smallest cap that needs <= pp stages.
     auto pack = [&](double cap) {
         std::vector<std::pair<int64_t, int64_t>> st;
@@ -214,9 +221,10 @@ Eval evaluate(
     const Workload& w = o.workload;
     ev.expert_owner = place_experts(c, S);
     const int experts = max_experts_per_rank(ev.expert_owner, S);
-    ev.stages = split_layers(s, pp, split, experts);
     const Node& node = cl.nodes.front();
     const bool gpu = node.device.is_gpu();
+    const bool mtp_held = holds_mtp(c, gpu);
+    ev.stages = split_layers(s, pp, split, experts, mtp_held);
     const int64_t seq_len = std::min(w.prompt_tokens + w.output_tokens, c.max_position_embeddings);
     const int64_t min_kv = o.min_kv_tokens > 0 ? o.min_kv_tokens : seq_len;
 
@@ -242,7 +250,7 @@ Eval evaluate(
         }
         m.weights += st == 0 ? s.embed_bytes(split) : 0.0;
         const bool last = st + 1 == pp;
-        m.weights += last ? s.head_bytes(split) + mtp_bytes(s, split, experts) : 0.0;
+        m.weights += last ? s.head_bytes(split) + mtp_bytes(s, split, experts, mtp_held) : 0.0;
         m.activations = T * per_token + ctx_expand + (gpu ? kGpuWorkspace : kCpuWorkspace);
         if (last) {
             m.activations += static_cast<double>(w.max_batch_per_rank) * static_cast<double>(c.vocab_size / split) * 4;
@@ -275,7 +283,7 @@ Eval evaluate(
     int64_t max_layers = 1;
     for (const auto& m : ev.memory) {
         room = std::min(room, m.kv_room);
-        max_layers = std::max(max_layers, kv_layer_slots(c, ev.stages[m.stage], m.stage + 1 == pp));
+        max_layers = std::max(max_layers, kv_layer_slots(ev.stages[m.stage], m.stage + 1 == pp, mtp_held));
     }
     const double need = static_cast<double>(pp) * static_cast<double>(w.max_batch_per_rank) *
                         static_cast<double>(seq_len) * static_cast<double>(max_layers) * per_token_layer;
@@ -298,7 +306,7 @@ Eval evaluate(
     }
     for (auto& m : ev.memory) {
         m.kv = ev.kv_budget;
-        const double layers = static_cast<double>(kv_layer_slots(c, ev.stages[m.stage], m.stage + 1 == pp));
+        const double layers = static_cast<double>(kv_layer_slots(ev.stages[m.stage], m.stage + 1 == pp, mtp_held));
         m.kv_tokens = static_cast<int64_t>(m.kv / (layers * per_token_layer));
         ev.capacity_tokens = std::min(ev.capacity_tokens, dp ? m.kv_tokens * S : m.kv_tokens);
         ev.max_seq_tokens = std::min(ev.max_seq_tokens, m.kv_tokens);
@@ -563,10 +571,12 @@ StatusOr<Plan> make_plan(const model::ModelConfig& config, const Cluster& cluste
     p.expert_owner = best->expert_owner;
     p.dtype = dt.first;
     p.dtype_reason = dt.second;
-    // The checkpoint as loaded: the main layers plus the MTP module, which the head stage always holds
-    // (DeepSeek-V3: 673.2 GB of main layers + 15.4 GB of MTP module; the model card's 685B parameters
-    // are 671B main + 14B MTP).
-    p.total_weight_bytes = stats.total_bytes() + mtp_bytes(stats, 1, static_cast<int>(config.n_routed_experts));
+    // What the ranks load: the main layers, plus the MTP module where the engine holds it (DeepSeek-V3:
+    // 673.2 GB of main layers + 15.4 GB of MTP module; the model card's 685B parameters are 671B main
+    // + 14B MTP).
+    p.total_weight_bytes =
+        stats.total_bytes() + mtp_bytes(stats, 1, static_cast<int>(config.n_routed_experts),
+                                        holds_mtp(config, cluster.device().is_gpu()));
     p.total_params = stats.total_params();
     p.stage_memory = best->memory;
     p.kv_storage = kv_storage;
