@@ -394,12 +394,15 @@ struct ControlServer::Impl : std::enable_shared_from_this<ControlServer::Impl> {
         }
     }
 
-    // The connection of session `session_id` closed (io thread). Only a link that went quiet
-    // first gets the grace period: a leader process that exits or crashes closes a live link.
+    // The connection of session `session_id` closed (io thread). A link that went quiet first gets
+    // the whole grace period; one the leader closed while it was live here gets the short one: that
+    // is a crashed leader process, or a leader whose side of a lossy link went quiet and that redials.
     void on_session_close(uint64_t session_id, const FramedConnection* c, const Status& why, bool quiet) {
         std::shared_ptr<Session> s;
         bool grace = false;
         bool ending = false;
+        const std::chrono::milliseconds grace_for =
+            quiet ? options.resume_grace : std::min(options.resume_grace, options.resume_grace_after_close);
         {
             std::lock_guard lock(mu);
             if (!session || session->id != session_id || session->conn.get() != c) return;  // replaced
@@ -407,11 +410,11 @@ struct ControlServer::Impl : std::enable_shared_from_this<ControlServer::Impl> {
             ending = s->ending;
             s->link.unbind(c);
             s->conn.reset();
-            grace = !s->ending && !stopping.load() && why.code() == StatusCode::kUnavailable && quiet &&
-                    options.resume_grace.count() > 0;
+            grace = !s->ending && !stopping.load() && why.code() == StatusCode::kUnavailable &&
+                    grace_for.count() > 0;
             if (grace) {
                 s->down_since = Clock::now();
-                s->grace = std::make_unique<asio::steady_timer>(io, options.resume_grace);
+                s->grace = std::make_unique<asio::steady_timer>(io, grace_for);
             } else {
                 session.reset();
             }
@@ -431,10 +434,10 @@ struct ControlServer::Impl : std::enable_shared_from_this<ControlServer::Impl> {
             return;
         }
         spdlog::warn("shard job session {}: link lost ({}); keeping the session {} ms for the leader to resume",
-                     session_id, why.message(), options.resume_grace.count());
+                     session_id, why.message(), grace_for.count());
         listener->on_link(session_id, false, why);
         std::weak_ptr<Session> weak = s;
-        s->grace->async_wait([self = shared_from_this(), weak, why](boost::system::error_code e) {
+        s->grace->async_wait([self = shared_from_this(), weak, why, grace_for](boost::system::error_code e) {
             if (e) return;
             auto ss = weak.lock();
             if (!ss) return;
@@ -444,7 +447,7 @@ struct ControlServer::Impl : std::enable_shared_from_this<ControlServer::Impl> {
                 self->session.reset();
             }
             Status lost = unavailable("link lost (" + why.message() + ") and not resumed within " +
-                                      std::to_string(self->options.resume_grace.count()) + " ms");
+                                      std::to_string(grace_for.count()) + " ms");
             spdlog::warn("shard job session {} lost: {}", ss->id, lost.message());
             if (!self->stopping.load()) self->listener->on_lost(ss->id, lost);
         });

@@ -17,8 +17,10 @@
 // registered leader's link breaks after going quiet (heartbeats lost; an I/O error after silence),
 // the session is kept for `resume_grace`: the leader may reconnect and resume it (nothing lost or
 // duplicated, see protocol.h); batches sent meanwhile wait. Only when the grace period passes is
-// the job lost. A link closed while traffic was flowing (the leader process exited or crashed) or
-// a Shutdown from the leader loses the job at once.
+// the job lost. A link the leader closed while traffic was flowing here gets the shorter
+// `resume_grace_after_close`: a leader process that crashed closes a live link, but so does a leader
+// whose own side went quiet (loss in one direction only) and that is about to resume. A Shutdown
+// from the leader loses the job at once.
 #pragma once
 
 #include <chrono>
@@ -42,6 +44,10 @@ struct ControlServerOptions {
     std::chrono::milliseconds handshake_timeout{5000};  // accept -> registered
     size_t max_pending_connections = 8;     // connections not yet registered
     std::chrono::milliseconds resume_grace{10000};      // 0: a broken link loses the job at once
+    // For a link closed by the leader without a Shutdown while it was not quiet here (at most
+    // resume_grace): long enough for a leader on a lossy link to redial (a lost SYN is retried
+    // after 1 s), short enough that a crashed job's requests are retried soon.
+    std::chrono::milliseconds resume_grace_after_close{3000};
 };
 
 struct LeaderInfo {

@@ -318,9 +318,12 @@ struct LeaderClient::Impl : std::enable_shared_from_this<LeaderClient::Impl> {
             if (c != conn) return;
             link.unbind(c.get());
             conn.reset();
-            // As on the coordinator: only a link that went quiet first is worth resuming.
-            reconnect = !leaving && !shutdown_reason && s.code() == StatusCode::kUnavailable && c->went_quiet() &&
-                        grace_ms > 0;
+            // Any break the coordinator did not announce with a Shutdown is worth a resume, not only
+            // one that went quiet here: with loss in one direction the coordinator's side goes quiet
+            // first, and it closes a link that looks live from this end while it keeps the session.
+            // A coordinator that dropped the session refuses the resume at once; one that is gone
+            // leaves the redial failing until the grace period ends.
+            reconnect = !leaving && !shutdown_reason && s.code() == StatusCode::kUnavailable && grace_ms > 0;
             if (!reconnect) closed = s.ok() ? unavailable("connection closed") : s;
         }
         cv.notify_all();

@@ -14,7 +14,7 @@ PKGS=(
   libthrift-dev thrift-compiler libevent-dev python3-thrift
   libhwloc-dev hwloc libibverbs-dev ibverbs-utils
   python3 python3-numpy
-  iproute2 procps psmisc curl
+  iproute2 iptables procps psmisc curl
   gnuplot-nox
   prometheus
   # libFuzzer + ASan/UBSan for the fuzz targets (tests/fuzz/run_fuzz.sh, scripts/fuzz.sh)
