@@ -40,9 +40,18 @@ Status run_generate(const GenerateArgs& args) {
     }
     spdlog::info("engine: {}, numerics {}", model::device_name(device), kernels::numerics_name(opt.numerics));
     opt.precision = model::precision_for(opt.numerics);  // the same choice on a CUDA device
-    DS_ASSIGN_OR_RETURN(auto engine, model::create_engine(device, ckpt, model::ShardSpec{}, opt));
+    model::ShardSpec spec;
+    // The MTP module only when asked for (it costs its weights and a KV layer slot); only the CPU
+    // engine runs it, and the session refuses --speculative on an engine without it.
+    spec.has_mtp = !args.options.speculative.empty() && device == model::Device::kCpu &&
+                   ckpt->config().num_nextn_predict_layers > 0;
+    DS_ASSIGN_OR_RETURN(auto engine, model::create_engine(device, ckpt, spec, opt));
     model::StepFn step = [&](std::span<const model::SeqChunk> chunks) { return engine->step(chunks); };
-    return model::run_generate_session(args.options, *ckpt, step);
+    model::DraftFn draft;
+    if (engine->has_mtp()) {
+        draft = [&](std::span<const model::MtpChunk> chunks) { return engine->mtp_draft(chunks); };
+    }
+    return model::run_generate_session(args.options, *ckpt, step, draft);
 }
 
 }  // namespace

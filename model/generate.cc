@@ -11,12 +11,26 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-StatusOr<GenerateResult> generate(const StepFn& step, const GenerateRequest& req, const OnToken& on_token) {
+// Most drafts per step (the coordinator's --draft-tokens bound, control/protocol.h kMaxDraftTokens).
+inline constexpr int kMaxGenerateDrafts = 16;
+StatusOr<GenerateResult> generate_speculative(const StepFn& step, const DraftFn& draft, const GenerateRequest& req,
+                                              const OnToken& on_token);
+
+StatusOr<GenerateResult> generate(const StepFn& step, const GenerateRequest& req, const OnToken& on_token,
+                                  const DraftFn& draft) {
     if (req.prompt.empty()) {
         return invalid_argument("generate: the prompt is empty");
     }
     if (req.prefill_chunk <= 0) {
         return invalid_argument("generate: prefill_chunk must be positive");
+    }
+    if (req.draft_tokens < 0 || req.draft_tokens > kMaxGenerateDrafts) {
+        return invalid_argument("generate: draft_tokens must be in [0, " + std::to_string(kMaxGenerateDrafts) +
+                                "], got " + std::to_string(req.draft_tokens));
+    }
+    if (req.draft_tokens > 0) {
+        if (!draft) return invalid_argument("generate: speculative decoding needs the MTP module's draft function");
+        return generate_speculative(step, draft, req, on_token);
     }
     GenerateResult result;
     Sampler sampler(req.params, req.prompt);

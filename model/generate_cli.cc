@@ -35,7 +35,7 @@ StatusOr<std::vector<int32_t>> parse_token_list(const std::string& s) {
     return out;
 }
 
-Status run_session(const GenerateOptions& args, const Checkpoint& ckpt, const StepFn& step) {
+Status run_session(const GenerateOptions& args, const Checkpoint& ckpt, const StepFn& step, const DraftFn& draft) {
     const ModelConfig& cfg = ckpt.config();
 
     std::optional<Tokenizer> tok;
@@ -67,6 +67,7 @@ Status run_session(const GenerateOptions& args, const Checkpoint& ckpt, const St
     req.eos_id = static_cast<int32_t>(cfg.eos_token_id);
     req.prefill_chunk = args.prefill_chunk;
     req.prompt_logits = !args.dump_logits.empty();
+    req.draft_tokens = args.speculative.empty() ? 0 : (args.draft_tokens == 0 ? 1 : args.draft_tokens);
     SamplingParams& p = req.params;
     p.temperature = args.temperature;
     p.top_k = args.top_k;
@@ -120,7 +121,7 @@ Status run_session(const GenerateOptions& args, const Checkpoint& ckpt, const St
         }
         return !stopped_by_string;
     };
-    DS_ASSIGN_OR_RETURN(GenerateResult r, generate(step, req, on_token));
+    DS_ASSIGN_OR_RETURN(GenerateResult r, generate(step, req, on_token, draft));
     if (dec && !stopped_by_string) {
         text += dec->flush();
     }
@@ -147,6 +148,16 @@ Status run_session(const GenerateOptions& args, const Checkpoint& ckpt, const St
                         {"decode_seconds", r.decode_seconds},
                         {"prefill_tokens_per_second", r.prefill_seconds > 0 ? prompt.size() / r.prefill_seconds : 0.0},
                         {"decode_tokens_per_second", r.decode_seconds > 0 && n > 1 ? (n - 1) / r.decode_seconds : 0.0}};
+        if (req.draft_tokens > 0) {
+            const auto ratio = [](int64_t a, int64_t b) { return b > 0 ? static_cast<double>(a) / static_cast<double>(b) : 0.0; };
+            j["speculative"] = {{"draft_tokens", r.spec_draft_tokens},
+                                {"accepted_tokens", r.spec_accepted_tokens},
+                                {"verify_steps", r.spec_verify_steps},
+                                {"acceptance_ratio", ratio(r.spec_accepted_tokens, r.spec_draft_tokens)},
+                                {"tokens_per_step", r.spec_verify_steps > 0
+                                                        ? 1.0 + ratio(r.spec_accepted_tokens, r.spec_verify_steps)
+                                                        : 0.0}};
+        }
         if (args.logprobs > 0) {
             nlohmann::json lp = nlohmann::json::array();
             for (const auto& s : r.samples) {
@@ -183,13 +194,39 @@ void add_generate_options(CLI::App* cmd, GenerateOptions* o) {
     cmd->add_flag("--json", o->json, "print one JSON object");
     cmd->add_option("--dump-logits", o->dump_logits, "write prompt logits [positions, vocab] as .npy");
     cmd->add_option("--prefill-chunk", o->prefill_chunk, "tokens per prefill step");
+    cmd->add_option("--speculative", o->speculative,
+                    "speculative decoding: \"mtp\" drafts with the model's MTP module (num_nextn_predict_layers > 0); "
+                    "the output is unchanged, token for token");
+    cmd->add_option("--draft-tokens", o->draft_tokens, "tokens drafted per step with --speculative (default 1)");
 }
 
-Status run_generate_session(const GenerateOptions& options, const Checkpoint& checkpoint, const StepFn& step) {
+Status run_generate_session(const GenerateOptions& options, const Checkpoint& checkpoint, const StepFn& step,
+                            const DraftFn& draft) {
     if (options.prompt.empty() && options.tokens.empty()) {
         return invalid_argument("generate needs --prompt or --tokens");
     }
-    return run_session(options, checkpoint, step);
+    // The coordinator's rules for the same flags (coordinator/main.cc).
+    if (!options.speculative.empty() && options.speculative != "mtp") {
+        return invalid_argument("--speculative " + options.speculative + ": the only method is \"mtp\"");
+    }
+    if (options.speculative.empty() && options.draft_tokens != 0) {
+        return invalid_argument("--draft-tokens needs --speculative mtp");
+    }
+    if (!options.speculative.empty()) {
+        if (options.draft_tokens < 0 || options.draft_tokens > 16) {
+            return invalid_argument("--draft-tokens " + std::to_string(options.draft_tokens) + ": must be 1..16");
+        }
+        if (checkpoint.config().num_nextn_predict_layers <= 0) {
+            return invalid_argument("--speculative mtp: the model has no MTP module (config.json "
+                                    "num_nextn_predict_layers = 0); make one with `deepshard make-model ... --set "
+                                    "num_nextn_predict_layers=1` or drop --speculative");
+        }
+        if (!draft) {
+            return invalid_argument("--speculative mtp: this engine does not run the MTP module (deepshard generate "
+                                    "--device cpu does; so does deepshard-coordinator --speculative mtp)");
+        }
+    }
+    return run_session(options, checkpoint, step, draft);
 }
 
 }  // namespace deepshard::model

@@ -33,13 +33,20 @@ struct GenerateOptions {
     std::vector<std::string> stop;
     std::string dump_logits;
     int64_t prefill_chunk = 512;
+    // Speculative decoding: "" (off) or "mtp" (the checkpoint's MTP module drafts), draft_tokens per
+    // step (0: the default, 1), the same flags as deepshard-coordinator.
+    std::string speculative;
+    int draft_tokens = 0;
 };
 
 // Adds --prompt/--tokens/--chat/--max-tokens/--temperature/... to `cmd`.
 void add_generate_options(CLI::App* cmd, GenerateOptions* options);
 
 // Tokenizes the prompt (through the chat template with --chat), runs generate() over `step`,
-// streams the text (or prints one JSON object with --json) to stdout, writes --dump-logits.
-Status run_generate_session(const GenerateOptions& options, const Checkpoint& checkpoint, const StepFn& step);
+// streams the text (or prints one JSON object with --json) to stdout, writes --dump-logits. With
+// --speculative mtp, `draft` runs the MTP module (only a process holding the whole model has it:
+// without one the session refuses the flag).
+Status run_generate_session(const GenerateOptions& options, const Checkpoint& checkpoint, const StepFn& step,
+                            const DraftFn& draft = {});
 
 }  // namespace deepshard::model

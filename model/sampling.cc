@@ -346,4 +346,18 @@ SampleResult Sampler::sample_with_key(std::span<const float> logits, uint64_t st
     return result;
 }
 
+std::vector<SampleResult> verify_drafts(Sampler& sampler, std::span<const float> rows, int64_t vocab,
+                                        std::span<const int32_t> drafts) {
+    std::vector<SampleResult> emitted;
+    const size_t k = drafts.size();
+    for (size_t i = 0; i <= k; ++i) {
+        SampleResult r = sampler.sample(rows.subspan(i * static_cast<size_t>(vocab), static_cast<size_t>(vocab)));
+        sampler.accept(r.token);
+        const bool go_on = i < k && r.token == drafts[i];
+        emitted.push_back(std::move(r));
+        if (!go_on) break;
+    }
+    return emitted;
+}
+
 }  // namespace deepshard::model

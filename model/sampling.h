@@ -109,4 +109,12 @@ private:
     std::unordered_map<int32_t, int32_t> generated_;  // generated id -> count
 };
 
+// Speculative decoding's verification (shard_node/speculative.h states the rule and why it keeps
+// greedy and seeded outputs token for token): `rows` are the logits [drafts.size() + 1, vocab] at the
+// last known token and at each draft; x_i = sampler.sample(row i), accepted into the sampler and
+// emitted, continuing only while x_i equals draft i + 1. Returns the 1..drafts.size() + 1 emitted
+// tokens' results.
+std::vector<SampleResult> verify_drafts(Sampler& sampler, std::span<const float> rows, int64_t vocab,
+                                        std::span<const int32_t> drafts);
+
 }  // namespace deepshard::model

@@ -13,20 +13,6 @@ namespace deepshard::shard_node {
 
 namespace ctl = deepshard::control;
 
-std::vector<model::SampleResult> verify_drafts(model::Sampler& sampler, std::span<const float> rows, int64_t vocab,
-                                               std::span<const int32_t> drafts) {
-    std::vector<model::SampleResult> emitted;
-    const size_t k = drafts.size();
-    for (size_t i = 0; i <= k; ++i) {
-        model::SampleResult r = sampler.sample(rows.subspan(i * static_cast<size_t>(vocab), static_cast<size_t>(vocab)));
-        sampler.accept(r.token);
-        const bool go_on = i < k && r.token == drafts[i];
-        emitted.push_back(std::move(r));
-        if (!go_on) break;
-    }
-    return emitted;
-}
-
 AcceptDecision speculative_accept(std::span<const float> p, std::span<const float> q, int32_t draft,
                                   std::mt19937_64& rng) {
     std::uniform_real_distribution<double> uniform(0.0, 1.0);

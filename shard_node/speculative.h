@@ -25,10 +25,8 @@
 
 namespace deepshard::shard_node {
 
-// Applies the rule to `rows` ([drafts.size() + 1, vocab] logits, in position order) with the
-// sequence's sampler; the sampler accept()s each emitted token. Returns the emitted tokens' results.
-std::vector<model::SampleResult> verify_drafts(model::Sampler& sampler, std::span<const float> rows, int64_t vocab,
-                                               std::span<const int32_t> drafts);
+// The rule itself (model/sampling.h, shared with `deepshard generate --speculative mtp`).
+using model::verify_drafts;
 
 // The general speculative-sampling step (Leviathan et al. 2023; Chen et al. 2023) for one draft
 // token d drawn from q: accept with probability min(1, p(d)/q(d)); otherwise return a draw from the

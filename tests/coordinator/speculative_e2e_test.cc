@@ -262,6 +262,54 @@ TEST_F(SpeculativeTest, PreemptionAndPrefixCacheKeepEveryOutput) {
     EXPECT_EQ(scrape(http, "deepshard_kv_view_mismatches_total"), 0) << cluster.logs();
 }
 
+// `deepshard generate --speculative mtp` in one process: greedy and seeded sampled outputs equal the
+// same command without it, token for token, at k = 1 and 3, with prefill in several chunks; drafts
+// were accepted and rejected (both paths ran). Refusals name what is wrong.
+TEST_F(SpeculativeTest, GenerateInOneProcessKeepsEveryOutput) {
+    auto run = [](const std::vector<std::string>& extra) {
+        std::vector<std::string> argv = {binary_path("deepshard"), "generate", "--model", *model_, "--tokens",
+                                         "5,6,7,8,9,10,11", "--prefill-chunk", "3", "--max-tokens", "48",
+                                         "--ignore-eos", "--json", "--numerics", "exact"};
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        auto r = run_command(argv, seconds(300));
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+        json j = json::parse(r.out.substr(std::min(r.out.find('{'), r.out.size())), nullptr, false);
+        EXPECT_FALSE(j.is_discarded()) << r.out;
+        return j;
+    };
+    for (const std::vector<std::string>& sampling :
+         {std::vector<std::string>{}, std::vector<std::string>{"--temperature", "0.7", "--top-k", "3", "--seed", "11"}}) {
+        const json plain = run(sampling);
+        ASSERT_TRUE(plain.contains("generated_tokens"));
+        EXPECT_FALSE(plain.contains("speculative"));
+        for (const char* k : {"1", "3"}) {
+            std::vector<std::string> args = sampling;
+            args.insert(args.end(), {"--speculative", "mtp", "--draft-tokens", k});
+            const json spec = run(args);
+            ASSERT_TRUE(spec.contains("speculative")) << spec.dump();
+            EXPECT_EQ(spec["generated_tokens"], plain["generated_tokens"]) << "k=" << k << " " << sampling.size();
+            const json& st = spec["speculative"];
+            EXPECT_GT(st["draft_tokens"].get<int>(), 10) << st.dump();
+            EXPECT_GT(st["accepted_tokens"].get<int>(), 0) << st.dump();
+            EXPECT_LT(st["accepted_tokens"].get<int>(), st["draft_tokens"].get<int>()) << st.dump();
+            std::printf("[ speculative ] generate k=%s %s: %s\n", k, sampling.empty() ? "greedy" : "sampled",
+                        st.dump().c_str());
+        }
+    }
+    auto refused = [](const std::vector<std::string>& extra, const std::string& why,
+                      const std::string& model = *model_) {
+        std::vector<std::string> argv = {binary_path("deepshard"), "generate", "--model", model, "--tokens", "5,6"};
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        auto r = run_command(argv, seconds(120));
+        EXPECT_NE(r.exit_code, 0);
+        EXPECT_NE(r.err.find(why), std::string::npos) << r.err;
+    };
+    refused({"--draft-tokens", "2"}, "--draft-tokens needs --speculative mtp");
+    refused({"--speculative", "eagle"}, "the only method is \"mtp\"");
+    refused({"--speculative", "mtp", "--draft-tokens", "40"}, "must be 1..16");
+    refused({"--speculative", "mtp"}, "has no MTP module", source_path("testdata/golden/tiny-bf16"));
+}
+
 TEST_F(SpeculativeTest, ModelWithoutMtpRefusesSpeculative) {
     const std::string dir = make_temp_dir("ds_spec_err_");
     auto r = run_command({binary_path("deepshard-coordinator"), "--model", source_path("testdata/golden/tiny-bf16"),
