@@ -65,9 +65,15 @@ public:
             for (auto& p : pairs_) p->cut = true;
         });
     }
+    // Loss in one direction: what the client (the leader) sends vanishes, what the server sends
+    // still arrives; new connections are held as in partition().
+    void partition_upstream() {
+        run_on_io([this] { upstream_cut_ = true; });
+    }
     void heal() {
         run_on_io([this] {
             partitioned_ = false;
+            upstream_cut_ = false;
             for (auto& p : pairs_) {
                 if (p->cut) p->close();
             }
@@ -102,7 +108,7 @@ private:
             if (ec) return;
             connections_++;
             auto client = std::make_shared<tcp::socket>(std::move(s));
-            if (partitioned_) {
+            if (partitioned_ || upstream_cut_) {
                 held_.push_back(client);
             } else {
                 connect_through(client);
@@ -118,8 +124,9 @@ private:
                                   if (ec) return pair->close();
                                   pairs_.push_back(pair);
                                   auto drop = [this, pair] { return partitioned_ || pair->cut; };
+                                  auto drop_up = [this, pair] { return partitioned_ || upstream_cut_ || pair->cut; };
                                   auto close = [pair] { pair->close(); };
-                                  pump(client, server, drop, close);
+                                  pump(client, server, drop_up, close);
                                   pump(server, client, drop, close);
                               });
     }
@@ -129,6 +136,7 @@ private:
     tcp::acceptor acceptor_;
     std::thread thread_;
     bool partitioned_ = false;  // io thread
+    bool upstream_cut_ = false;  // io thread
     std::vector<std::shared_ptr<Pair>> pairs_;
     std::vector<std::shared_ptr<tcp::socket>> held_;
     std::atomic<int> connections_{0};
@@ -213,6 +221,50 @@ TEST(ResumeTest, ABlipLosesAndDuplicatesNothingAndNeedsNoNewRegistration) {
     ASSERT_GE(listener.links_.size(), 2u);
     EXPECT_TRUE(listener.links_.back().connected);
     EXPECT_TRUE((*leader)->status().ok());
+}
+
+// Loss in one direction only: the leader's frames vanish, the coordinator's arrive. The coordinator
+// sees silence and closes the link (keeping the session); at the leader's end that close arrives on a
+// link that was never quiet. The leader must resume all the same, not give the job up.
+TEST(ResumeTest, LossInOneDirectionIsResumedToo) {
+    setenv("DS_HEARTBEAT_MS", "100", 1);
+    RecordingListener listener;
+    ControlServerOptions o = test_server_options();
+    o.resume_grace = 10s;
+    auto server = ControlServer::start(o, &listener);
+    ASSERT_TRUE(server.ok()) << server.status().to_string();
+    BlipProxy proxy((*server)->port());
+    LeaderOptions lo;
+    lo.coordinator = "127.0.0.1:" + std::to_string(proxy.port());
+    lo.secret = kSecret;
+    lo.connect_timeout = 5s;
+    auto leader = LeaderClient::connect(lo, test_hello());
+    ASSERT_TRUE(leader.ok()) << leader.status().to_string();
+    ASSERT_TRUE(listener.wait([&] { return listener.registered_.size() == 1; }));
+    const uint64_t session = listener.registered_[0].session_id;
+    ASSERT_TRUE((*server)->send_batch(session, batch(1)).ok());
+    auto b1 = (*leader)->next_batch(5s);
+    ASSERT_TRUE(b1.ok()) << b1.status().to_string();
+
+    proxy.partition_upstream();
+    ASSERT_TRUE((*leader)->send_result(result_for(*b1)).ok());  // lost on the wire
+    ASSERT_TRUE(listener.wait([&] { return !listener.links_.empty(); }, 5s));  // the coordinator gave up the link
+    EXPECT_FALSE(listener.links_[0].connected);
+    ASSERT_TRUE((*server)->send_batch(session, batch(2)).ok());  // sent while the link is down
+    std::this_thread::sleep_for(300ms);
+    proxy.heal();
+
+    auto b2 = (*leader)->next_batch(10s);
+    ASSERT_TRUE(b2.ok()) << b2.status().to_string();
+    EXPECT_EQ(b2->step_id, 2u);
+    ASSERT_TRUE((*leader)->send_result(result_for(*b2)).ok());
+    ASSERT_TRUE(listener.wait([&] { return listener.results_.size() == 2; }, 10s));
+    EXPECT_EQ(listener.results_[0].step_id, 1u);
+    EXPECT_EQ(listener.results_[1].step_id, 2u);
+    EXPECT_EQ((*leader)->resumes(), 1u);
+    EXPECT_TRUE((*leader)->status().ok()) << (*leader)->status().to_string();
+    EXPECT_TRUE(listener.lost_.empty());
+    EXPECT_EQ(listener.registered_.size(), 1u);
 }
 
 TEST(ResumeTest, APartitionLongerThanTheGracePeriodLosesTheJobOnBothSides) {
