@@ -308,7 +308,8 @@ void LiveCluster::start_shard_job(const std::string& log_name) {
     shard_.reset();
     std::vector<std::string> cmd = mpirun_prefix(ranks_);
     for (const std::string& a : {binary_path("deepshard-shard"), std::string("--model"), model_, std::string("--plan"),
-                                 plan_, std::string("--coordinator"), "127.0.0.1:" + std::to_string(port("control"))}) {
+                                 plan_, std::string("--coordinator"),
+                                 "127.0.0.1:" + std::to_string(job_control_port_ ? job_control_port_ : port("control"))}) {
         cmd.push_back(a);
     }
     cmd.insert(cmd.end(), shard_args_.begin(), shard_args_.end());

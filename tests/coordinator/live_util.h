@@ -97,6 +97,9 @@ public:
     const std::string& plan_path() const { return plan_; }
     // Extra deepshard-shard flags for the next start_shard_job (e.g. --kv-blocks 12).
     void set_shard_args(std::vector<std::string> args) { shard_args_ = std::move(args); }
+    // The port the next shard job dials for the control link instead of the coordinator's own (a
+    // proxy in between, e.g. DelayProxy); 0: the coordinator's.
+    void set_job_control_port(uint16_t port) { job_control_port_ = port; }
     void stop_shard_job() { shard_.reset(); }
     // Polls /health (bounded) until it answers `status`; waiting for 200 ends early when the shard
     // job has exited.
@@ -116,6 +119,7 @@ private:
     std::string model_, dir_, plan_;
     int ranks_ = 4;
     std::vector<std::string> shard_args_;
+    uint16_t job_control_port_ = 0;
     std::vector<std::string> plan_args_ = {"--kv-budget-mb", "64"};
     nlohmann::json ports_ = nlohmann::json::object();
     std::unique_ptr<BackgroundProcess> coordinator_;

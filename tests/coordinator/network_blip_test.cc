@@ -14,8 +14,12 @@
 // A lossy control link (issue 12 part 6, netem's "loss" without netem): iptables' statistic match
 // drops a random 20% of the control port's packets in both directions while requests run. TCP
 // retransmits, heartbeats go missing, the link may break and resume: every request still ends with
-// exactly the output it has on a clean link. Delay is not emulated: without sch_netem this kernel has
-// no qdisc that holds packets for a time.
+// exactly the output it has on a clean link.
+//
+// A delayed control link (netem's "delay"): this kernel has no qdisc that holds packets for a time
+// (no sch_netem, no sch_fq for EDT), so a proxy in the link delivers every byte 150 ms late each way
+// (tests/coordinator/delay_proxy.h). Outputs are unchanged, the coordinator's step round trip shows
+// the delay, and the job is neither lost nor re-registered.
 #include <sched.h>
 
 #include <gtest/gtest.h>
@@ -26,6 +30,7 @@
 #include <future>
 #include <sstream>
 
+#include "tests/coordinator/delay_proxy.h"
 #include "tests/coordinator/live_util.h"
 #include "tests/util/subprocess.h"
 
@@ -106,6 +111,55 @@ TEST(NetworkBlipTest, TheLeaderResumesAfterABlipWithoutAReload) {
     ASSERT_NE(first, std::string::npos) << shard_log;
     EXPECT_EQ(shard_log.find("registered with the coordinator", first + 1), std::string::npos) << shard_log;
     EXPECT_NE(shard_log.find("resumed session"), std::string::npos) << shard_log;
+    std::filesystem::remove_all(dir);
+}
+
+TEST(NetworkBlipTest, ADelayedControlLinkLosesNothing) {
+    ensure_test_env();
+    const std::string dir = make_temp_dir("ds_network_delay");
+    LiveCluster cluster;
+    ASSERT_EQ(cluster.start_coordinator(source_path("testdata/golden/tiny-bf16"), dir, {}), "");
+    DelayProxy proxy(static_cast<uint16_t>(cluster.port("control")), 0ms);
+    cluster.set_job_control_port(proxy.port());
+    cluster.start_shard_job();
+    ASSERT_TRUE(cluster.wait_health(200, 180s)) << cluster.logs();
+    const uint16_t http = cluster.http();
+    const std::vector<std::string> bodies = {
+        R"({"model":"tiny-bf16","prompt":[5,6,7],"max_tokens":12,"ignore_eos":true})",
+        R"({"model":"tiny-bf16","prompt":[9,4],"max_tokens":12,"ignore_eos":true,"temperature":0.8,"seed":7})",
+    };
+    std::vector<std::string> ref;
+    for (const std::string& b : bodies) {
+        const auto r = http_request(http, "POST", "/v1/completions", b, {}, 120s);
+        ASSERT_EQ(r.status, 200) << r.body << cluster.logs();
+        ref.push_back(r.json()["choices"][0]["text"].get<std::string>());
+    }
+    const std::string m0 = http_request(http, "GET", "/metrics", "", {}, 5s).body;
+
+    constexpr auto kDelay = 150ms;
+    proxy.set_delay(kDelay);
+    std::vector<std::future<HttpResponse>> runs;
+    for (const std::string& b : bodies) {
+        runs.push_back(std::async(std::launch::async,
+                                  [&, b] { return http_request(http, "POST", "/v1/completions", b, {}, 120s); }));
+    }
+    for (size_t i = 0; i < runs.size(); ++i) {
+        const HttpResponse r = runs[i].get();
+        ASSERT_EQ(r.status, 200) << r.body << r.error << cluster.logs();
+        EXPECT_EQ(r.json()["choices"][0]["text"].get<std::string>(), ref[i]) << i;
+    }
+    const std::string m1 = http_request(http, "GET", "/metrics", "", {}, 5s).body;
+    // The coordinator saw the delay: its step round trip exceeds the job's own step time by about
+    // two delays per step (the steps under delay only, from the metric sums and counts).
+    auto delta = [&](const std::string& name) { return metric(m1, name) - metric(m0, name); };
+    const double steps = delta("deepshard_step_seconds_count");
+    ASSERT_GT(steps, 0) << m1;
+    const double extra = (delta("deepshard_step_seconds_sum") - delta("deepshard_shard_step_seconds_sum")) / steps;
+    EXPECT_GT(extra, 2 * 0.150 * 0.9) << m1;
+    EXPECT_EQ(metric(m1, "deepshard_shard_losses_total"), 0) << m1;
+    EXPECT_EQ(metric(m1, "deepshard_control_resumes_total"), 0) << m1;
+    EXPECT_EQ(metric(m1, "deepshard_shard_registrations_total"), 1) << m1;
+    std::printf("[delay] %.0f steps, %.0f ms round trip above the job's step time\n", steps, 1000 * extra);
     std::filesystem::remove_all(dir);
 }
 
