@@ -174,7 +174,8 @@ StatusOr<Prepared> prepare(const LaunchOptions& o) {
     if (o.max_restarts < 0 || o.backoff_s < 0 || o.backoff_max_s < o.backoff_s || o.stop_grace_s <= 0 ||
         o.drain_timeout_s < 0) {
         return invalid_argument(
-            "need --max-restarts >= 0, 0 <= --backoff-s <= --backoff-max-s, --stop-grace-s > 0, --drain-timeout-s >= 0");
+            "need --max-restarts >= 0, 0 <= --backoff-s <= --backoff-max-s, --stop-grace-s > 0, "
+            "--drain-timeout-s >= 0");
     }
     std::ifstream in(o.plan);
     if (!in) {

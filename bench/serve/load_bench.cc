@@ -37,12 +37,11 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace {
 
@@ -66,25 +65,31 @@ struct Args {
 
 Args parse(int argc, char** argv) {
     Args a;
-    const std::map<std::string, int*> ints = {
-        {"--port", &a.port},           {"--pid", &a.pid},
-        {"--rounds", &a.rounds},       {"--requests", &a.requests},
-        {"--overflow", &a.overflow},   {"--non-readers", &a.non_readers},
-        {"--non-reader-tokens", &a.non_reader_tokens},
-        {"--max-queue", &a.max_queue}, {"--max-running", &a.max_running},
-        {"--rss-peak-mb", &a.rss_peak_mb}, {"--rss-growth-mb", &a.rss_growth_mb},
-        {"--timeout-s", &a.timeout_s}};
+    const std::map<std::string, int*> ints = {{"--port", &a.port},
+                                              {"--pid", &a.pid},
+                                              {"--rounds", &a.rounds},
+                                              {"--requests", &a.requests},
+                                              {"--overflow", &a.overflow},
+                                              {"--non-readers", &a.non_readers},
+                                              {"--non-reader-tokens", &a.non_reader_tokens},
+                                              {"--max-queue", &a.max_queue},
+                                              {"--max-running", &a.max_running},
+                                              {"--rss-peak-mb", &a.rss_peak_mb},
+                                              {"--rss-growth-mb", &a.rss_growth_mb},
+                                              {"--timeout-s", &a.timeout_s}};
     const std::map<std::string, std::string*> strs = {{"--ports-file", &a.ports_file},
                                                       {"--reference", &a.reference},
                                                       {"--model", &a.model},
                                                       {"--out-json", &a.out_json}};
     for (int i = 1; i < argc; ++i) {
         const std::string k = argv[i];
-        if (i + 1 >= argc) die(k + " needs a value");
+        if (i + 1 >= argc)
+            die(k + " needs a value");
         const std::string v = argv[++i];
         if (auto it = ints.find(k); it != ints.end()) {
             *it->second = std::atoi(v.c_str());
-            if (*it->second < 0) die(k + ": expected a non-negative integer, got '" + v + "'");
+            if (*it->second < 0)
+                die(k + ": expected a non-negative integer, got '" + v + "'");
         } else if (auto is = strs.find(k); is != strs.end()) {
             *is->second = v;
         } else {
@@ -94,12 +99,17 @@ Args parse(int argc, char** argv) {
     if (!a.ports_file.empty()) {
         std::ifstream in(a.ports_file);
         const json p = json::parse(in, nullptr, false);
-        if (!p.is_object() || !p.contains("http")) die("--ports-file " + a.ports_file + ": no \"http\" port in it");
-        if (a.port == 0) a.port = p["http"].get<int>();
-        if (a.pid == 0 && p.contains("pid")) a.pid = p["pid"].get<int>();
+        if (!p.is_object() || !p.contains("http"))
+            die("--ports-file " + a.ports_file + ": no \"http\" port in it");
+        if (a.port == 0)
+            a.port = p["http"].get<int>();
+        if (a.pid == 0 && p.contains("pid"))
+            a.pid = p["pid"].get<int>();
     }
-    if (a.port == 0 || a.pid == 0) die("need --ports-file (or --port and --pid)");
-    if (a.reference.empty()) die("need --reference (a golden tokens.json)");
+    if (a.port == 0 || a.pid == 0)
+        die("need --ports-file (or --port and --pid)");
+    if (a.reference.empty())
+        die("need --reference (a golden tokens.json)");
     return a;
 }
 
@@ -109,8 +119,10 @@ Args parse(int argc, char** argv) {
 // before connecting (so the advertised window stays small).
 int connect_to(int port, int rcvbuf, Clock::time_point deadline) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    if (fd < 0) return -1;
-    if (rcvbuf > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    if (fd < 0)
+        return -1;
+    if (rcvbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(static_cast<uint16_t>(port));
@@ -123,11 +135,13 @@ int connect_to(int port, int rcvbuf, Clock::time_point deadline) {
         const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
         pollfd p{fd, POLLOUT, 0};
         if (left <= 0 || ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1000))) < 0) {
-            if (errno == EINTR) continue;
+            if (errno == EINTR)
+                continue;
             ::close(fd);
             return -1;
         }
-        if (p.revents == 0) continue;
+        if (p.revents == 0)
+            continue;
         int err = 0;
         socklen_t len = sizeof(err);
         getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -142,11 +156,14 @@ int connect_to(int port, int rcvbuf, Clock::time_point deadline) {
 bool wait_fd(int fd, short events, Clock::time_point deadline) {
     for (;;) {
         const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
-        if (left <= 0) return false;
+        if (left <= 0)
+            return false;
         pollfd p{fd, events, 0};
         const int r = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
-        if (r > 0) return true;
-        if (r < 0 && errno != EINTR) return false;
+        if (r > 0)
+            return true;
+        if (r < 0 && errno != EINTR)
+            return false;
     }
 }
 
@@ -156,7 +173,8 @@ bool send_all(int fd, const std::string& data, Clock::time_point deadline) {
         if (n > 0) {
             sent += static_cast<size_t>(n);
         } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            if (!wait_fd(fd, POLLOUT, deadline)) return false;
+            if (!wait_fd(fd, POLLOUT, deadline))
+                return false;
         } else {
             return false;
         }
@@ -172,28 +190,33 @@ bool read_all(int fd, std::string* out, Clock::time_point deadline, Clock::time_
         if (n > 0) {
             if (first_data && out->find("data: {") == std::string::npos) {
                 out->append(buf, static_cast<size_t>(n));
-                if (out->find("data: {") != std::string::npos) *first_data = Clock::now();
+                if (out->find("data: {") != std::string::npos)
+                    *first_data = Clock::now();
             } else {
                 out->append(buf, static_cast<size_t>(n));
             }
             continue;
         }
-        if (n == 0) return true;
-        if (errno != EAGAIN && errno != EINTR) return false;
-        if (!wait_fd(fd, POLLIN, deadline)) return false;
+        if (n == 0)
+            return true;
+        if (errno != EAGAIN && errno != EINTR)
+            return false;
+        if (!wait_fd(fd, POLLIN, deadline))
+            return false;
     }
 }
 
 std::string post_text(const std::string& body, bool close) {
     return std::string("POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n") +
-           (close ? "Connection: close\r\n" : "") + "Content-Type: application/json\r\nContent-Length: " +
-           std::to_string(body.size()) + "\r\n\r\n" + body;
+           (close ? "Connection: close\r\n" : "") +
+           "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
 // Status and de-chunked body of a complete HTTP/1.1 response; status 0 when malformed.
 int parse_response(const std::string& raw, std::string* headers, std::string* body) {
     const size_t hdr = raw.find("\r\n\r\n");
-    if (raw.rfind("HTTP/1.1 ", 0) != 0 || hdr == std::string::npos) return 0;
+    if (raw.rfind("HTTP/1.1 ", 0) != 0 || hdr == std::string::npos)
+        return 0;
     *headers = raw.substr(0, hdr);
     for (char& ch : *headers) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     std::string b = raw.substr(hdr + 4);
@@ -202,10 +225,13 @@ int parse_response(const std::string& raw, std::string* headers, std::string* bo
         size_t pos = 0;
         for (;;) {
             const size_t eol = b.find("\r\n", pos);
-            if (eol == std::string::npos) return 0;  // truncated: no last chunk
+            if (eol == std::string::npos)
+                return 0;  // truncated: no last chunk
             const size_t n = std::strtoul(b.substr(pos, eol - pos).c_str(), nullptr, 16);
-            if (n == 0) break;
-            if (eol + 2 + n > b.size()) return 0;
+            if (n == 0)
+                break;
+            if (eol + 2 + n > b.size())
+                return 0;
             out += b.substr(eol + 2, n);
             pos = eol + 2 + n + 2;
         }
@@ -218,10 +244,12 @@ int parse_response(const std::string& raw, std::string* headers, std::string* bo
 int simple_get(int port, const std::string& path, std::string* body) {
     const auto deadline = Clock::now() + seconds(30);
     const int fd = connect_to(port, 0, deadline);
-    if (fd < 0) return 0;
+    if (fd < 0)
+        return 0;
     std::string raw, headers;
-    const bool ok = send_all(fd, "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", deadline) &&
-                    read_all(fd, &raw, deadline);
+    const bool ok =
+        send_all(fd, "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", deadline) &&
+        read_all(fd, &raw, deadline);
     ::close(fd);
     return ok ? parse_response(raw, &headers, body) : 0;
 }
@@ -229,7 +257,8 @@ int simple_get(int port, const std::string& path, std::string* body) {
 double metric(const std::string& text, const std::string& name) {
     std::stringstream ss(text);
     for (std::string line; std::getline(ss, line);) {
-        if (line.rfind(name + " ", 0) == 0) return std::atof(line.c_str() + name.size() + 1);
+        if (line.rfind(name + " ", 0) == 0)
+            return std::atof(line.c_str() + name.size() + 1);
     }
     return -1;
 }
@@ -237,7 +266,8 @@ double metric(const std::string& text, const std::string& name) {
 int64_t rss_kb(int pid) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/status");
     for (std::string line; std::getline(in, line);) {
-        if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6);
+        if (line.rfind("VmRSS:", 0) == 0)
+            return std::atoll(line.c_str() + 6);
     }
     return -1;
 }
@@ -261,10 +291,12 @@ Outcome run_healthy(const Args& a, const std::string& body, bool stream, const s
     }
     std::string raw, headers, b;
     Clock::time_point first{};
-    const bool ok = send_all(fd, post_text(body, true), deadline) && read_all(fd, &raw, deadline, stream ? &first : nullptr);
+    const bool ok =
+        send_all(fd, post_text(body, true), deadline) && read_all(fd, &raw, deadline, stream ? &first : nullptr);
     ::close(fd);
     o.e2e = std::chrono::duration<double>(Clock::now() - t0).count();
-    if (first != Clock::time_point{}) o.ttft = std::chrono::duration<double>(first - t0).count();
+    if (first != Clock::time_point{})
+        o.ttft = std::chrono::duration<double>(first - t0).count();
     if (!ok) {
         o.error = Clock::now() >= deadline ? "deadline exceeded" : "connection error";
         return o;
@@ -274,7 +306,8 @@ Outcome run_healthy(const Args& a, const std::string& body, bool stream, const s
         const json j = json::parse(b, nullptr, false);
         const bool clear = !j.is_discarded() && j.contains("error") && j["error"].value("code", "") == "overloaded" &&
                            headers.find("retry-after:") != std::string::npos;
-        if (!clear) o.error = "429 without the overloaded error or Retry-After: " + b.substr(0, 300);
+        if (!clear)
+            o.error = "429 without the overloaded error or Retry-After: " + b.substr(0, 300);
         return o;
     }
     if (o.status != 200) {
@@ -293,7 +326,8 @@ Outcome run_healthy(const Args& a, const std::string& body, bool stream, const s
         bool done = false;
         std::stringstream ss(b);
         for (std::string line; std::getline(ss, line);) {
-            if (line.rfind("data: ", 0) != 0) continue;
+            if (line.rfind("data: ", 0) != 0)
+                continue;
             const std::string d = line.substr(6);
             if (d == "[DONE]") {
                 done = true;
@@ -315,12 +349,14 @@ Outcome run_healthy(const Args& a, const std::string& body, bool stream, const s
             return o;
         }
     }
-    if (tokens != golden) o.error = "tokens differ from the single-process greedy reference";
+    if (tokens != golden)
+        o.error = "tokens differ from the single-process greedy reference";
     return o;
 }
 
 double quantile(std::vector<double> v, double q) {
-    if (v.empty()) return 0;
+    if (v.empty())
+        return 0;
     std::sort(v.begin(), v.end());
     const size_t k = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size())));
     return v[std::min(v.size() - 1, k == 0 ? 0 : k - 1)];
@@ -342,7 +378,8 @@ struct Sampler {
                 if (tick++ % 5 == 0) {  // /metrics every 250 ms: it costs the server a request
                     std::string m;
                     if (simple_get(a.port, "/metrics", &m) == 200) {
-                        queued_peak = std::max(queued_peak.load(), static_cast<int>(metric(m, "deepshard_queued_requests")));
+                        queued_peak =
+                            std::max(queued_peak.load(), static_cast<int>(metric(m, "deepshard_queued_requests")));
                         running_peak =
                             std::max(running_peak.load(), static_cast<int>(metric(m, "deepshard_running_sequences")));
                     }
@@ -357,8 +394,12 @@ struct Sampler {
     }
 };
 
-json run_round(const Args& a, int round, const std::string& model, const std::vector<int>& prompt,
-               const std::vector<int>& golden, std::vector<std::string>* failures) {
+json run_round(const Args& a,
+               int round,
+               const std::string& model,
+               const std::vector<int>& prompt,
+               const std::vector<int>& golden,
+               std::vector<std::string>* failures) {
     auto fail = [&](const std::string& what) { failures->push_back("round " + std::to_string(round) + ": " + what); };
     std::string m0;
     simple_get(a.port, "/metrics", &m0);
@@ -370,13 +411,14 @@ json run_round(const Args& a, int round, const std::string& model, const std::ve
     std::vector<int> silent;
     for (int i = 0; i < a.non_readers; ++i) {
         const int max_tokens = i % 2 == 0 ? static_cast<int>(golden.size()) : a.non_reader_tokens;
-        const json body = {{"model", model},   {"prompt", prompt},     {"max_tokens", max_tokens},
-                           {"temperature", 0}, {"ignore_eos", true},   {"stream", true}};
+        const json body = {{"model", model},   {"prompt", prompt},   {"max_tokens", max_tokens},
+                           {"temperature", 0}, {"ignore_eos", true}, {"stream", true}};
         const auto deadline = Clock::now() + seconds(30);
         const int fd = connect_to(a.port, 2048, deadline);
         if (fd < 0 || !send_all(fd, post_text(body.dump(), false), deadline)) {
             fail("non-reader " + std::to_string(i) + " could not connect/send");
-            if (fd >= 0) ::close(fd);
+            if (fd >= 0)
+                ::close(fd);
             continue;
         }
         silent.push_back(fd);
@@ -391,7 +433,8 @@ json run_round(const Args& a, int round, const std::string& model, const std::ve
         const bool stream = i % 2 == 1;
         const json body = {{"model", model},   {"prompt", prompt},   {"max_tokens", static_cast<int>(golden.size())},
                            {"temperature", 0}, {"ignore_eos", true}, {"stream", stream}};
-        threads.emplace_back([&, i, stream, b = body.dump()] { out[static_cast<size_t>(i)] = run_healthy(a, b, stream, golden); });
+        threads.emplace_back(
+            [&, i, stream, b = body.dump()] { out[static_cast<size_t>(i)] = run_healthy(a, b, stream, golden); });
     }
     for (auto& t : threads) t.join();
     const double burst_s = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -404,11 +447,13 @@ json run_round(const Args& a, int round, const std::string& model, const std::ve
     std::vector<bool> is_closed(silent.size(), false);
     while (closed < static_cast<int>(silent.size()) && Clock::now() < close_deadline) {
         for (size_t i = 0; i < silent.size(); ++i) {
-            if (is_closed[i]) continue;
+            if (is_closed[i])
+                continue;
             char buf[65536];
             for (;;) {
                 const ssize_t n = ::recv(silent[i], buf, sizeof(buf), MSG_DONTWAIT);
-                if (n > 0) continue;
+                if (n > 0)
+                    continue;
                 if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
                     is_closed[i] = true;
                     ++closed;
@@ -420,7 +465,8 @@ json run_round(const Args& a, int round, const std::string& model, const std::ve
     }
     for (int fd : silent) ::close(fd);
     if (closed != static_cast<int>(silent.size())) {
-        fail(std::to_string(silent.size() - static_cast<size_t>(closed)) + " non-reading connection(s) still open 180 s after the burst");
+        fail(std::to_string(silent.size() - static_cast<size_t>(closed)) +
+             " non-reading connection(s) still open 180 s after the burst");
     }
 
     // 4. Nothing left running or queued (bounded wait), then the "after" sample.
@@ -428,7 +474,8 @@ json run_round(const Args& a, int round, const std::string& model, const std::ve
     const auto idle_deadline = Clock::now() + seconds(120);
     while (Clock::now() < idle_deadline) {
         simple_get(a.port, "/metrics", &m1);
-        if (metric(m1, "deepshard_running_sequences") == 0 && metric(m1, "deepshard_queued_requests") == 0) break;
+        if (metric(m1, "deepshard_running_sequences") == 0 && metric(m1, "deepshard_queued_requests") == 0)
+            break;
         std::this_thread::sleep_for(milliseconds(200));
     }
     sampler.finish();
@@ -451,10 +498,12 @@ json run_round(const Args& a, int round, const std::string& model, const std::ve
         }
         ++ok;
         e2e.push_back(o.e2e);
-        if (o.ttft >= 0) ttft.push_back(o.ttft);
+        if (o.ttft >= 0)
+            ttft.push_back(o.ttft);
     }
     for (const auto& [e, n] : errors) fail(std::to_string(n) + " healthy request(s): " + e);
-    if (rejected == 0) fail("no 429: the queue bound was never reached (offer more with --overflow)");
+    if (rejected == 0)
+        fail("no 429: the queue bound was never reached (offer more with --overflow)");
     if (sampler.queued_peak > a.max_queue) {
         fail("sampled queue " + std::to_string(sampler.queued_peak.load()) + " above --max-queue " +
              std::to_string(a.max_queue));
@@ -462,9 +511,11 @@ json run_round(const Args& a, int round, const std::string& model, const std::ve
     if (sampler.running_peak > a.max_running) {
         fail("sampled running " + std::to_string(sampler.running_peak.load()) + " above --max-running");
     }
-    const double rejected_delta = metric(m1, "deepshard_requests_rejected_total") - metric(m0, "deepshard_requests_rejected_total");
+    const double rejected_delta =
+        metric(m1, "deepshard_requests_rejected_total") - metric(m0, "deepshard_requests_rejected_total");
     if (rejected_delta != rejected) {
-        fail("the server counted " + std::to_string(rejected_delta) + " rejections, clients saw " + std::to_string(rejected));
+        fail("the server counted " + std::to_string(rejected_delta) + " rejections, clients saw " +
+             std::to_string(rejected));
     }
     if (metric(m1, "deepshard_shard_job_up") != 1 ||
         metric(m1, "deepshard_shard_losses_total") != metric(m0, "deepshard_shard_losses_total")) {
@@ -483,18 +534,18 @@ json run_round(const Args& a, int round, const std::string& model, const std::ve
                     {"elapsed_s", elapsed},
                     {"e2e_ms", {{"p50", quantile(e2e, .5) * 1e3}, {"p99", quantile(e2e, .99) * 1e3}}},
                     {"sse_ttft_ms", {{"p50", quantile(ttft, .5) * 1e3}, {"p99", quantile(ttft, .99) * 1e3}}},
-                    {"generated_tokens", metric(m1, "deepshard_generation_tokens_total") -
-                                             metric(m0, "deepshard_generation_tokens_total")},
+                    {"generated_tokens",
+                     metric(m1, "deepshard_generation_tokens_total") - metric(m0, "deepshard_generation_tokens_total")},
                     {"rss_peak_kb", sampler.rss_peak.load()},
                     {"rss_after_kb", rss_kb(a.pid)}};
-    std::printf("round %d: offered %d + %d non-readers: %d ok, %d x 429, %d failed; non-readers closed by the server "
-                "%d/%zu; peak queued %d, running %d; e2e p50 %.0f ms p99 %.0f ms, SSE TTFT p50 %.0f ms p99 %.0f ms; "
-                "burst %.1f s, round %.1f s; RSS peak %.1f MB, after %.1f MB\n",
-                round, total, a.non_readers, ok, rejected, total - ok - rejected, closed, silent.size(),
-                sampler.queued_peak.load(), sampler.running_peak.load(), r["e2e_ms"]["p50"].get<double>(),
-                r["e2e_ms"]["p99"].get<double>(), r["sse_ttft_ms"]["p50"].get<double>(),
-                r["sse_ttft_ms"]["p99"].get<double>(), burst_s, elapsed, sampler.rss_peak / 1024.0,
-                r["rss_after_kb"].get<int64_t>() / 1024.0);
+    std::printf(
+        "round %d: offered %d + %d non-readers: %d ok, %d x 429, %d failed; non-readers closed by the server "
+        "%d/%zu; peak queued %d, running %d; e2e p50 %.0f ms p99 %.0f ms, SSE TTFT p50 %.0f ms p99 %.0f ms; "
+        "burst %.1f s, round %.1f s; RSS peak %.1f MB, after %.1f MB\n",
+        round, total, a.non_readers, ok, rejected, total - ok - rejected, closed, silent.size(),
+        sampler.queued_peak.load(), sampler.running_peak.load(), r["e2e_ms"]["p50"].get<double>(),
+        r["e2e_ms"]["p99"].get<double>(), r["sse_ttft_ms"]["p50"].get<double>(), r["sse_ttft_ms"]["p99"].get<double>(),
+        burst_s, elapsed, sampler.rss_peak / 1024.0, r["rss_after_kb"].get<int64_t>() / 1024.0);
     std::fflush(stdout);
     return r;
 }
@@ -509,7 +560,8 @@ int main(int argc, char** argv) {
         nofile.rlim_cur = nofile.rlim_max;
         setrlimit(RLIMIT_NOFILE, &nofile);
         const rlim_t need = static_cast<rlim_t>(a.requests + a.overflow + a.non_readers + 64);
-        if (nofile.rlim_cur < need) die("RLIMIT_NOFILE " + std::to_string(nofile.rlim_cur) + " < " + std::to_string(need));
+        if (nofile.rlim_cur < need)
+            die("RLIMIT_NOFILE " + std::to_string(nofile.rlim_cur) + " < " + std::to_string(need));
     }
     std::ifstream in(a.reference);
     const json ref = json::parse(in, nullptr, false);
@@ -519,10 +571,12 @@ int main(int argc, char** argv) {
     const auto prompt = ref["prompt_for_generation"].get<std::vector<int>>();
     const auto golden = ref["greedy_generated"].get<std::vector<int>>();
     std::string body;
-    if (simple_get(a.port, "/health", &body) != 200) die("the coordinator is not healthy: " + body);
+    if (simple_get(a.port, "/health", &body) != 200)
+        die("the coordinator is not healthy: " + body);
     std::string model = a.model;
     if (model.empty()) {
-        if (simple_get(a.port, "/v1/models", &body) != 200) die("GET /v1/models failed");
+        if (simple_get(a.port, "/v1/models", &body) != 200)
+            die("GET /v1/models failed");
         model = json::parse(body)["data"][0]["id"].get<std::string>();
     }
     // Warm-up (first-touch costs on every rank), then the baseline.
@@ -530,13 +584,15 @@ int main(int argc, char** argv) {
         const json wb = {{"model", model},   {"prompt", prompt},   {"max_tokens", static_cast<int>(golden.size())},
                          {"temperature", 0}, {"ignore_eos", true}, {"stream", false}};
         const Outcome w = run_healthy(a, wb.dump(), false, golden);
-        if (!w.error.empty()) die("warm-up request failed: " + w.error);
+        if (!w.error.empty())
+            die("warm-up request failed: " + w.error);
     }
     const int64_t rss_before = rss_kb(a.pid);
-    std::printf("load_bench: coordinator pid %d, model '%s', %d round(s): %d+%d healthy requests (golden prompt, %zu "
-                "greedy tokens) and %d non-readers each; bounds: --max-running %d --max-queue %d; RSS before %.1f MB\n",
-                a.pid, model.c_str(), a.rounds, a.requests, a.overflow, golden.size(), a.non_readers, a.max_running,
-                a.max_queue, rss_before / 1024.0);
+    std::printf(
+        "load_bench: coordinator pid %d, model '%s', %d round(s): %d+%d healthy requests (golden prompt, %zu "
+        "greedy tokens) and %d non-readers each; bounds: --max-running %d --max-queue %d; RSS before %.1f MB\n",
+        a.pid, model.c_str(), a.rounds, a.requests, a.overflow, golden.size(), a.non_readers, a.max_running,
+        a.max_queue, rss_before / 1024.0);
     std::vector<std::string> failures;
     json rounds = json::array();
     int64_t peak = rss_before;
@@ -545,13 +601,16 @@ int main(int argc, char** argv) {
         peak = std::max<int64_t>(peak, rounds.back()["rss_peak_kb"].get<int64_t>());
     }
     std::string health;
-    if (simple_get(a.port, "/health", &health) != 200) failures.push_back("/health is not 200 after the load: " + health);
+    if (simple_get(a.port, "/health", &health) != 200)
+        failures.push_back("/health is not 200 after the load: " + health);
     const int64_t after_first = rounds.front()["rss_after_kb"].get<int64_t>();
     const int64_t after_last = rounds.back()["rss_after_kb"].get<int64_t>();
     const bool peak_ok = peak - rss_before <= int64_t{a.rss_peak_mb} * 1024;
     const bool growth_ok = after_last - after_first <= int64_t{a.rss_growth_mb} * 1024;
-    if (!peak_ok) failures.push_back("RSS peak - before above --rss-peak-mb");
-    if (!growth_ok) failures.push_back("RSS grew from the first round to the last above --rss-growth-mb");
+    if (!peak_ok)
+        failures.push_back("RSS peak - before above --rss-peak-mb");
+    if (!growth_ok)
+        failures.push_back("RSS grew from the first round to the last above --rss-growth-mb");
     const json result = {{"bench", "load"},
                          {"rss_before_kb", rss_before},
                          {"rss_peak_kb", peak},
@@ -562,11 +621,12 @@ int main(int argc, char** argv) {
                          {"rounds", rounds},
                          {"failures", failures},
                          {"pass", failures.empty()}};
-    std::printf("RSS: before %.1f MB, peak %.1f MB (+%.1f, bound +%d: %s), after round 1 %.1f MB, after round %d "
-                "%.1f MB (growth %+.1f, bound %d: %s)\n",
-                rss_before / 1024.0, peak / 1024.0, (peak - rss_before) / 1024.0, a.rss_peak_mb,
-                peak_ok ? "PASS" : "FAIL", after_first / 1024.0, a.rounds, after_last / 1024.0,
-                (after_last - after_first) / 1024.0, a.rss_growth_mb, growth_ok ? "PASS" : "FAIL");
+    std::printf(
+        "RSS: before %.1f MB, peak %.1f MB (+%.1f, bound +%d: %s), after round 1 %.1f MB, after round %d "
+        "%.1f MB (growth %+.1f, bound %d: %s)\n",
+        rss_before / 1024.0, peak / 1024.0, (peak - rss_before) / 1024.0, a.rss_peak_mb, peak_ok ? "PASS" : "FAIL",
+        after_first / 1024.0, a.rounds, after_last / 1024.0, (after_last - after_first) / 1024.0, a.rss_growth_mb,
+        growth_ok ? "PASS" : "FAIL");
     std::printf("JSON %s\n", result.dump().c_str());
     if (!a.out_json.empty()) {
         std::ofstream o(a.out_json);
