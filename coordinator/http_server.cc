@@ -64,6 +64,7 @@ struct HttpServer::Impl {
         live.erase(r);
     }
     void accept();
+    void refuse_over_limit(tcp::socket& socket);
 };
 
 namespace {
@@ -479,14 +480,40 @@ private:
     std::shared_ptr<Session> self_;  // set only while a request runs with no readiness wait pending
 };
 
+// Over --http-max-connections: a client gets a clear 503 (JSON error, Retry-After) instead of a
+// silent close, so a burst bigger than the cap reads as "overloaded, retry", like a full queue. One
+// non-blocking send of a fixed ~250-byte answer: it always fits an empty socket buffer, costs no
+// session and cannot block the acceptor; whatever does not go out is dropped with the close. Plain
+// HTTP only (a TLS client needs a handshake first, which is exactly the cost being refused).
+void HttpServer::Impl::refuse_over_limit(tcp::socket& socket) {
+    if (!tls) {
+        static const std::string kAnswer = [] {
+            const std::string body =
+                R"({"error":{"message":"too many open connections; retry later","type":"overloaded_error",)"
+                R"("param":null,"code":"too_many_connections"}})";
+            return "HTTP/1.1 503 Service Unavailable\r\nServer: deepshard\r\nContent-Type: application/json\r\n"
+                   "Retry-After: 1\r\nConnection: close\r\nContent-Length: " +
+                   std::to_string(body.size()) + "\r\n\r\n" + body;
+        }();
+        (void)::send(socket.native_handle(), kAnswer.data(), kAnswer.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        // Unread request bytes at close() would turn the FIN into a reset, which can discard the
+        // answer at the client: take what already arrived (bounded, non-blocking).
+        char sink[4096];
+        for (int i = 0; i < 16 && ::recv(socket.native_handle(), sink, sizeof(sink), MSG_DONTWAIT) > 0; ++i) {
+        }
+    }
+    beast::error_code ignored;
+    socket.shutdown(tcp::socket::shutdown_send, ignored);
+    socket.close(ignored);
+}
+
 void HttpServer::Impl::accept() {
     acceptor->async_accept(asio::make_strand(*io), [this](beast::error_code ec, tcp::socket socket) {
         if (stopping.load()) return;
         if (ec) {
             spdlog::warn("http: accept failed: {}", ec.message());
         } else if (connections.load() >= options.max_connections) {
-            beast::error_code ignored;
-            socket.close(ignored);  // over the limit: refuse by closing
+            refuse_over_limit(socket);
         } else {
             connections++;
             if (tls) {

@@ -3,7 +3,8 @@
 //
 // Robustness: the whole request header must arrive within `header_timeout` (a client that trickles
 // headers — slowloris — is cut off), the body within `body_timeout` and `max_body_bytes` (413
-// otherwise), at most `max_connections` are open at once. Keep-alive is supported. A client that
+// otherwise), at most `max_connections` are open at once (beyond: a 503 "too_many_connections"
+// JSON error with Retry-After, then the connection is closed). Keep-alive is supported. A client that
 // disconnects while its request runs has the request cancelled. With a certificate pair the
 // server speaks HTTPS only (the TLS handshake counts against the header deadline).
 //

@@ -107,6 +107,13 @@ bool has_any(const std::vector<std::string>& args, std::initializer_list<const c
     return false;
 }
 
+// A number of seconds as a command-line value ("30", "2.5").
+std::string fmt_seconds(double s) {
+    std::ostringstream out;
+    out << s;
+    return out.str();
+}
+
 // True when the extra arguments set MCA parameter `name` themselves (theirs wins; OpenMPI refuses
 // a parameter given twice).
 bool user_sets_mca(const std::vector<std::string>& args, const std::string& name) {
@@ -164,8 +171,11 @@ StatusOr<Prepared> prepare(const LaunchOptions& o) {
     if (o.bind != "rankfile" && o.bind != "none") {
         return invalid_argument("--bind must be rankfile or none (got '" + o.bind + "')");
     }
-    if (o.max_restarts < 0 || o.backoff_s < 0 || o.backoff_max_s < o.backoff_s || o.stop_grace_s <= 0) {
-        return invalid_argument("need --max-restarts >= 0, 0 <= --backoff-s <= --backoff-max-s, --stop-grace-s > 0");
+    if (o.max_restarts < 0 || o.backoff_s < 0 || o.backoff_max_s < o.backoff_s || o.stop_grace_s <= 0 ||
+        o.drain_timeout_s < 0) {
+        return invalid_argument(
+            "need --max-restarts >= 0, 0 <= --backoff-s <= --backoff-max-s, --stop-grace-s > 0, "
+            "--drain-timeout-s >= 0");
     }
     std::ifstream in(o.plan);
     if (!in) {
@@ -293,6 +303,11 @@ StatusOr<Prepared> prepare(const LaunchOptions& o) {
     }
     if (o.coordinator_retry) {
         p.coordinator_argv.push_back("--retry");
+    }
+    // The drain period the stop sequence waits for (finish()); an explicit --coordinator-arg wins.
+    if (std::find(o.coordinator_args.begin(), o.coordinator_args.end(), "--drain-timeout-s") ==
+        o.coordinator_args.end()) {
+        p.coordinator_argv.insert(p.coordinator_argv.end(), {"--drain-timeout-s", fmt_seconds(o.drain_timeout_s)});
     }
     p.coordinator_argv.insert(p.coordinator_argv.end(), o.coordinator_args.begin(), o.coordinator_args.end());
 
@@ -498,21 +513,27 @@ private:
         return 1;
     }
 
-    // Stops the shard job, then the coordinator (the job's leader would otherwise see the
-    // coordinator vanish first and log a spurious error).
+    // Stops the coordinator, then the shard job. The coordinator goes first because its SIGTERM
+    // is a drain: it stops accepting, lets accepted requests finish on the still-running job (SSE
+    // streams end with [DONE]) for up to --drain-timeout-s, fails the rest with a "shutting down"
+    // error, and then tells the job's leader to shut down. Stopping the job first would instead
+    // fail every request in flight as "shard job lost". Its grace is therefore the drain period
+    // plus the usual stop grace; the job, already told to leave, normally exits on its own.
     int finish(int code, const std::string& why = "") {
         if (!why.empty()) {
             spdlog::error("launch: {}", why);
         }
         const auto grace = std::chrono::milliseconds(static_cast<int64_t>(o_.stop_grace_s * 1000));
+        const auto drain = std::chrono::milliseconds(static_cast<int64_t>(o_.drain_timeout_s * 1000));
         bool clean = true;
+        if (coordinator_) {
+            spdlog::info("launch: stopping the coordinator (it drains for up to {} s)", o_.drain_timeout_s);
+            clean = coordinator_->stop(drain + grace) && clean;
+            coordinator_.reset();
+        }
         if (shard_) {
             clean = shard_->stop(grace) && clean;
             shard_.reset();
-        }
-        if (coordinator_) {
-            clean = coordinator_->stop(grace) && clean;
-            coordinator_.reset();
         }
         spdlog::info("launch: stopped{}", clean ? "" : " (some processes needed SIGKILL)");
         return code;

@@ -56,6 +56,9 @@ struct LaunchOptions {
     double backoff_max_s = 30;
     double stable_after_s = 300;  // a job that ran this long resets the restart count
     double stop_grace_s = 10;
+    // On SIGTERM the coordinator drains first (the coordinator's --drain-timeout-s): accepted
+    // requests get this long to finish while the shard job still runs; only then is the job stopped.
+    double drain_timeout_s = 30;
 };
 
 // The result of preparing a launch: files written and the two command lines.

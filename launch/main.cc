@@ -58,6 +58,10 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--stop-grace-s", o.stop_grace_s, "SIGTERM -> SIGKILL grace per process tree")
         ->capture_default_str();
+    app.add_option("--drain-timeout-s", o.drain_timeout_s,
+                   "On SIGTERM: how long the coordinator lets accepted requests finish (the shard job keeps "
+                   "running meanwhile) before it ends the rest with an error; then the job is stopped")
+        ->capture_default_str();
     app.add_option("mpi_args", o.mpi_args, "Extra mpirun/srun arguments (after --)");
     try {
         app.parse(argc, argv);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -159,6 +160,44 @@ TEST_F(CoordinatorHttpTest, SlowHeadersAreCutOff) {
     EXPECT_TRUE(closed);
     // Meanwhile others are served.
     EXPECT_EQ(http_request(http_, "GET", "/health").status, 503);
+}
+
+// Over --http-max-connections a client gets a clear 503 (overloaded JSON error, Retry-After), not
+// a silent close; once held connections go, new ones are served again (issue 12 item 6: a burst
+// bigger than the cap must read as "retry later").
+TEST(CoordinatorHttpCapTest, ConnectionsBeyondTheCapGetA503) {
+    ensure_test_env();
+    const std::string model = make_config_only_model("tiny-bf16", /*with_tokenizer=*/false, 1000);
+    const std::string dir = make_temp_dir("ds_http_cap");
+    BackgroundProcess coord({binary_path("deepshard-coordinator"), "--model", model, "--http", "127.0.0.1:0",
+                             "--thrift", "", "--control", "127.0.0.1:0", "--ports-file", dir + "/ports.json",
+                             "--http-max-connections", "3", "--header-timeout-ms", "30000"},
+                            dir + "/coordinator.log");
+    const json ports = wait_for_json_file(dir + "/ports.json", std::chrono::seconds(30));
+    ASSERT_TRUE(ports.is_object()) << coord.log();
+    const uint16_t http = ports["http"].get<uint16_t>();
+    // Three idle connections hold every slot (the header deadline is 30 s).
+    std::vector<int> held;
+    for (int i = 0; i < 3; ++i) {
+        held.push_back(connect_local(http));
+        ASSERT_GE(held.back(), 0);
+    }
+    // The server counts a connection once it accepted it: poll (bounded) until the fourth is refused.
+    HttpResponse r;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    do {
+        r = http_request(http, "GET", "/v1/models", "", {}, std::chrono::seconds(10));
+    } while (r.status != 503 && std::chrono::steady_clock::now() < deadline);
+    ASSERT_EQ(r.status, 503) << r.body << r.error;
+    EXPECT_EQ(r.json()["error"]["code"], "too_many_connections") << r.body;
+    EXPECT_NE(r.headers.find("Retry-After: 1"), std::string::npos) << r.headers;
+    // Free the slots: a new client is served again (bounded wait for the server to notice).
+    for (int fd : held) close(fd);
+    const auto again = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    do {
+        r = http_request(http, "GET", "/v1/models", "", {}, std::chrono::seconds(10));
+    } while (r.status != 200 && std::chrono::steady_clock::now() < again);
+    EXPECT_EQ(r.status, 200) << r.body << r.error;
 }
 
 TEST_F(CoordinatorHttpTest, ThriftPythonClientGetsTypedErrors) {

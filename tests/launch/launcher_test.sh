@@ -3,8 +3,10 @@
 #   launcher_test.sh local    localhost, tiny-bf16 golden model, plan pp=2,tp=2 (4 ranks): /health
 #                             turns 200, a completion returns the golden greedy tokens; a shard rank
 #                             is killed and the launcher restarts the job (health 200 again, a new
-#                             request answered, new rank PIDs); SIGTERM ends the launcher with 0 and
-#                             every process it started (checked by PID) is gone
+#                             request answered, new rank PIDs); SIGTERM with an SSE stream in
+#                             flight: the coordinator drains before the job is stopped, so the
+#                             stream finishes with all its tokens, its finish chunk and [DONE]; the
+#                             launcher exits 0 and every process it started (checked by PID) is gone
 #   launcher_test.sh failures a shard job that keeps failing: restarted exactly --max-restarts times,
 #                             then exit 1 naming the exhausted retries, coordinator stopped; the
 #                             coordinator dying: exit 1 naming it, the (healthy) shard job stopped
@@ -169,13 +171,14 @@ stop_launcher() {
     echo "launcher $pid processes before SIGTERM: $kids"
     lines="$(wc -l <"$log")"
     kill -TERM "$pid"
-    for ((i = 0; i < 600; ++i)); do
+    # Bounded by the drain period the launcher was given plus the stop grace.
+    for ((i = 0; i < 1800; ++i)); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
     if kill -0 "$pid" 2>/dev/null; then
         tail -30 "$log"
-        fail "deepshard-launch did not exit within 60 s of SIGTERM"
+        fail "deepshard-launch did not exit within 180 s of SIGTERM"
     fi
     local rc=0
     wait "$pid" || rc=$?
@@ -195,9 +198,9 @@ stop_launcher() {
             echo "$after" | tail -40
             fail "SIGTERM: the shard job was reported lost or needed SIGKILL"
         fi
-        # (The coordinator's line: mpirun may drop the ranks' last output while it stops them.)
-        grep -q 'shard job left: the shard job shut down' <<<"$after" ||
-            { echo "$after" | tail -40; fail "SIGTERM: the shard job's leader did not say goodbye"; }
+        # The coordinator drains, then ends the job's session itself (the job is stopped only after).
+        grep -q 'stopping the coordinator (it drains' <<<"$after" ||
+            { echo "$after" | tail -40; fail "SIGTERM: the launcher did not stop the coordinator first"; }
     fi
     echo "SIGTERM: launcher exited 0, its processes ($kids) are gone"
 }
@@ -206,8 +209,10 @@ mode_local() {
     local run="$tmp/run" log="$tmp/launch.log"
     "$bin/deepshard" plan --model "$model" --layout pp=2,tp=2 --numerics exact --kv-budget-mb 64 --out "$tmp/plan.json" >"$tmp/plan.log" 2>&1 \
         || { cat "$tmp/plan.log"; fail "deepshard plan --layout pp=2,tp=2"; }
+    # The stream below needs a few seconds on a loaded 2-core machine; the drain allows 120.
+    local stream_tokens=400
     "$launch" --model "$model" --plan "$tmp/plan.json" --run-dir "$run" --http 127.0.0.1:0 --thrift 127.0.0.1:0 \
-        --max-restarts 3 --backoff-s 0.5 --stop-grace-s 10 >"$log" 2>&1 &
+        --max-restarts 3 --backoff-s 0.5 --stop-grace-s 10 --drain-timeout-s 120 >"$log" 2>&1 &
     local pid=$!
     cleanups+=("kill -KILL $pid 2>/dev/null; for p in \$(descendants $pid | awk '{print \$1}'); do kill -KILL \$p; done 2>/dev/null")
     wait_file "$run/ports.json" 60 "$pid" || { cat "$log"; fail "no ports file from the coordinator"; }
@@ -250,7 +255,47 @@ mode_local() {
     ((ok)) || { tail -40 "$log"; fail "no healthy restarted shard job"; }
     echo "restarted job ranks: $now"
     check_tokens "$(complete "" "$http")" "after restart"
+
+    # SIGTERM with a stream in flight (issue 12 item 4). The launcher must let the coordinator drain
+    # before it stops the job: stopping the job first fails the stream ("shard job lost").
+    local sbody="{\"model\": \"tiny-bf16\", \"prompt\": [$prompt_csv], \"max_tokens\": $stream_tokens, \"temperature\": 0, \"ignore_eos\": true, \"stream\": true}"
+    curl -sN --max-time 300 -H 'Content-Type: application/json' -d "$sbody" \
+        "http://127.0.0.1:$http/v1/completions" >"$tmp/stream.out" 2>&1 &
+    local curl_pid=$!
+    cleanups+=("kill $curl_pid 2>/dev/null")
+    for ((i = 0; i < 600; ++i)); do
+        grep -q '"token_ids"' "$tmp/stream.out" && break
+        kill -0 "$curl_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q '"token_ids"' "$tmp/stream.out" || { cat "$tmp/stream.out"; fail "the stream sent no token within 60 s"; }
+    # Guard for the test's own premise (not a timing assertion on the server): the stream must
+    # still be running when the signal goes out, else it would prove nothing.
+    if grep -q '\[DONE\]' "$tmp/stream.out"; then
+        fail "the $stream_tokens-token stream ended before SIGTERM; raise stream_tokens"
+    fi
     stop_launcher "$pid" "$log" clean
+    local crc=0
+    wait "$curl_pid" || crc=$?
+    ((crc == 0)) || { tail -c 600 "$tmp/stream.out"; fail "curl exited $crc (the stream did not end properly)"; }
+    python3 - "$tmp/stream.out" "$stream_tokens" <<'PYEOF'
+import json, sys
+raw, want = open(sys.argv[1]).read(), int(sys.argv[2])
+events = [l[6:] for l in raw.splitlines() if l.startswith("data: ")]
+if not events or events[-1] != "[DONE]":
+    sys.exit("FAILED: the stream did not end with [DONE]: ..." + raw[-400:])
+tokens, finish = 0, None
+for e in events[:-1]:
+    j = json.loads(e)
+    if "error" in j:
+        sys.exit("FAILED: the in-flight stream got an error event on SIGTERM: " + e)
+    for c in j["choices"]:
+        tokens += len(c.get("token_ids") or [])
+        finish = c.get("finish_reason") or finish
+if tokens != want or finish != "length":
+    sys.exit(f"FAILED: the stream ended with {tokens}/{want} tokens, finish_reason {finish}")
+print(f"SIGTERM during a stream: it finished ({tokens} tokens, finish_reason {finish}, [DONE])")
+PYEOF
 }
 
 mode_failures() {
