@@ -12,6 +12,8 @@ const std::vector<EnvKnob>& env_knobs() {
     static const std::vector<EnvKnob> knobs = {
         {"DS_NUM_THREADS", "0", "worker threads for CPU kernels (0 = all cores)"},
         {"DS_SPIN_US", "2000", "CPU thread pool: workers spin this long between parallel regions, then sleep"},
+        {"DS_SPIN_CONTENDED_US", "0",
+         "CPU thread pool: spin budget while this thread is being preempted (an oversubscribed machine)"},
         {"DS_ISA", "auto", "force the CPU kernel ISA: auto, avx512bf16, avx512, avx2, scalar"},
         {"DS_LOG_LEVEL", "info", "log level: trace, debug, info, warn, error, off"},
         {"DS_COMM_TIMEOUT_MS", "30000", "deadline of every communicator operation"},

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <chrono>
 
+#if defined(__linux__)
+#include <sys/resource.h>
+#endif
+
 #include "common/env.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -43,7 +47,37 @@ bool spin_until(Pred&& pred, int64_t budget_ns) {
         if ((i & 63) == 0 && now_ns() > deadline) return false;
     }
 }
+
+// This thread's count of involuntary context switches (preemptions), or -1 where unknown.
+long involuntary_switches() {
+#if defined(__linux__) && defined(RUSAGE_THREAD)
+    rusage ru{};
+    if (getrusage(RUSAGE_THREAD, &ru) == 0) return ru.ru_nivcsw;
+#endif
+    return -1;
+}
 }  // namespace
+
+int64_t ThreadPool::spin_budget() const {
+    // Per thread: when it last looked at its preemption count and until when it keeps to the
+    // contended budget. getrusage is a syscall, so it is asked at most every kCheckNs.
+    constexpr int64_t kCheckNs = 2'000'000;     // 2 ms
+    constexpr int64_t kHoldNs = 200'000'000;    // 200 ms after the last preemption seen
+    struct State {
+        int64_t next_check = 0, contended_until = 0;
+        long switches = -1;
+    };
+    thread_local State st;
+    if (spin_contended_ns_ >= spin_ns_) return spin_ns_;
+    const int64_t now = now_ns();
+    if (now >= st.next_check) {
+        st.next_check = now + kCheckNs;
+        const long sw = involuntary_switches();
+        if (st.switches >= 0 && sw > st.switches) st.contended_until = now + kHoldNs;
+        st.switches = sw;
+    }
+    return now < st.contended_until ? spin_contended_ns_ : spin_ns_;
+}
 
 ThreadPool::ThreadPool(int num_threads, int64_t spin_us) {
     if (num_threads <= 0) {
@@ -56,6 +90,7 @@ ThreadPool::ThreadPool(int num_threads, int64_t spin_us) {
         spin_us = env_int("DS_SPIN_US");
     }
     spin_ns_ = std::max<int64_t>(0, spin_us) * 1000;
+    spin_contended_ns_ = std::max<int64_t>(0, env_int("DS_SPIN_CONTENDED_US")) * 1000;
     for (int i = 1; i < num_threads; ++i) {
         workers_.emplace_back([this] { worker_loop(); });
     }
@@ -108,7 +143,7 @@ void ThreadPool::worker_loop() {
             const uint32_t g = generation_.load(std::memory_order_acquire);
             return g != seen && (g & 1u) == 0;
         };
-        if (!spin_until(fresh, spin_ns_)) {
+        if (!spin_until(fresh, spin_budget())) {
             while (!fresh() && !stop_.load()) {
                 sleepers_.fetch_add(1);
                 const uint32_t g = generation_.load();
@@ -153,7 +188,7 @@ void ThreadPool::run_region(const Region& r) {
     // Odd generation: workers that wake now back off. Then wait for stragglers of the previous
     // region to leave before region_ is rewritten.
     generation_.fetch_add(1);
-    while (!spin_until([&] { return active_workers_.load() == 0; }, spin_ns_)) {
+    while (!spin_until([&] { return active_workers_.load() == 0; }, spin_budget())) {
         std::this_thread::yield();
     }
     region_ = r;
@@ -167,7 +202,7 @@ void ThreadPool::run_region(const Region& r) {
     }
     work_on(r);
     // Wait for the chunks other threads hold: spin first, then sleep on the counter.
-    if (!spin_until([&] { return unfinished_.load(std::memory_order_acquire) == 0; }, spin_ns_)) {
+    if (!spin_until([&] { return unfinished_.load(std::memory_order_acquire) == 0; }, spin_budget())) {
         caller_waiting_.store(true);
         for (int64_t v = unfinished_.load(); v != 0; v = unfinished_.load()) {
             unfinished_.wait(v);

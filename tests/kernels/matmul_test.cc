@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "kernels/kernels.h"
@@ -128,6 +129,30 @@ TEST(MatmulExact, Fp8OneHotIsBitExact) {
             matmul(x.data(), 1, v.cols, v, y.data(), v.rows);
             for (int64_t j = 0; j < v.rows; ++j) {
                 ASSERT_EQ(y[j], v.at(j, c)) << isa_name(isa) << " j=" << j << " c=" << c;
+            }
+        }
+    }
+}
+
+// The decode path (m up to 8) groups W rows and x rows into register tiles whose shape depends on m
+// (8 W rows at batch 1, 4 x 3 or 4 x 4 tiles for batches), but every output is the same float32 sum
+// in the same order: row i of a batch equals the batch-1 result bit for bit. Odd row counts and a
+// column slice hit every tail of the tiles.
+TEST_P(MatmulTest, DecodeTilesDoNotChangeSums) {
+    IsaGuard guard;
+    TestWeight tw(GetParam(), 203, 300, 17);
+    const WeightView v = tw.view().slice_rows(3, 197).slice_cols(5, 290);
+    const int64_t k = v.cols, n = v.rows;
+    for (Isa isa : runnable_isas()) {
+        set_isa(isa);
+        for (int64_t m : {2, 3, 4, 5, 7, 8}) {
+            const std::vector<float> x = random_vec(m * k, static_cast<uint32_t>(m + 40));
+            std::vector<float> y(m * n), y1(n);
+            matmul(x.data(), m, k, v, y.data(), n);
+            for (int64_t i = 0; i < m; ++i) {
+                matmul(x.data() + i * k, 1, k, v, y1.data(), n);
+                ASSERT_EQ(0, std::memcmp(y1.data(), y.data() + i * n, n * sizeof(float)))
+                    << isa_name(isa) << " " << dtype_name(GetParam()) << " m=" << m << " row " << i;
             }
         }
     }
