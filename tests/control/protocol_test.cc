@@ -31,15 +31,7 @@ StepResult sample_result() {
 }
 
 TEST(ProtocolTest, RoundTripsEveryMessage) {
-    Hello h;
-    h.model_fingerprint = 0xdeadbeefcafef00dull;
-    h.plan_json = R"({"stages":2})";
-    h.world_size = 4;
-    h.pipeline_stages = 2;
-    h.kv_blocks = 1000;
-    h.vocab_size = 1024;
-    h.job_id = "host:1";
-    h.kv_domains = 2;
+    const Hello h = samples::hello();
     std::string f;
     encode(h, &f);
     auto h2 = decode_hello(payload_of(f, MessageType::kHello));

@@ -161,108 +161,116 @@ StepResult result_for(const StepBatch& b) {
     return r;
 }
 
-TEST(ResumeTest, ABlipLosesAndDuplicatesNothingAndNeedsNoNewRegistration) {
-    setenv("DS_HEARTBEAT_MS", "100", 1);  // silence for 300 ms = link lost
+// A coordinator (10 s grace, heartbeats every 100 ms: silence for 300 ms = link lost) and a leader
+// registered with it through a BlipProxy.
+struct ProxiedLink {
     RecordingListener listener;
-    ControlServerOptions o = test_server_options();
-    o.resume_grace = 10s;
-    auto server = ControlServer::start(o, &listener);
-    ASSERT_TRUE(server.ok()) << server.status().to_string();
-    BlipProxy proxy((*server)->port());
+    std::unique_ptr<ControlServer> server;
+    std::unique_ptr<BlipProxy> proxy;
+    std::unique_ptr<LeaderClient> leader;
+    uint64_t session = 0;
 
-    LeaderOptions lo;
-    lo.coordinator = "127.0.0.1:" + std::to_string(proxy.port());
-    lo.secret = kSecret;
-    lo.connect_timeout = 5s;
-    auto leader = LeaderClient::connect(lo, test_hello());
-    ASSERT_TRUE(leader.ok()) << leader.status().to_string();
-    ASSERT_TRUE(listener.wait([&] { return listener.registered_.size() == 1; }));
-    const uint64_t session = listener.registered_[0].session_id;
+    void start() {
+        setenv("DS_HEARTBEAT_MS", "100", 1);
+        ControlServerOptions o = test_server_options();
+        o.resume_grace = 10s;
+        auto s = ControlServer::start(o, &listener);
+        ASSERT_TRUE(s.ok()) << s.status().to_string();
+        server = std::move(*s);
+        proxy = std::make_unique<BlipProxy>(server->port());
+        LeaderOptions lo;
+        lo.coordinator = "127.0.0.1:" + std::to_string(proxy->port());
+        lo.secret = kSecret;
+        lo.connect_timeout = 5s;
+        auto l = LeaderClient::connect(lo, test_hello());
+        ASSERT_TRUE(l.ok()) << l.status().to_string();
+        leader = std::move(*l);
+        ASSERT_TRUE(listener.wait([&] { return listener.registered_.size() == 1; }));
+        session = listener.registered_[0].session_id;
+    }
+};
+
+TEST(ResumeTest, ABlipLosesAndDuplicatesNothingAndNeedsNoNewRegistration) {
+    ProxiedLink t;
+    ASSERT_NO_FATAL_FAILURE(t.start());
+    RecordingListener& listener = t.listener;
+    BlipProxy& proxy = *t.proxy;
+    const uint64_t session = t.session;
 
     // Step 1 round trip; step 2 reaches the leader, whose answer will fall into the partition.
-    ASSERT_TRUE((*server)->send_batch(session, batch(1)).ok());
-    auto b1 = (*leader)->next_batch(5s);
+    ASSERT_TRUE(t.server->send_batch(session, batch(1)).ok());
+    auto b1 = t.leader->next_batch(5s);
     ASSERT_TRUE(b1.ok()) << b1.status().to_string();
-    ASSERT_TRUE((*leader)->send_result(result_for(*b1)).ok());
+    ASSERT_TRUE(t.leader->send_result(result_for(*b1)).ok());
     ASSERT_TRUE(listener.wait([&] { return listener.results_.size() == 1; }));
-    ASSERT_TRUE((*server)->send_batch(session, batch(2)).ok());
-    auto b2 = (*leader)->next_batch(5s);
+    ASSERT_TRUE(t.server->send_batch(session, batch(2)).ok());
+    auto b2 = t.leader->next_batch(5s);
     ASSERT_TRUE(b2.ok()) << b2.status().to_string();
 
     proxy.partition();
-    ASSERT_TRUE((*leader)->send_result(result_for(*b2)).ok());     // lost on the wire
-    ASSERT_TRUE((*server)->send_batch(session, batch(3)).ok());    // lost on the wire
+    ASSERT_TRUE(t.leader->send_result(result_for(*b2)).ok());     // lost on the wire
+    ASSERT_TRUE(t.server->send_batch(session, batch(3)).ok());    // lost on the wire
     // Both ends notice the silence and drop the connection; the coordinator keeps the session.
     ASSERT_TRUE(listener.wait([&] { return !listener.links_.empty(); }, 5s));
     EXPECT_FALSE(listener.links_[0].connected);
-    ASSERT_TRUE((*server)->send_batch(session, batch(4)).ok());    // sent while the link is down
+    ASSERT_TRUE(t.server->send_batch(session, batch(4)).ok());    // sent while the link is down
     std::this_thread::sleep_for(700ms);                             // a 1-2 s blip in all
     proxy.heal();
 
     // The leader resumes: it gets 3 and 4 exactly once, the coordinator gets 2 exactly once.
     for (uint64_t want : {3u, 4u}) {
-        auto b = (*leader)->next_batch(10s);
+        auto b = t.leader->next_batch(10s);
         ASSERT_TRUE(b.ok()) << b.status().to_string();
         EXPECT_EQ(b->step_id, want);
-        ASSERT_TRUE((*leader)->send_result(result_for(*b)).ok());
+        ASSERT_TRUE(t.leader->send_result(result_for(*b)).ok());
     }
     ASSERT_TRUE(listener.wait([&] { return listener.results_.size() == 4; }, 10s));
     std::vector<uint64_t> ids;
     for (const auto& r : listener.results_) ids.push_back(r.step_id);
     EXPECT_EQ(ids, (std::vector<uint64_t>{1, 2, 3, 4}));
     // Nothing more is coming (no duplicate), the session is the same one, no loss was reported.
-    EXPECT_EQ((*leader)->next_batch(500ms).status().code(), StatusCode::kDeadlineExceeded);
+    EXPECT_EQ(t.leader->next_batch(500ms).status().code(), StatusCode::kDeadlineExceeded);
     EXPECT_EQ(listener.results_.size(), 4u);
-    EXPECT_EQ((*leader)->session_id(), session);
-    EXPECT_EQ((*leader)->resumes(), 1u);
-    EXPECT_EQ((*server)->stats().resumes, 1u);
+    EXPECT_EQ(t.leader->session_id(), session);
+    EXPECT_EQ(t.leader->resumes(), 1u);
+    EXPECT_EQ(t.server->stats().resumes, 1u);
     EXPECT_EQ(listener.registered_.size(), 1u);
     EXPECT_TRUE(listener.lost_.empty());
     ASSERT_GE(listener.links_.size(), 2u);
     EXPECT_TRUE(listener.links_.back().connected);
-    EXPECT_TRUE((*leader)->status().ok());
+    EXPECT_TRUE(t.leader->status().ok());
 }
 
 // Loss in one direction only: the leader's frames vanish, the coordinator's arrive. The coordinator
 // sees silence and closes the link (keeping the session); at the leader's end that close arrives on a
 // link that was never quiet. The leader must resume all the same, not give the job up.
 TEST(ResumeTest, LossInOneDirectionIsResumedToo) {
-    setenv("DS_HEARTBEAT_MS", "100", 1);
-    RecordingListener listener;
-    ControlServerOptions o = test_server_options();
-    o.resume_grace = 10s;
-    auto server = ControlServer::start(o, &listener);
-    ASSERT_TRUE(server.ok()) << server.status().to_string();
-    BlipProxy proxy((*server)->port());
-    LeaderOptions lo;
-    lo.coordinator = "127.0.0.1:" + std::to_string(proxy.port());
-    lo.secret = kSecret;
-    lo.connect_timeout = 5s;
-    auto leader = LeaderClient::connect(lo, test_hello());
-    ASSERT_TRUE(leader.ok()) << leader.status().to_string();
-    ASSERT_TRUE(listener.wait([&] { return listener.registered_.size() == 1; }));
-    const uint64_t session = listener.registered_[0].session_id;
-    ASSERT_TRUE((*server)->send_batch(session, batch(1)).ok());
-    auto b1 = (*leader)->next_batch(5s);
+    ProxiedLink t;
+    ASSERT_NO_FATAL_FAILURE(t.start());
+    RecordingListener& listener = t.listener;
+    BlipProxy& proxy = *t.proxy;
+    const uint64_t session = t.session;
+    ASSERT_TRUE(t.server->send_batch(session, batch(1)).ok());
+    auto b1 = t.leader->next_batch(5s);
     ASSERT_TRUE(b1.ok()) << b1.status().to_string();
 
     proxy.partition_upstream();
-    ASSERT_TRUE((*leader)->send_result(result_for(*b1)).ok());  // lost on the wire
+    ASSERT_TRUE(t.leader->send_result(result_for(*b1)).ok());  // lost on the wire
     ASSERT_TRUE(listener.wait([&] { return !listener.links_.empty(); }, 5s));  // the coordinator gave up the link
     EXPECT_FALSE(listener.links_[0].connected);
-    ASSERT_TRUE((*server)->send_batch(session, batch(2)).ok());  // sent while the link is down
+    ASSERT_TRUE(t.server->send_batch(session, batch(2)).ok());  // sent while the link is down
     std::this_thread::sleep_for(300ms);
     proxy.heal();
 
-    auto b2 = (*leader)->next_batch(10s);
+    auto b2 = t.leader->next_batch(10s);
     ASSERT_TRUE(b2.ok()) << b2.status().to_string();
     EXPECT_EQ(b2->step_id, 2u);
-    ASSERT_TRUE((*leader)->send_result(result_for(*b2)).ok());
+    ASSERT_TRUE(t.leader->send_result(result_for(*b2)).ok());
     ASSERT_TRUE(listener.wait([&] { return listener.results_.size() == 2; }, 10s));
     EXPECT_EQ(listener.results_[0].step_id, 1u);
     EXPECT_EQ(listener.results_[1].step_id, 2u);
-    EXPECT_EQ((*leader)->resumes(), 1u);
-    EXPECT_TRUE((*leader)->status().ok()) << (*leader)->status().to_string();
+    EXPECT_EQ(t.leader->resumes(), 1u);
+    EXPECT_TRUE(t.leader->status().ok()) << t.leader->status().to_string();
     EXPECT_TRUE(listener.lost_.empty());
     EXPECT_EQ(listener.registered_.size(), 1u);
 }
