@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
@@ -87,9 +88,19 @@ StatusOr<std::string> control_secret(const std::string& flag, std::string* path,
     *created = false;
     *path = flag.empty() ? env_str("DS_CONTROL_SECRET_FILE") : flag;
     if (path->empty()) {
-        *path = (std::filesystem::temp_directory_path() /
-                 ("deepshard-control-" + std::to_string(getpid()) + ".secret")).string();
-        DS_RETURN_IF_ERROR(write_new_secret_file(*path));
+        // A random part besides the PID: a coordinator that was killed leaves its file behind, and a
+        // later one may get the same PID (O_EXCL refuses to reuse any existing file, as it must).
+        std::random_device rd;
+        Status made = ok_status();
+        for (int attempt = 0; attempt < 8; ++attempt) {
+            char tag[17];
+            std::snprintf(tag, sizeof(tag), "%08x%08x", rd(), rd());
+            *path = (std::filesystem::temp_directory_path() /
+                     ("deepshard-control-" + std::to_string(getpid()) + "-" + tag + ".secret")).string();
+            made = write_new_secret_file(*path);
+            if (made.ok() || !std::filesystem::exists(*path)) break;
+        }
+        DS_RETURN_IF_ERROR(made);
         *created = true;
         spdlog::info("control secret written to {} (mode 0600); start the shard job with DS_CONTROL_SECRET_FILE={}",
                      *path, *path);

@@ -272,6 +272,12 @@ std::string tail_of(const std::string& s, size_t n = 2000) { return s.size() <= 
 LiveCluster::~LiveCluster() {
     shard_.reset();
     coordinator_.reset();
+    // The coordinator, killed without a chance to clean up, leaves the secret file it generated.
+    const std::string secret = ports_.value("control_secret_file", std::string());
+    if (!secret.empty()) {
+        std::error_code ec;
+        fs::remove(secret, ec);
+    }
 }
 
 std::string LiveCluster::start_coordinator(const std::string& model, const std::string& dir,
