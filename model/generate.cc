@@ -42,6 +42,20 @@ Status prefill(const StepFn& step, const GenerateRequest& req, GenerateResult* r
     }
     return ok_status();
 }
+// Records one emitted token and tells the caller's callback; false when generation stops with it
+// (EOS unless ignored, a stop token id, or the callback said so): finish_reason becomes "stop".
+bool record_token(const GenerateRequest& req, const OnToken& on_token, const SampleResult& s, GenerateResult* result) {
+    result->tokens.push_back(s.token);
+    result->samples.push_back(s);
+    const bool is_stop_id = std::find(req.params.stop_token_ids.begin(), req.params.stop_token_ids.end(), s.token) !=
+                            req.params.stop_token_ids.end();
+    const bool keep_going = on_token ? on_token(s.token) : true;
+    if ((s.token == req.eos_id && !req.params.ignore_eos) || is_stop_id || !keep_going) {
+        result->finish_reason = "stop";
+        return false;
+    }
+    return true;
+}
 }  // namespace
 
 // Most drafts per step (the coordinator's --draft-tokens bound, control/protocol.h kMaxDraftTokens).
@@ -81,15 +95,7 @@ StatusOr<GenerateResult> generate(const StepFn& step, const GenerateRequest& req
     for (int64_t i = 0; i < max_tokens; ++i) {
         SampleResult s = sampler.sample(last_logits);
         sampler.accept(s.token);
-        result.tokens.push_back(s.token);
-        result.samples.push_back(s);
-        const bool is_stop_id = std::find(req.params.stop_token_ids.begin(), req.params.stop_token_ids.end(),
-                                          s.token) != req.params.stop_token_ids.end();
-        const bool keep_going = on_token ? on_token(s.token) : true;
-        if ((s.token == req.eos_id && !req.params.ignore_eos) || is_stop_id || !keep_going) {
-            result.finish_reason = "stop";
-            break;
-        }
+        if (!record_token(req, on_token, s, &result)) break;
         if (i + 1 == max_tokens) {
             break;
         }
@@ -138,16 +144,7 @@ StatusOr<GenerateResult> generate_speculative(const StepFn& step, const DraftFn&
     result.finish_reason = "length";
     // Records one emitted token; false when generation ends with it.
     auto take = [&](const SampleResult& s) {
-        result.tokens.push_back(s.token);
-        result.samples.push_back(s);
-        const bool is_stop_id = std::find(req.params.stop_token_ids.begin(), req.params.stop_token_ids.end(),
-                                          s.token) != req.params.stop_token_ids.end();
-        const bool keep_going = on_token ? on_token(s.token) : true;
-        if ((s.token == req.eos_id && !req.params.ignore_eos) || is_stop_id || !keep_going) {
-            result.finish_reason = "stop";
-            return false;
-        }
-        return static_cast<int64_t>(result.tokens.size()) < max_tokens;
+        return record_token(req, on_token, s, &result) && static_cast<int64_t>(result.tokens.size()) < max_tokens;
     };
     // Drafts worth asking for: verifying d drafts emits at most d + 1 tokens.
     auto drafts_wanted = [&] {
