@@ -95,7 +95,7 @@ echo "Thrift answer: $THRIFT_ANSWER"
 python3 -c 'import json,sys; r=json.loads(sys.argv[1][sys.argv[1].index("{"):]); assert r["tokens"], "no tokens"' "$THRIFT_ANSWER" \
   || fail "bad Thrift answer"
 
-step 7 "stop: SIGTERM to deepshard-launch (shard job, then coordinator)"
+step 7 "stop: SIGTERM to deepshard-launch (the coordinator drains, then the shard job stops)"
 stop_launcher || fail "deepshard-launch did not shut down cleanly"
 cat <<EOF
 
