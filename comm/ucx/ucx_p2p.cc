@@ -16,13 +16,13 @@ Status ucs_error(ucs_status_t st, const char* expr, const char* file, int line) 
 
 // ---- RAII handles ----------------------------------------------------------------------------
 
-StatusOr<UcxContext> UcxContext::create() {
+StatusOr<UcxContext> UcxContext::create(uint64_t features) {
     ucp_config_t* config = nullptr;
     DS_UCS_RETURN_IF_ERROR(ucp_config_read(nullptr, nullptr, &config));
     ucp_params_t params;
     std::memset(&params, 0, sizeof(params));
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-    params.features = UCP_FEATURE_TAG;
+    params.features = features;
     params.mt_workers_shared = 0;
     ucp_context_h ctx = nullptr;
     ucs_status_t st = ucp_init(&params, config, &ctx);

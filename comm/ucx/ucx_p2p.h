@@ -44,8 +44,8 @@ namespace deepshard::comm {
 
 class UcxContext {
 public:
-    // ucp_init with the tag-matching feature; reads UCX_* environment variables.
-    static StatusOr<UcxContext> create();
+    // ucp_init with `features` (UCP_FEATURE_*; tag matching by default); reads UCX_* environment variables.
+    static StatusOr<UcxContext> create(uint64_t features = UCP_FEATURE_TAG);
     UcxContext(UcxContext&& o) noexcept : ctx_(o.ctx_) { o.ctx_ = nullptr; }
     UcxContext& operator=(UcxContext&& o) noexcept;
     UcxContext(const UcxContext&) = delete;
