@@ -38,6 +38,10 @@ constexpr uint32_t kReplyMagic = 0x5052564bu;    // "KVRP"
 constexpr uint16_t kWireVersion = 1;
 constexpr unsigned kRequestAmId = 7;  // UCX keeps AM handlers in an array indexed by id: keep it small
 constexpr size_t kRecentlyGone = 1024;  // remembered dropped ids, so errors can say "expired"/"evicted"
+// After a fetch's deadline its receive stays posted this long before it is cancelled, so that a
+// reply already on its way lands in the (abandoned) fetch's own buffer and the exporter's send
+// completes, instead of parking in UCX's unexpected queue and pinning the exporter's staged rows.
+constexpr std::chrono::seconds kLateReplyGrace{10};
 
 struct WireRequest {
     uint32_t magic;
@@ -150,6 +154,7 @@ struct FetchState {
     class KvTransfer::Impl* owner = nullptr;
     Peer* peer = nullptr;
     void* recv_req = nullptr;
+    SteadyClock::time_point cancel_at = SteadyClock::time_point::max();
     // Shared with the waiting caller.
     std::mutex mu;
     std::condition_variable cv;
@@ -431,12 +436,20 @@ void KvTransfer::Impl::run() {
         }
         handle_failed_peers();
         reap_closing();
-        // Deadlines: the caller has already returned; cancel its receive so UCX lets go of it.
+        // Deadlines: the caller returns on its own; its receive is cancelled after the grace.
         const auto now = SteadyClock::now();
         std::vector<std::shared_ptr<FetchState>> late;
         for (auto& [tag, f] : pending_) {
-            std::lock_guard<std::mutex> lock(f->mu);
-            if (f->abandoned || now >= f->deadline) {
+            bool expired = false;
+            {
+                std::lock_guard<std::mutex> lock(f->mu);
+                expired = !f->done && (f->abandoned || now >= f->deadline);
+            }
+            if (expired) {
+                finish(*f, deadline_exceeded(f->what + ": deadline passed"));
+                f->cancel_at = now + kLateReplyGrace;
+            }
+            if (now >= f->cancel_at) {
                 late.push_back(f);
             }
         }
@@ -454,11 +467,11 @@ void KvTransfer::Impl::run() {
     shutdown();
 }
 
-// Sleeps until UCX or a caller has something for us. The timeouts are only a safety net (2 ms
-// while requests are in flight, 100 ms idle for the ttl sweep), so an idle KvTransfer costs ~10
-// wakeups a second.
+// Sleeps until UCX or a caller has something for us (a caller whose deadline passes writes the
+// eventfd too). The timeouts are only a safety net against a missed event (10 ms while requests are
+// in flight, 100 ms idle for the ttl sweep), so an idle KvTransfer costs ~10 wakeups a second.
 bool KvTransfer::Impl::wait_for_events() {
-    int timeout_ms = (pending_.empty() && inflight_ == 0 && closing_.empty()) ? 100 : 2;
+    int timeout_ms = (pending_.empty() && inflight_ == 0 && closing_.empty()) ? 100 : 10;
     if (worker_fd_ >= 0) {
         ucs_status_t st = ucp_worker_arm(worker_->get());
         if (st == UCS_ERR_BUSY) {
@@ -578,7 +591,7 @@ void KvTransfer::Impl::launch(const std::shared_ptr<FetchState>& f) {
         delete send_ref;  // completed in place
     } else if (UCS_PTR_IS_ERR(s)) {
         delete send_ref;
-        fail_fetch(*f, unavailable(f->what + ": sending the request failed: " + ucs_status_string(UCS_PTR_STATUS(s))));
+        fail_fetch(*f, unavailable(f->what + ": cannot reach the exporter: " + ucs_status_string(UCS_PTR_STATUS(s))));
     } else {
         ++inflight_;
     }
@@ -592,7 +605,7 @@ void KvTransfer::Impl::on_request_sent(void* request, ucs_status_t st, void* use
     Impl* self = f->owner;
     --self->inflight_;
     if (st != UCS_OK && st != UCS_ERR_CANCELED) {
-        self->fail_fetch(*f, unavailable(f->what + ": sending the request failed: " + ucs_status_string(st)));
+        self->fail_fetch(*f, unavailable(f->what + ": cannot reach the exporter: " + ucs_status_string(st)));
     }
 }
 
