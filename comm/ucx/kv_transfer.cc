@@ -13,261 +13,13 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstring>
-#include <deque>
-#include <map>
-#include <mutex>
 #include <new>
-#include <optional>
-#include <thread>
-#include <type_traits>
-#include <unordered_map>
 
-#include "comm/ucx/ucx_p2p.h"
+#include "comm/ucx/kv_transfer_impl.h"
 #include "common/logging.h"
 
 namespace deepshard::comm {
-namespace {
-
-using SteadyClock = std::chrono::steady_clock;
-
-constexpr uint32_t kRequestMagic = 0x5152564bu;  // "KVRQ"
-constexpr uint32_t kReplyMagic = 0x5052564bu;    // "KVRP"
-constexpr uint16_t kWireVersion = 1;
-constexpr unsigned kRequestAmId = 7;  // UCX keeps AM handlers in an array indexed by id: keep it small
-constexpr size_t kRecentlyGone = 1024;  // remembered dropped ids, so errors can say "expired"/"evicted"
-// After a fetch's deadline its receive stays posted this long before it is cancelled, so that a
-// reply already on its way lands in the (abandoned) fetch's own buffer and the exporter's send
-// completes, instead of parking in UCX's unexpected queue and pinning the exporter's staged rows.
-constexpr std::chrono::seconds kLateReplyGrace{10};
-
-struct WireRequest {
-    uint32_t magic;
-    uint16_t version;
-    uint16_t reserved;
-    uint64_t transfer_id;
-    uint64_t reply_tag;
-    uint8_t key[16];
-    int32_t layer_begin;
-    int32_t layer_end;
-    int64_t pos_begin;
-    int64_t pos_end;
-    int64_t row_bytes;
-};
-static_assert(std::is_trivially_copyable_v<WireRequest> && sizeof(WireRequest) == 72);
-
-struct WireReply {
-    uint32_t magic;
-    uint16_t version;
-    uint16_t reserved;
-    uint64_t reply_tag;
-    int32_t code;  // StatusCode; 0 = rows follow
-    uint32_t reserved2;
-    uint64_t data_bytes;
-    char message[224];  // NUL-terminated reason when code != 0
-};
-static_assert(std::is_trivially_copyable_v<WireReply> && sizeof(WireReply) == 256);
-
-// a * b * c for non-negative factors; false on overflow.
-bool checked_bytes(int64_t a, int64_t b, int64_t c, int64_t* out) {
-    int64_t ab = 0;
-    return a >= 0 && b >= 0 && c >= 0 && !__builtin_mul_overflow(a, b, &ab) && !__builtin_mul_overflow(ab, c, out);
-}
-
-std::string range_str(int64_t b, int64_t e) {
-    return "[" + std::to_string(b) + ", " + std::to_string(e) + ")";
-}
-
-// IP literal + port -> sockaddr (no DNS: the coordinator hands out addresses, and a resolver call
-// could block the caller for seconds).
-StatusOr<std::pair<sockaddr_storage, socklen_t>> make_sockaddr(const std::string& host, uint16_t port) {
-    sockaddr_storage ss;
-    std::memset(&ss, 0, sizeof(ss));
-    auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons(port);
-        return std::make_pair(ss, static_cast<socklen_t>(sizeof(sockaddr_in)));
-    }
-    if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons(port);
-        return std::make_pair(ss, static_cast<socklen_t>(sizeof(sockaddr_in6)));
-    }
-    return invalid_argument("'" + host + "' is not an IPv4 or IPv6 address");
-}
-
-// "IP:PORT" or "[IPv6]:PORT" -> sockaddr.
-StatusOr<std::pair<sockaddr_storage, socklen_t>> parse_endpoint(const std::string& ep) {
-    const size_t colon = ep.rfind(':');
-    if (colon == std::string::npos || colon == 0 || colon + 1 >= ep.size() || ep.size() - colon > 6) {
-        return invalid_argument("endpoint '" + ep + "' is not IP:PORT");
-    }
-    std::string host = ep.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-        host = host.substr(1, host.size() - 2);
-    }
-    uint32_t port = 0;
-    for (size_t i = colon + 1; i < ep.size(); ++i) {
-        if (ep[i] < '0' || ep[i] > '9') {
-            return invalid_argument("endpoint '" + ep + "' has a bad port");
-        }
-        port = port * 10 + static_cast<uint32_t>(ep[i] - '0');
-    }
-    if (port == 0 || port > 65535) {
-        return invalid_argument("endpoint '" + ep + "' has a bad port");
-    }
-    return make_sockaddr(host, static_cast<uint16_t>(port));
-}
-
-struct Staged {
-    KvKey key;
-    int32_t layer_begin = 0;
-    int32_t layer_end = 0;
-    int64_t positions = 0;
-    int64_t row_bytes = 0;
-    std::vector<uint8_t> data;
-    SteadyClock::time_point expires;
-    uint64_t seq = 0;  // staging order: with one ttl for all, also expiry order
-};
-
-struct Peer;
-
-// One fetch. Owned jointly by the caller (waiting), the progress thread's pending map and each UCX
-// request's user_data: a request that cannot be cancelled (a reply already streaming in) keeps the
-// receive buffers alive until UCX lets go, so a timed-out caller's memory is never written.
-struct FetchState {
-    // Set before queuing, read-only afterwards.
-    std::string endpoint;
-    std::string what;  // "kv fetch of transfer N from EP", prefix of every error
-    WireRequest req{};  // also the AM header buffer: must live until the send completes
-    size_t expected = 0;
-    SteadyClock::time_point deadline;
-    // Receive targets.
-    WireReply reply{};
-    std::vector<uint8_t> out;
-    ucp_dt_iov_t iov[2]{};
-    // Progress thread only.
-    class KvTransfer::Impl* owner = nullptr;
-    Peer* peer = nullptr;
-    void* recv_req = nullptr;
-    SteadyClock::time_point cancel_at = SteadyClock::time_point::max();
-    // Shared with the waiting caller.
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
-    bool abandoned = false;  // the caller gave up (deadline); its result no longer matters
-    Status result;
-};
-
-// One UCX endpoint, client (cached by endpoint string) or server (accepted). Heap-stable: it is
-// the endpoint's error-handler argument until the endpoint is closed.
-struct Peer {
-    class KvTransfer::Impl* owner = nullptr;
-    std::string name;
-    bool server = false;
-    ucp_ep_h ep = nullptr;
-    bool failed = false;
-    ucs_status_t fail_status = UCS_OK;
-};
-
-// The exporter's answer to one request: header + the staged rows it points into (kept alive here).
-struct ReplyCtx {
-    class KvTransfer::Impl* owner = nullptr;
-    WireReply hdr{};
-    std::shared_ptr<const Staged> staged;
-    std::vector<ucp_dt_iov_t> iov;
-};
-
-struct Incoming {
-    WireRequest req;
-    ucp_ep_h reply_ep;
-};
-
-}  // namespace
-
-class KvTransfer::Impl {
-public:
-    explicit Impl(const KvTransferOptions& o) : opts_(o) {}
-    ~Impl();
-    Status init();
-
-    std::string endpoint_;  // set by init(), read-only afterwards
-
-    // Caller side.
-    Status stage(uint64_t id, const KvKey& key, int32_t lb, int32_t le, int64_t positions, int64_t row_bytes,
-                 std::vector<uint8_t> data);
-    void drop(uint64_t id);
-    StatusOr<std::vector<uint8_t>> fetch(const std::string& ep, uint64_t id, const KvKey& key, int32_t lb, int32_t le,
-                                         int64_t pb, int64_t pe, int64_t row_bytes, SteadyClock::time_point deadline);
-    KvTransferStats stats();
-
-    // UCX callbacks (progress thread).
-    static void on_conn_request(ucp_conn_request_h req, void* arg);
-    static void on_peer_error(void* arg, ucp_ep_h ep, ucs_status_t st);
-    static ucs_status_t on_request_am(void* arg, const void* header, size_t header_length, void* data, size_t length,
-                                      const ucp_am_recv_param_t* param);
-    static void on_request_sent(void* request, ucs_status_t st, void* user_data);
-    static void on_reply_received(void* request, ucs_status_t st, const ucp_tag_recv_info_t* info, void* user_data);
-    static void on_reply_sent(void* request, ucs_status_t st, void* user_data);
-
-private:
-    // Progress thread.
-    void run();
-    bool wait_for_events();
-    void launch(const std::shared_ptr<FetchState>& f);
-    void fail_fetch(FetchState& f, Status s);
-    void finish(FetchState& f, Status s);
-    void reply_done(FetchState& f, ucs_status_t st, size_t length);
-    void serve(const Incoming& in);
-    Status validate_locked(const WireRequest& r, std::shared_ptr<const Staged>* out, int64_t* bytes);
-    StatusOr<Peer*> client_peer(const std::string& ep);
-    void accept(ucp_conn_request_h req);
-    void handle_failed_peers();
-    void close_peer(Peer* p, bool force);
-    void reap_closing();
-    void shutdown();
-
-    // Under mu_.
-    void sweep_locked(SteadyClock::time_point now);
-    void remove_locked(uint64_t id, const char* why);
-
-    const KvTransferOptions opts_;
-    std::optional<UcxContext> context_;
-    std::optional<UcxWorker> worker_;
-    ucp_listener_h listener_ = nullptr;
-    int event_fd_ = -1;   // wakes the progress thread (new fetch, shutdown)
-    int epoll_fd_ = -1;
-    int worker_fd_ = -1;  // ucp_worker_get_efd, -1 when the transports cannot signal (then we poll)
-    std::thread thread_;
-    std::atomic<bool> stop_{false};
-    std::atomic<uint64_t> next_tag_{1};
-
-    // Fetches handed to the progress thread.
-    std::mutex queue_mu_;
-    std::vector<std::shared_ptr<FetchState>> queue_;
-
-    // Staged transfers and counters.
-    mutable std::mutex mu_;
-    std::unordered_map<uint64_t, std::shared_ptr<const Staged>> staged_;
-    std::map<uint64_t, uint64_t> order_;  // seq -> id, oldest first
-    std::deque<std::pair<uint64_t, const char*>> gone_;
-    uint64_t next_seq_ = 0;
-    KvTransferStats stats_;
-
-    // Progress-thread state.
-    std::unordered_map<uint64_t, std::shared_ptr<FetchState>> pending_;  // by reply tag
-    std::unordered_map<std::string, Peer*> clients_;
-    std::unordered_map<Peer*, std::unique_ptr<Peer>> peers_;
-    std::vector<ucp_conn_request_h> conn_requests_;
-    std::vector<Incoming> incoming_;
-    std::vector<Peer*> failed_;
-    std::vector<std::pair<void*, Peer*>> closing_;
-    size_t inflight_ = 0;  // our UCX requests whose callback has not run yet
-};
 
 // ---- setup / teardown ------------------------------------------------------------------------
 
@@ -609,7 +361,9 @@ void KvTransfer::Impl::on_request_sent(void* request, ucs_status_t st, void* use
     }
 }
 
-void KvTransfer::Impl::on_reply_received(void* request, ucs_status_t st, const ucp_tag_recv_info_t* info,
+void KvTransfer::Impl::on_reply_received(void* request,
+                                         ucs_status_t st,
+                                         const ucp_tag_recv_info_t* info,
                                          void* user_data) {
     auto* ref = static_cast<std::shared_ptr<FetchState>*>(user_data);
     std::shared_ptr<FetchState> f = std::move(*ref);
@@ -675,8 +429,12 @@ void KvTransfer::Impl::accept(ucp_conn_request_h req) {
     peers_[p] = std::move(peer);
 }
 
-ucs_status_t KvTransfer::Impl::on_request_am(void* arg, const void* header, size_t header_length, void* /*data*/,
-                                             size_t length, const ucp_am_recv_param_t* param) {
+ucs_status_t KvTransfer::Impl::on_request_am(void* arg,
+                                             const void* header,
+                                             size_t header_length,
+                                             void* /*data*/,
+                                             size_t length,
+                                             const ucp_am_recv_param_t* param) {
     auto* self = static_cast<Impl*>(arg);
     // Without a reply endpoint or with the wrong size we cannot even answer safely: count and drop.
     if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || param->reply_ep == nullptr ||
@@ -692,48 +450,6 @@ ucs_status_t KvTransfer::Impl::on_request_am(void* arg, const void* header, size
     in.reply_ep = param->reply_ep;
     self->incoming_.push_back(in);
     return UCS_OK;
-}
-
-Status KvTransfer::Impl::validate_locked(const WireRequest& r, std::shared_ptr<const Staged>* out, int64_t* bytes) {
-    if (r.magic != kRequestMagic || r.version != kWireVersion) {
-        return protocol_error("request wire version " + std::to_string(r.version) + ", exporter speaks " +
-                              std::to_string(kWireVersion));
-    }
-    const std::string id = "transfer " + std::to_string(r.transfer_id);
-    auto it = staged_.find(r.transfer_id);
-    if (it == staged_.end()) {
-        for (auto g = gone_.rbegin(); g != gone_.rend(); ++g) {
-            if (g->first == r.transfer_id) {
-                return not_found(id + " is no longer staged (" + g->second + ")");
-            }
-        }
-        return not_found("unknown " + id + " (never staged here, or dropped long ago)");
-    }
-    const Staged& s = *it->second;
-    uint8_t diff = 0;  // constant time: the comparison must not leak how many key bytes matched
-    for (size_t i = 0; i < s.key.size(); ++i) {
-        diff |= static_cast<uint8_t>(s.key[i] ^ r.key[i]);
-    }
-    if (diff != 0) {
-        return invalid_argument("wrong key for " + id);
-    }
-    if (r.row_bytes != s.row_bytes) {
-        return invalid_argument("row_bytes " + std::to_string(r.row_bytes) + " does not match the staged row_bytes " +
-                                std::to_string(s.row_bytes) + " of " + id);
-    }
-    if (r.layer_begin >= r.layer_end || r.layer_begin < s.layer_begin || r.layer_end > s.layer_end) {
-        return invalid_argument("layers " + range_str(r.layer_begin, r.layer_end) + " outside the staged layers " +
-                                range_str(s.layer_begin, s.layer_end) + " of " + id);
-    }
-    if (r.pos_begin < 0 || r.pos_begin >= r.pos_end || r.pos_end > s.positions) {
-        return invalid_argument("positions " + range_str(r.pos_begin, r.pos_end) + " outside the staged positions " +
-                                range_str(0, s.positions) + " of " + id);
-    }
-    if (!checked_bytes(int64_t{r.layer_end} - r.layer_begin, r.pos_end - r.pos_begin, r.row_bytes, bytes)) {
-        return invalid_argument("request size overflows");
-    }
-    *out = it->second;
-    return ok_status();
 }
 
 void KvTransfer::Impl::serve(const Incoming& in) {
@@ -831,8 +547,9 @@ void KvTransfer::Impl::handle_failed_peers() {
                 }
             }
             for (auto& f : lost) {
-                fail_fetch(*f, unavailable(f->what + ": connection to the exporter failed: " +
-                                           ucs_status_string(p->fail_status)));
+                fail_fetch(
+                    *f,
+                    unavailable(f->what + ": connection to the exporter failed: " + ucs_status_string(p->fail_status)));
             }
         }
         close_peer(p, true);
@@ -877,90 +594,17 @@ void KvTransfer::Impl::reap_closing() {
     }
 }
 
-// ---- staging ---------------------------------------------------------------------------------
-
-void KvTransfer::Impl::remove_locked(uint64_t id, const char* why) {
-    auto it = staged_.find(id);
-    if (it == staged_.end()) {
-        return;
-    }
-    stats_.staged_bytes -= it->second->data.size();
-    order_.erase(it->second->seq);
-    staged_.erase(it);
-    gone_.emplace_back(id, why);
-    if (gone_.size() > kRecentlyGone) {
-        gone_.pop_front();
-    }
-}
-
-void KvTransfer::Impl::sweep_locked(SteadyClock::time_point now) {
-    while (!order_.empty()) {
-        auto it = staged_.find(order_.begin()->second);
-        if (it->second->expires > now) {
-            break;
-        }
-        ++stats_.expired;
-        remove_locked(it->first, "expired: ttl passed");
-    }
-}
-
-Status KvTransfer::Impl::stage(uint64_t id, const KvKey& key, int32_t lb, int32_t le, int64_t positions,
-                               int64_t row_bytes, std::vector<uint8_t> data) {
-    const std::string what = "kv stage of transfer " + std::to_string(id);
-    int64_t bytes = 0;
-    if (lb < 0 || lb >= le || positions <= 0 || row_bytes <= 0 ||
-        !checked_bytes(int64_t{le} - lb, positions, row_bytes, &bytes)) {
-        return invalid_argument(what + ": bad shape: layers " + range_str(lb, le) + ", " + std::to_string(positions) +
-                                " positions, row_bytes " + std::to_string(row_bytes));
-    }
-    if (static_cast<uint64_t>(bytes) != data.size()) {
-        return invalid_argument(what + ": shape implies " + std::to_string(bytes) + " bytes, data has " +
-                                std::to_string(data.size()));
-    }
-    if (data.size() > opts_.max_staged_bytes) {
-        return resource_exhausted(what + ": " + std::to_string(data.size()) + " bytes exceed max_staged_bytes " +
-                                  std::to_string(opts_.max_staged_bytes));
-    }
-    auto s = std::make_shared<Staged>();
-    s->key = key;
-    s->layer_begin = lb;
-    s->layer_end = le;
-    s->positions = positions;
-    s->row_bytes = row_bytes;
-    s->data = std::move(data);
-    const auto now = SteadyClock::now();
-    s->expires = now + opts_.ttl;
-    std::lock_guard<std::mutex> lock(mu_);
-    sweep_locked(now);
-    remove_locked(id, "replaced");
-    while (!order_.empty() && stats_.staged_bytes + s->data.size() > opts_.max_staged_bytes) {
-        ++stats_.evicted;
-        remove_locked(order_.begin()->second, "evicted by the staging bound");
-    }
-    s->seq = next_seq_++;
-    stats_.staged_bytes += s->data.size();
-    ++stats_.staged;
-    order_[s->seq] = id;
-    staged_[id] = std::move(s);
-    return ok_status();
-}
-
-void KvTransfer::Impl::drop(uint64_t id) {
-    std::lock_guard<std::mutex> lock(mu_);
-    remove_locked(id, "dropped");
-}
-
-KvTransferStats KvTransfer::Impl::stats() {
-    std::lock_guard<std::mutex> lock(mu_);
-    sweep_locked(SteadyClock::now());
-    return stats_;
-}
-
 // ---- importer entry point --------------------------------------------------------------------
 
-StatusOr<std::vector<uint8_t>> KvTransfer::Impl::fetch(const std::string& ep, uint64_t id, const KvKey& key,
-                                                       int32_t lb, int32_t le, int64_t pb, int64_t pe,
-                                                       int64_t row_bytes, SteadyClock::time_point deadline) {
+StatusOr<std::vector<uint8_t>> KvTransfer::Impl::fetch(const std::string& ep,
+                                                       uint64_t id,
+                                                       const KvKey& key,
+                                                       int32_t lb,
+                                                       int32_t le,
+                                                       int64_t pb,
+                                                       int64_t pe,
+                                                       int64_t row_bytes,
+                                                       SteadyClock::time_point deadline) {
     auto f = std::make_shared<FetchState>();
     f->what = "kv fetch of transfer " + std::to_string(id) + " from " + ep;
     int64_t bytes = 0;
@@ -1028,28 +672,32 @@ StatusOr<std::unique_ptr<KvTransfer>> KvTransfer::start(const KvTransferOptions&
     return std::unique_ptr<KvTransfer>(new KvTransfer(std::move(impl)));
 }
 
-std::string KvTransfer::endpoint() const {
-    return impl_->endpoint_;
-}
+std::string KvTransfer::endpoint() const { return impl_->endpoint_; }
 
-Status KvTransfer::stage(uint64_t transfer_id, const KvKey& key, int32_t layer_begin, int32_t layer_end,
-                         int64_t positions, int64_t row_bytes, std::vector<uint8_t> data) {
+Status KvTransfer::stage(uint64_t transfer_id,
+                         const KvKey& key,
+                         int32_t layer_begin,
+                         int32_t layer_end,
+                         int64_t positions,
+                         int64_t row_bytes,
+                         std::vector<uint8_t> data) {
     return impl_->stage(transfer_id, key, layer_begin, layer_end, positions, row_bytes, std::move(data));
 }
 
-void KvTransfer::drop(uint64_t transfer_id) {
-    impl_->drop(transfer_id);
-}
+void KvTransfer::drop(uint64_t transfer_id) { impl_->drop(transfer_id); }
 
-StatusOr<std::vector<uint8_t>> KvTransfer::fetch(const std::string& endpoint, uint64_t transfer_id, const KvKey& key,
-                                                 int32_t layer_begin, int32_t layer_end, int64_t pos_begin,
-                                                 int64_t pos_end, int64_t row_bytes,
+StatusOr<std::vector<uint8_t>> KvTransfer::fetch(const std::string& endpoint,
+                                                 uint64_t transfer_id,
+                                                 const KvKey& key,
+                                                 int32_t layer_begin,
+                                                 int32_t layer_end,
+                                                 int64_t pos_begin,
+                                                 int64_t pos_end,
+                                                 int64_t row_bytes,
                                                  std::chrono::steady_clock::time_point deadline) {
     return impl_->fetch(endpoint, transfer_id, key, layer_begin, layer_end, pos_begin, pos_end, row_bytes, deadline);
 }
 
-KvTransferStats KvTransfer::stats() const {
-    return impl_->stats();
-}
+KvTransferStats KvTransfer::stats() const { return impl_->stats(); }
 
 }  // namespace deepshard::comm

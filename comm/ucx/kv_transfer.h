@@ -37,9 +37,9 @@ struct KvTransferOptions {
     // IPv4 / IPv6 literal to bind the exporter's UCX listener to ("" = no listener: fetch-only).
     // No name resolution: bind a specific interface address so that endpoint() is connectable.
     std::string listen_host;
-    uint16_t listen_port = 0;                // 0 = any free port
-    size_t max_staged_bytes = 1ull << 30;    // staging bound; staging beyond it drops the oldest transfers
-    std::chrono::milliseconds ttl{60000};    // a staged transfer is dropped this long after staging
+    uint16_t listen_port = 0;              // 0 = any free port
+    size_t max_staged_bytes = 1ull << 30;  // staging bound; staging beyond it drops the oldest transfers
+    std::chrono::milliseconds ttl{60000};  // a staged transfer is dropped this long after staging
 };
 
 struct KvTransferStats {
@@ -70,8 +70,13 @@ public:
     // layer_end) and positions [0, positions). Re-staging an id replaces it. kInvalidArgument if the
     // shape does not match data.size(); kResourceExhausted if this transfer alone exceeds the bound.
     // Non-blocking (no network).
-    Status stage(uint64_t transfer_id, const KvKey& key, int32_t layer_begin, int32_t layer_end, int64_t positions,
-                 int64_t row_bytes, std::vector<uint8_t> data);
+    Status stage(uint64_t transfer_id,
+                 const KvKey& key,
+                 int32_t layer_begin,
+                 int32_t layer_end,
+                 int64_t positions,
+                 int64_t row_bytes,
+                 std::vector<uint8_t> data);
     // Forgets a staged transfer (no-op if unknown). Replies already in flight still complete.
     void drop(uint64_t transfer_id);
 
@@ -82,9 +87,15 @@ public:
     // outside what was staged, row_bytes mismatch, bad arguments), kUnavailable (peer unreachable or
     // lost), kDeadlineExceeded, kProtocol (malformed reply). A reply arriving after a timeout never
     // touches memory the caller owns. Connections are cached per endpoint string and dropped on error.
-    StatusOr<std::vector<uint8_t>> fetch(const std::string& endpoint, uint64_t transfer_id, const KvKey& key,
-                                         int32_t layer_begin, int32_t layer_end, int64_t pos_begin, int64_t pos_end,
-                                         int64_t row_bytes, std::chrono::steady_clock::time_point deadline);
+    StatusOr<std::vector<uint8_t>> fetch(const std::string& endpoint,
+                                         uint64_t transfer_id,
+                                         const KvKey& key,
+                                         int32_t layer_begin,
+                                         int32_t layer_end,
+                                         int64_t pos_begin,
+                                         int64_t pos_end,
+                                         int64_t row_bytes,
+                                         std::chrono::steady_clock::time_point deadline);
 
     KvTransferStats stats() const;
 

@@ -54,8 +54,13 @@ std::vector<uint8_t> random_bytes(uint64_t seed, size_t n) {
 }
 
 // Rows [lb, le) x [pb, pe) of a [layer_begin..][positions][kRowBytes] buffer.
-std::vector<uint8_t> slice(const std::vector<uint8_t>& all, int32_t layer_begin, int64_t positions, int32_t lb,
-                           int32_t le, int64_t pb, int64_t pe) {
+std::vector<uint8_t> slice(const std::vector<uint8_t>& all,
+                           int32_t layer_begin,
+                           int64_t positions,
+                           int32_t lb,
+                           int32_t le,
+                           int64_t pb,
+                           int64_t pe) {
     std::vector<uint8_t> out;
     for (int32_t l = lb; l < le; ++l) {
         const size_t off = static_cast<size_t>(((l - layer_begin) * positions + pb) * kRowBytes);
@@ -79,13 +84,9 @@ std::unique_ptr<KvTransfer> exporter(size_t max_bytes = 1ull << 30, milliseconds
     return start_or_die(o);
 }
 
-std::unique_ptr<KvTransfer> importer() {
-    return start_or_die(KvTransferOptions{});
-}
+std::unique_ptr<KvTransfer> importer() { return start_or_die(KvTransferOptions{}); }
 
-SteadyClock::time_point in(milliseconds d) {
-    return SteadyClock::now() + d;
-}
+SteadyClock::time_point in(milliseconds d) { return SteadyClock::now() + d; }
 
 // The shape every test stages: 8 layers [3, 11) x 300 positions x 2304 B = 5.5 MB.
 constexpr int32_t kLb = 3;
