@@ -232,6 +232,82 @@ bool get_kv_ops(Reader& r, KvOps* k) {
     return true;
 }
 
+constexpr uint32_t kMaxEndpointBytes = 256;  // "IP:PORT", with room for IPv6 and a scope
+constexpr uint32_t kMaxKvSources = 65536;    // one per exporting stage at most (layers)
+
+void put_sources(Writer& w, const std::vector<KvSource>& v) {
+    w.put<uint32_t>(static_cast<uint32_t>(v.size()));
+    for (const KvSource& src : v) {
+        w.put(src.layer_begin);
+        w.put(src.layer_end);
+        w.str(src.endpoint);
+    }
+}
+
+// `groups` lists of sources, each covering the layers from 0 in order without gaps or overlaps
+// (KvImport.sources: one list; Hello.kv_exports: one per KV domain, or none when `may_be_empty`).
+bool get_sources(Reader& r, const char* field, uint32_t groups, bool may_be_empty, std::vector<KvSource>* out) {
+    const std::string f = field;
+    uint32_t n = 0;
+    if (!(r.count(&n, kMaxKvSources, 4 + 4 + 4, field) && r.check(n > 0 || may_be_empty, f + " is empty") &&
+          r.check(groups >= 1 && n % groups == 0, f + " holds " + std::to_string(n) + " sources for " +
+                                                      std::to_string(groups) + " KV domains"))) {
+        return false;
+    }
+    out->resize(n);
+    uint32_t next = 0;
+    for (KvSource& src : *out) {
+        if (!(r.get(&src.layer_begin, field) && r.get(&src.layer_end, field) &&
+              r.check((src.layer_begin == next || src.layer_begin == 0) && src.layer_end > src.layer_begin &&
+                          src.layer_end <= 65536,
+                      f + " must cover the layers in order, without gaps or overlaps") &&
+              r.str(&src.endpoint, kMaxEndpointBytes, field) && r.check(!src.endpoint.empty(), f + ": empty endpoint"))) {
+            return false;
+        }
+        next = src.layer_end;
+    }
+    // Each group starts at layer 0 and ends where the first one does (the same model).
+    if (n > 0) {
+        const uint32_t per = n / groups;
+        for (uint32_t g = 0; g < groups; ++g) {
+            const KvSource& first = (*out)[g * per];
+            const KvSource& last = (*out)[g * per + per - 1];
+            if (!r.check(first.layer_begin == 0 && last.layer_end == (*out)[per - 1].layer_end,
+                         f + ": domain " + std::to_string(g) + " does not cover the same layers from 0")) {
+                return false;
+            }
+            for (uint32_t i = 1; i < per; ++i) {
+                if (!r.check((*out)[g * per + i].layer_begin == (*out)[g * per + i - 1].layer_end,
+                             f + " must cover the layers in order, without gaps or overlaps")) {
+                    return false;
+                }
+            }
+        }
+    }
+    return true;
+}
+
+// SeqWork.kv_export / kv_import and their rules (see protocol.h).
+bool get_transfer(Reader& r, SeqWork* s) {
+    if (!r.flag(&s->has_export, "seq.has_export")) return false;
+    if (s->has_export && !(r.get(&s->kv_export.transfer_id, "seq.kv_export.transfer_id") &&
+                           r.bytes(&s->kv_export.key, "seq.kv_export.key"))) {
+        return false;
+    }
+    if (!r.flag(&s->has_import, "seq.has_import")) return false;
+    if (s->has_import) {
+        if (!(r.get(&s->kv_import.transfer_id, "seq.kv_import.transfer_id") &&
+              r.bytes(&s->kv_import.key, "seq.kv_import.key") &&
+              get_sources(r, "seq.kv_import.sources", 1, false, &s->kv_import.sources))) {
+            return false;
+        }
+    }
+    const bool plain = !s->has_export && !s->has_import;
+    return r.check(plain || (s->sample == 0 && s->num_draft == 0 && s->propose == 0 && !(s->has_export && s->has_import)),
+                   "seq.kv_export / kv_import go only with a chunk that neither samples nor drafts (seq " +
+                       std::to_string(s->seq_id) + ")");
+}
+
 }  // namespace
 
 void encode(const AuthHello& m, std::string* out) {
@@ -265,6 +341,7 @@ void encode(const Hello& m, std::string* out) {
         w.put(m.kv_domains);
         w.put(m.resume_session);
         w.put(m.received);
+        put_sources(w, m.kv_exports);
     });
 }
 
@@ -298,6 +375,17 @@ void encode(const StepBatch& m, std::string* out) {
             }
             w.put(s.num_draft);
             w.put(s.propose);
+            w.put(s.has_export);
+            if (s.has_export) {
+                w.put(s.kv_export.transfer_id);
+                w.bytes(s.kv_export.key);
+            }
+            w.put(s.has_import);
+            if (s.has_import) {
+                w.put(s.kv_import.transfer_id);
+                w.bytes(s.kv_import.key);
+                put_sources(w, s.kv_import.sources);
+            }
         }
         put_kv_ops(w, m.kv);
     });
@@ -329,6 +417,7 @@ void encode(const StepResult& m, std::string* out) {
             w.put(k.cached_blocks);
             w.put(k.total_blocks);
         }
+        w.vec(m.import_failed);
     });
 }
 
@@ -399,7 +488,8 @@ StatusOr<Hello> decode_hello(const std::string& payload) {
         r.get(&m.vocab_size, "hello.vocab_size") && r.check(m.vocab_size >= 1, "hello.vocab_size is 0") &&
         r.str(&m.job_id, kMaxReasonBytes, "hello.job_id") && r.get(&m.kv_domains, "hello.kv_domains") &&
         r.check(m.kv_domains >= 1 && m.kv_domains <= m.world_size, "hello.kv_domains out of range [1, world_size]") &&
-        r.get(&m.resume_session, "hello.resume_session") && r.get(&m.received, "hello.received");
+        r.get(&m.resume_session, "hello.resume_session") && r.get(&m.received, "hello.received") &&
+        get_sources(r, "hello.kv_exports", m.kv_domains, true, &m.kv_exports);
     DS_RETURN_IF_ERROR(r.finish("Hello"));
     return m;
 }
@@ -482,7 +572,7 @@ StatusOr<StepBatch> decode_step_batch(const std::string& payload) {
                   r.check(s.num_draft <= kMaxDraftTokens && s.propose <= kMaxDraftTokens,
                           "seq.num_draft / seq.propose exceed " + std::to_string(kMaxDraftTokens)) &&
                   r.check(s.num_draft < s.tokens.size(), "seq.num_draft leaves no verified token") &&
-                  r.check(s.num_draft == 0 || s.sample, "seq.num_draft without sample"))) {
+                  r.check(s.num_draft == 0 || s.sample, "seq.num_draft without sample") && get_transfer(r, &s))) {
                 break;
             }
             // Disjointness: one sequence appears at most once per batch (checked cheaply for small n).
@@ -559,6 +649,7 @@ StatusOr<StepResult> decode_step_result(const std::string& payload) {
             }
         }
     }
+    r.vec(&m.import_failed, kMaxSeqsPerBatch, "step_result.import_failed");
     DS_RETURN_IF_ERROR(r.finish("StepResult"));
     return m;
 }

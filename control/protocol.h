@@ -37,7 +37,9 @@ namespace deepshard::control {
 inline constexpr uint32_t kMagic = 0x50435344;  // "DSCP"
 // 2: kv_domains, StepBatch.kv, StepResult.kv; authentication; resume.
 // 3: speculative decoding (SeqWork.num_draft / propose, SeqOutput.drafts, several outputs per sequence).
-inline constexpr uint16_t kVersion = 3;
+// 4: prefill/decode disaggregation (Hello.kv_endpoints, SeqWork.kv_export / kv_import,
+//    StepResult.import_failed).
+inline constexpr uint16_t kVersion = 4;
 // Most draft tokens a sequence may verify or ask for in one step (--draft-tokens).
 inline constexpr uint32_t kMaxDraftTokens = 16;
 // Payload limits per connection state (a peer's budget grows only as it proves who it is).
@@ -82,6 +84,25 @@ struct AuthProof {
     Mac client_mac{};  // proves the leader holds the secret
 };
 
+// Prefill/decode disaggregation (coordinator/engine.h "Disaggregation"). A capability key is
+// random per transfer and known to the coordinator and the two jobs only: an exporter serves rows
+// only to a fetch that presents it.
+using KvKey = std::array<uint8_t, 16>;
+struct KvExport {                     // prefill job: stage this sequence's KV after the chunk
+    uint64_t transfer_id = 0;
+    KvKey key{};
+};
+struct KvSource {                     // the exporter rank serving layers [layer_begin, layer_end)
+    uint32_t layer_begin = 0;
+    uint32_t layer_end = 0;
+    std::string endpoint;             // "IP:PORT" (Hello.kv_endpoints of the prefill job)
+};
+struct KvImport {                     // decode job: fetch this chunk's KV instead of computing it
+    uint64_t transfer_id = 0;
+    KvKey key{};
+    std::vector<KvSource> sources;    // sorted, disjoint, together every layer of the model
+};
+
 struct Hello {
     uint16_t version = kVersion;
     uint64_t model_fingerprint = 0;   // Checkpoint::fingerprint()
@@ -100,6 +121,10 @@ struct Hello {
     uint32_t kv_domains = 1;
     uint64_t resume_session = 0;      // non-zero: continue this session after a reconnect
     uint64_t received = 0;            // data frames received in that session so far
+    // Prefill/decode disaggregation: where a prefill job's KV exports are served, per KV domain
+    // (kv_domains groups in domain order, each covering every layer in order; the ranks holding a
+    // domain's sequences, comm/ucx/kv_transfer.h). Empty when the job exports nothing.
+    std::vector<KvSource> kv_exports;
 };
 
 struct HelloAck {
@@ -149,6 +174,16 @@ struct SeqWork {
     // many tokens for the next step (SeqOutput.drafts). Both are at most kMaxDraftTokens.
     uint8_t num_draft = 0;
     uint8_t propose = 0;
+    // Disaggregation (never with sample, drafts or each other). kv_export: a prefill job's last chunk
+    // of a prompt: after computing it, the ranks that serve the sequence stage rows [0, start_pos +
+    // tokens) of their layers under the transfer. kv_import: a decode job's chunk whose KV (positions
+    // [start_pos, start_pos + tokens)) is fetched from the prefill job instead of computed; a
+    // sequence whose fetch fails anywhere is listed in StepResult.import_failed and the coordinator
+    // has those positions computed instead (same KV, so the output is the same either way).
+    uint8_t has_export = 0;
+    KvExport kv_export;
+    uint8_t has_import = 0;
+    KvImport kv_import;
 };
 
 // Prefix caching and preemption (coordinator/kv_pool.h decides, model/kv_blocks.h executes).
@@ -215,6 +250,7 @@ struct StepResult {
     std::vector<SeqOutput> outputs;
     double step_seconds = 0;          // time the shard job spent on the step
     std::vector<KvReport> kv;         // one per domain (when ok)
+    std::vector<uint64_t> import_failed;  // sequences whose kv_import did not complete (their KV is reserved, not valid)
 };
 
 struct Heartbeat {

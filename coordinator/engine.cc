@@ -13,7 +13,16 @@ using std::chrono::milliseconds;
 
 Engine::Engine(EngineOptions options, ModelInfo model, std::shared_ptr<const model::Tokenizer> tokenizer)
     : options_(std::move(options)), model_(std::move(model)), tokenizer_(std::move(tokenizer)),
-      scheduler_(options_.scheduler) {}
+      main_(this, "shard job", options_.scheduler) {
+    if (!options_.prefill_listen.empty()) {
+        // Prefill legs never retry on their own: a lost prefill job's legs go to the decode job.
+        SchedulerOptions po = options_.scheduler;
+        po.retry = false;
+        po.draft_tokens = 0;
+        prefill_ = std::make_unique<Job>(this, "prefill job", po);
+        prefill_->unavailable_reason = "no prefill job has registered yet";
+    }
+}
 
 StatusOr<std::unique_ptr<Engine>> Engine::start(EngineOptions options, ModelInfo model,
                                                 std::shared_ptr<const model::Tokenizer> tokenizer) {
@@ -22,7 +31,13 @@ StatusOr<std::unique_ptr<Engine>> Engine::start(EngineOptions options, ModelInfo
     options.scheduler.vocab_size = static_cast<int32_t>(model.vocab_size);
     options.control.model_fingerprint = model.fingerprint;
     std::unique_ptr<Engine> e(new Engine(std::move(options), std::move(model), std::move(tokenizer)));
-    DS_ASSIGN_OR_RETURN(e->control_, ctl::ControlServer::start(e->options_.control, e.get()));
+    DS_ASSIGN_OR_RETURN(e->main_.control, ctl::ControlServer::start(e->options_.control, &e->main_));
+    if (e->prefill_) {
+        ctl::ControlServerOptions po = e->options_.control;
+        po.listen = e->options_.prefill_listen;
+        po.plan_json = e->options_.prefill_plan_json;
+        DS_ASSIGN_OR_RETURN(e->prefill_->control, ctl::ControlServer::start(po, e->prefill_.get()));
+    }
     e->thread_ = std::thread([raw = e.get()] { raw->loop(); });
     return e;
 }
@@ -34,10 +49,17 @@ Engine::~Engine() {
     }
     inbox_cv_.notify_all();
     if (thread_.joinable()) thread_.join();
-    control_.reset();  // tells the shard job to shut down
+    main_.control.reset();  // tells the shard job to shut down
+    if (prefill_) prefill_->control.reset();
     // Nothing accepted is silently lost: whatever is still pending ends with an error.
     std::lock_guard lock(mu_);
-    scheduler_.detach(unavailable("the coordinator is shutting down"));
+    if (prefill_) prefill_->scheduler.detach(unavailable("the coordinator is shutting down"));
+    for (auto& [t, h] : handoffs_) {
+        h.request->on_finish(FinishReason::kError, unavailable("the coordinator is shutting down"));
+    }
+    handoffs_.clear();
+    legs_done_.clear();
+    main_.scheduler.detach(unavailable("the coordinator is shutting down"));
 }
 
 void Engine::wake() {
@@ -72,11 +94,20 @@ StatusOr<std::shared_ptr<Request>> Engine::submit(GenerateParams params, bool wa
             metrics_->requests_rejected++;
             return unavailable("the coordinator is shutting down");
         }
-        if (!scheduler_.attached() && !options_.scheduler.retry) {
+        if (!main_.scheduler.attached() && !options_.scheduler.retry) {
             metrics_->requests_rejected++;
-            return unavailable("no shard job is serving the model (" + unavailable_reason_ + ")");
+            return unavailable("no shard job is serving the model (" + main_.unavailable_reason + ")");
         }
-        auto id = scheduler_.submit(std::move(spec), Clock::now());
+        if (disaggregate(spec)) {
+            Status s = submit_prefill_leg(req, std::move(spec));
+            if (!s.ok()) {
+                metrics_->requests_rejected++;
+                return s;
+            }
+            wake();
+            return req;
+        }
+        auto id = main_.scheduler.submit(std::move(spec), Clock::now());
         if (!id.ok()) {
             metrics_->requests_rejected++;
             return id.status();
@@ -90,7 +121,13 @@ StatusOr<std::shared_ptr<Request>> Engine::submit(GenerateParams params, bool wa
 void Engine::cancel(const std::shared_ptr<Request>& request) {
     {
         std::lock_guard lock(mu_);
-        scheduler_.cancel(request->id());
+        auto leg = leg_of_.find(request.get());
+        if (leg != leg_of_.end()) {
+            auto h = handoffs_.find(leg->second);
+            if (h != handoffs_.end() && prefill_) prefill_->scheduler.cancel(h->second.prefill_seq);
+        } else {
+            main_.scheduler.cancel(request->id());
+        }
     }
     wake();
 }
@@ -104,14 +141,21 @@ size_t Engine::drain(milliseconds timeout) {
     for (;;) {
         {
             std::lock_guard lock(mu_);
-            if (scheduler_.idle()) return 0;
+            const bool legs_idle = !prefill_ || prefill_->scheduler.idle();
+            if (main_.scheduler.idle() && legs_idle && handoffs_.empty()) return 0;
             if (Clock::now() >= until) {
-                const SchedulerStats st = scheduler_.stats();
-                const size_t left = st.queued + st.running;
+                const SchedulerStats st = main_.scheduler.stats();
+                const size_t left = st.queued + st.running + handoffs_.size();
                 spdlog::warn("shutdown: {} request(s) still running after {} ms; ending them with an error", left,
                              timeout.count());
-                scheduler_.fail_all(unavailable("the coordinator is shutting down (the request did not finish within "
-                                                "the " + std::to_string(timeout.count()) + " ms drain period)"));
+                const Status why = unavailable("the coordinator is shutting down (the request did not finish within "
+                                               "the " + std::to_string(timeout.count()) + " ms drain period)");
+                main_.scheduler.fail_all(why);
+                if (prefill_) prefill_->scheduler.fail_all(why);  // their legs end here, in finish_legs
+                for (auto& [t, h] : handoffs_) h.request->on_finish(FinishReason::kError, why);
+                handoffs_.clear();
+                leg_of_.clear();
+                legs_done_.clear();
                 return left;
             }
         }
@@ -123,12 +167,14 @@ HealthInfo Engine::health() const {
     std::lock_guard lock(mu_);
     HealthInfo h;
     h.draining = draining_;
-    h.available = scheduler_.attached() && !draining_;
-    if (leader_) {
-        h.shard_job = leader_->hello.job_id;
-        h.session_id = leader_->session_id;
+    h.available = main_.scheduler.attached() && !draining_;
+    if (main_.leader) {
+        h.shard_job = main_.leader->hello.job_id;
+        h.session_id = main_.leader->session_id;
     }
-    if (!h.available) h.reason = draining_ ? "the coordinator is shutting down" : unavailable_reason_;
+    h.prefill_configured = prefill_ != nullptr;
+    if (prefill_ && prefill_->leader) h.prefill_job = prefill_->leader->hello.job_id;
+    if (!h.available) h.reason = draining_ ? "the coordinator is shutting down" : main_.unavailable_reason;
     return h;
 }
 
@@ -136,7 +182,10 @@ EngineStats Engine::stats() const {
     EngineStats s;
     {
         std::lock_guard lock(mu_);
-        s.scheduler = scheduler_.stats();
+        s.scheduler = main_.scheduler.stats();
+        if (prefill_) s.prefill = prefill_->scheduler.stats();
+        s.pd_handoffs = pd_handoffs_;
+        s.pd_fallbacks = pd_fallbacks_;
     }
     s.requests_total = metrics_->requests_total.load();
     s.steps_total = metrics_->steps_total.load();
@@ -155,14 +204,15 @@ std::string Engine::metrics_text() const {
     SchedulerStats st;
     bool up = false;
     bool link = false;
+    std::string out, pd;
     {
         std::lock_guard lock(mu_);
-        st = scheduler_.stats();
-        up = scheduler_.attached();
-        link = up && link_up_;
+        st = main_.scheduler.stats();
+        up = main_.scheduler.attached();
+        link = up && main_.link_up;
+        if (prefill_) render_pd_metrics(&pd);
     }
-    const ctl::ControlServerStats cs = control_->stats();
-    std::string out;
+    const ctl::ControlServerStats cs = main_.control->stats();
     // Names follow the Prometheus conventions: unit suffix (plural, e.g. _blocks, _tokens,
     // _seconds), _total only on counters, _ratio for fractions. observability/ reads them.
     render_gauge(&out, "deepshard_shard_job_up", "1 when a shard job is registered", up ? 1 : 0);
@@ -247,132 +297,121 @@ std::string Engine::metrics_text() const {
     metrics_->step_time.render(&out);
     metrics_->shard_step.render(&out);
     metrics_->overhead.render(&out);
+    out += pd;
     return out;
 }
 
 // The ControlListener methods run on the control I/O thread: they only fill the inbox.
-void Engine::on_registered(const ctl::LeaderInfo& leader) {
+void Engine::Job::on_registered(const ctl::LeaderInfo& leader) {
     {
-        std::lock_guard lock(inbox_mu_);
-        pending_leader_ = leader;
-        work_ = true;
+        std::lock_guard lock(engine->inbox_mu_);
+        inbox.registered = leader;
+        engine->work_ = true;
     }
-    inbox_cv_.notify_all();
+    engine->inbox_cv_.notify_all();
 }
 
-void Engine::on_result(uint64_t session_id, ctl::StepResult result) {
+void Engine::Job::on_result(uint64_t session_id, ctl::StepResult result) {
     {
-        std::lock_guard lock(inbox_mu_);
-        pending_results_.emplace_back(session_id, std::move(result));
-        work_ = true;
+        std::lock_guard lock(engine->inbox_mu_);
+        inbox.results.emplace_back(session_id, std::move(result));
+        engine->work_ = true;
     }
-    inbox_cv_.notify_all();
+    engine->inbox_cv_.notify_all();
 }
 
-void Engine::on_lost(uint64_t session_id, const Status& reason) {
+void Engine::Job::on_lost(uint64_t session_id, const Status& reason) {
     {
-        std::lock_guard lock(inbox_mu_);
-        pending_lost_.emplace_back(session_id, reason);
-        work_ = true;
+        std::lock_guard lock(engine->inbox_mu_);
+        inbox.lost.emplace_back(session_id, reason);
+        engine->work_ = true;
     }
-    inbox_cv_.notify_all();
+    engine->inbox_cv_.notify_all();
 }
 
-void Engine::on_link(uint64_t session_id, bool connected, const Status& why) {
+void Engine::Job::on_link(uint64_t session_id, bool connected, const Status& why) {
     {
-        std::lock_guard lock(inbox_mu_);
-        pending_link_.emplace_back(session_id, connected, why);
-        work_ = true;
+        std::lock_guard lock(engine->inbox_mu_);
+        inbox.links.emplace_back(session_id, connected, why);
+        engine->work_ = true;
     }
-    inbox_cv_.notify_all();
+    engine->inbox_cv_.notify_all();
 }
 
-milliseconds Engine::step_deadline(int64_t tokens) const {
-    const double expected = std::max(est_step_s_, est_token_s_ * static_cast<double>(std::max<int64_t>(tokens, 1)));
+milliseconds Engine::step_deadline(const Job& job, int64_t tokens) const {
+    const double expected =
+        std::max(job.est_step_s, job.est_token_s * static_cast<double>(std::max<int64_t>(tokens, 1)));
     const auto derived = milliseconds(static_cast<int64_t>(options_.step_timeout_factor * expected * 1000.0));
     return std::max(options_.step_timeout_min, derived);
 }
 
-void Engine::check_step_deadlines(Clock::time_point now) {
-    if (!leader_ || !link_up_) return;
-    for (const auto& [step_id, st] : step_sent_) {
-        const milliseconds limit = step_deadline(st.tokens);
+void Engine::check_step_deadlines(Job& job, Clock::time_point now) {
+    if (!job.leader || !job.link_up) return;
+    for (const auto& [step_id, st] : job.step_sent) {
+        const milliseconds limit = step_deadline(job, st.tokens);
         if (now - st.sent <= limit) continue;
-        const uint64_t session = leader_->session_id;
+        const uint64_t session = job.leader->session_id;
         char buf[256];
         std::snprintf(buf, sizeof(buf),
                       "step %llu (%lld tokens) did not come back within %lld ms (measured step time %.0f ms); "
-                      "the shard job is treated as lost",
+                      "the %s is treated as lost",
                       static_cast<unsigned long long>(step_id), static_cast<long long>(st.tokens),
-                      static_cast<long long>(limit.count()), est_step_s_ * 1000.0);
+                      static_cast<long long>(limit.count()), job.est_step_s * 1000.0, job.name);
         const Status why = deadline_exceeded(buf);
         metrics_->shard_losses++;
         metrics_->step_timeouts++;
-        unavailable_reason_ = "shard job lost: " + why.message();
-        spdlog::error("{}; {} in-flight requests {}", why.message(), scheduler_.stats().running,
-                      options_.scheduler.retry ? "re-queued (--retry)" : "failed");
-        scheduler_.detach(why);
-        leader_.reset();
-        step_sent_.clear();
-        control_->drop_leader(session, why.message());
+        job.unavailable_reason = std::string(job.name) + " lost: " + why.message();
+        spdlog::error("{}; {} in-flight requests {}", why.message(), job.scheduler.stats().running,
+                      &job == &main_ ? (options_.scheduler.retry ? "re-queued (--retry)" : "failed")
+                                     : "handed to the decode job");
+        job.scheduler.detach(why);
+        job.leader.reset();
+        job.step_sent.clear();
+        job.control->drop_leader(session, why.message());
         return;
     }
 }
 
-void Engine::loop() {
-    for (;;) {
-        std::optional<ctl::LeaderInfo> registered;
-        std::vector<std::pair<uint64_t, Status>> lost;
-        std::vector<std::pair<uint64_t, ctl::StepResult>> results;
-        std::vector<std::tuple<uint64_t, bool, Status>> links;
-        {
-            std::unique_lock il(inbox_mu_);
-            // The timeout bounds how late a deadline is noticed.
-            inbox_cv_.wait_for(il, milliseconds(20), [&] { return stop_ || work_; });
-            if (stop_) break;
-            work_ = false;
-            registered = std::move(pending_leader_);
-            pending_leader_.reset();
-            lost.swap(pending_lost_);
-            results.swap(pending_results_);
-            links.swap(pending_link_);
+int Engine::apply_inbox(Job& job, Inbox& in, Clock::time_point t0) {
+    const bool is_main = &job == &main_;
+    const char* fate = !is_main ? "handed to the decode job" : options_.scheduler.retry ? "re-queued (--retry)" : "failed";
+    // Order matters: a loss followed by a new registration in the same wake-up must detach the old
+    // session before attaching the new one.
+    for (auto& [session, reason] : in.lost) {
+        if (!job.leader || job.leader->session_id != session) continue;
+        // kCancelled: the job left on purpose (its leader sent Shutdown, e.g. on SIGTERM).
+        const bool left = reason.code() == StatusCode::kCancelled;
+        const size_t running = job.scheduler.stats().running;
+        if (left) {
+            job.unavailable_reason = std::string(job.name) + " left: " + reason.message();
+            spdlog::info("{}; {} in-flight requests {}", job.unavailable_reason, running, fate);
+        } else {
+            metrics_->shard_losses++;
+            job.unavailable_reason = std::string(job.name) + " lost: " + reason.message();
+            spdlog::warn("{}; {} in-flight requests {}", job.unavailable_reason, running, fate);
         }
-        std::lock_guard lock(mu_);
-        const auto t0 = Clock::now();
-        // Order matters: a loss followed by a new registration in the same wake-up must detach
-        // the old session before attaching the new one.
-        for (auto& [session, reason] : lost) {
-            if (leader_ && leader_->session_id == session) {
-                // kCancelled: the job left on purpose (its leader sent Shutdown, e.g. on SIGTERM).
-                const bool left = reason.code() == StatusCode::kCancelled;
-                const size_t running = scheduler_.stats().running;
-                const char* fate = options_.scheduler.retry ? "re-queued (--retry)" : "failed";
-                if (left) {
-                    unavailable_reason_ = "shard job left: " + reason.message();
-                    spdlog::info("{}; {} in-flight requests {}", unavailable_reason_, running, fate);
-                } else {
-                    metrics_->shard_losses++;
-                    unavailable_reason_ = "shard job lost: " + reason.message();
-                    spdlog::warn("{}; {} in-flight requests {}", unavailable_reason_, running, fate);
-                }
-                scheduler_.detach(left ? unavailable(unavailable_reason_) : reason);
-                leader_.reset();
-                step_sent_.clear();
-                results.clear();
-            }
+        job.scheduler.detach(left ? unavailable(job.unavailable_reason) : reason);
+        job.leader.reset();
+        job.step_sent.clear();
+        in.results.clear();
+    }
+    for (auto& [session, connected, why] : in.links) {
+        if (!job.leader || job.leader->session_id != session) continue;
+        job.link_up = connected;
+        // Steps in flight could not come back while the link was down: their clocks restart.
+        if (connected) {
+            for (auto& [id, st] : job.step_sent) st.sent = t0;
         }
-        for (auto& [session, connected, why] : links) {
-            if (!leader_ || leader_->session_id != session) continue;
-            link_up_ = connected;
-            // Steps in flight could not come back while the link was down: their clocks restart.
-            if (connected) {
-                for (auto& [id, st] : step_sent_) st.sent = t0;
-            }
-        }
-        if (registered) {
-            const auto& h = registered->hello;
+    }
+    if (in.registered) {
+        std::string why;
+        if (!is_main && !validate_prefill_job(*in.registered, &why)) {
+            spdlog::error("refusing the prefill job {}: {}", in.registered->hello.job_id, why);
+            job.control->drop_leader(in.registered->session_id, why);
+        } else {
+            const auto& h = in.registered->hello;
             Capacity cap;
-            cap.session_id = registered->session_id;
+            cap.session_id = in.registered->session_id;
             cap.kv_blocks = h.kv_blocks;
             cap.kv_block_size = h.kv_block_size;
             cap.pipeline_stages = h.pipeline_stages;
@@ -380,48 +419,86 @@ void Engine::loop() {
             cap.max_sequences = h.max_sequences;
             cap.vocab_size = h.vocab_size;
             cap.kv_domains = h.kv_domains;
-            if (leader_) scheduler_.detach(unavailable("replaced by a new shard job"));
-            scheduler_.attach(cap);
-            leader_ = std::move(registered);
+            if (job.leader) job.scheduler.detach(unavailable("replaced by a new " + std::string(job.name)));
+            job.scheduler.attach(cap);
+            job.leader = std::move(in.registered);
             metrics_->shard_registrations++;
-            step_sent_.clear();
-            link_up_ = true;
+            job.step_sent.clear();
+            job.link_up = true;
         }
-        const auto now = Clock::now();
-        int steps = 0;
-        for (auto& [session, r] : results) {
-            if (!leader_ || leader_->session_id != session) continue;  // from a lost job
-            auto sent = step_sent_.find(r.step_id);
-            if (sent != step_sent_.end()) {
-                const double rt = std::chrono::duration<double>(now - sent->second.sent).count();
-                metrics_->step_time.observe(rt);
-                const double per_token = rt / static_cast<double>(std::max<int64_t>(sent->second.tokens, 1));
-                // A moving average that follows slow steps at once and fast ones gradually, so that
-                // one quick step after a slow one does not shrink the deadline below what is normal.
-                est_step_s_ = rt > est_step_s_ ? rt : 0.9 * est_step_s_ + 0.1 * rt;
-                est_token_s_ = per_token > est_token_s_ ? per_token : 0.9 * est_token_s_ + 0.1 * per_token;
-                step_sent_.erase(sent);
-            }
+    }
+    const auto now = Clock::now();
+    int steps = 0;
+    for (auto& [session, r] : in.results) {
+        if (!job.leader || job.leader->session_id != session) continue;  // from a lost job
+        auto sent = job.step_sent.find(r.step_id);
+        if (sent != job.step_sent.end()) {
+            const double rt = std::chrono::duration<double>(now - sent->second.sent).count();
+            if (is_main) metrics_->step_time.observe(rt);
+            const double per_token = rt / static_cast<double>(std::max<int64_t>(sent->second.tokens, 1));
+            // A moving average that follows slow steps at once and fast ones gradually, so that
+            // one quick step after a slow one does not shrink the deadline below what is normal.
+            job.est_step_s = rt > job.est_step_s ? rt : 0.9 * job.est_step_s + 0.1 * rt;
+            job.est_token_s = per_token > job.est_token_s ? per_token : 0.9 * job.est_token_s + 0.1 * per_token;
+            job.step_sent.erase(sent);
+        }
+        if (is_main) {
             metrics_->shard_step.observe(r.step_seconds);
             metrics_->steps_total++;
-            ++steps;
-            Status s = scheduler_.on_result(r, now);
-            if (!s.ok()) {
-                spdlog::error("dropping the shard job: {}", s.message());
-                control_->shutdown_leader("protocol violation: " + s.message());
-            }
         }
-        scheduler_.expire(now);
-        check_step_deadlines(now);
-        while (leader_) {
-            auto batch = scheduler_.next_batch(now);
-            if (!batch) break;
-            int64_t tokens = 0;
-            for (const auto& w : batch->seqs) tokens += static_cast<int64_t>(w.tokens.size());
-            step_sent_[batch->step_id] = InFlightStep{Clock::now(), tokens};
-            Status s = control_->send_batch(leader_->session_id, *batch);
-            if (!s.ok()) break;  // the loss notification follows and fails/re-queues the work
+        ++steps;
+        Status s = job.scheduler.on_result(r, now);
+        if (!s.ok()) {
+            spdlog::error("dropping the {}: {}", job.name, s.message());
+            job.control->shutdown_leader("protocol violation: " + s.message());
         }
+    }
+    return steps;
+}
+
+void Engine::send_batches(Job& job) {
+    while (job.leader) {
+        auto batch = job.scheduler.next_batch(Clock::now());
+        if (!batch) break;
+        int64_t tokens = 0;
+        for (const auto& w : batch->seqs) tokens += static_cast<int64_t>(w.tokens.size());
+        job.step_sent[batch->step_id] = InFlightStep{Clock::now(), tokens};
+        Status s = job.control->send_batch(job.leader->session_id, *batch);
+        if (!s.ok()) break;  // the loss notification follows and fails/re-queues the work
+    }
+}
+
+void Engine::loop() {
+    for (;;) {
+        Inbox main_in, prefill_in;
+        {
+            std::unique_lock il(inbox_mu_);
+            // The timeout bounds how late a deadline is noticed.
+            inbox_cv_.wait_for(il, milliseconds(20), [&] { return stop_ || work_; });
+            if (stop_) break;
+            work_ = false;
+            std::swap(main_in, main_.inbox);
+            if (prefill_) std::swap(prefill_in, prefill_->inbox);
+        }
+        std::lock_guard lock(mu_);
+        const auto t0 = Clock::now();
+        const int steps = apply_inbox(main_, main_in, t0);
+        if (prefill_) {
+            apply_inbox(*prefill_, prefill_in, t0);
+            // Prefill legs that ended (computed, lost, cancelled) move on before the decode job's
+            // next batch is built, so a handed-off request can join it at once.
+            finish_legs();
+        }
+        const auto now = Clock::now();
+        main_.scheduler.expire(now);
+        check_step_deadlines(main_, now);
+        if (prefill_) {
+            prefill_->scheduler.expire(now);
+            check_step_deadlines(*prefill_, now);
+            finish_legs();
+            send_batches(*prefill_);
+        }
+        send_batches(main_);
         if (steps > 0) {
             const double spent = std::chrono::duration<double>(Clock::now() - t0).count();
             for (int i = 0; i < steps; ++i) metrics_->overhead.observe(spent / steps);

@@ -244,6 +244,7 @@ private:
         if (h.available) {
             j["shard_job"] = h.shard_job;
             j["session_id"] = h.session_id;
+            if (h.prefill_configured) j["prefill_job"] = h.prefill_job;  // "" while none is registered
         } else {
             j["reason"] = h.reason;
         }

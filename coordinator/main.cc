@@ -49,6 +49,9 @@ struct Args {
     std::string http = "127.0.0.1:8000";
     std::string thrift = "127.0.0.1:9090";
     std::string control = "127.0.0.1:7000";
+    std::string prefill_control;  // disaggregation: the prefill job's control port ("" = off)
+    std::string prefill_plan;
+    int64_t pd_min_prompt_tokens = 16;
     std::vector<std::string> api_keys;
     std::string api_key_file;
     std::string control_secret_file;
@@ -179,6 +182,21 @@ Status run(const Args& a) {
     eo.control.handshake_timeout = std::chrono::milliseconds(a.handshake_timeout_ms);
     eo.control.max_pending_connections = a.max_pending_control;
     eo.step_timeout_min = std::chrono::milliseconds(a.step_timeout_min_ms);
+    eo.prefill_listen = a.prefill_control;
+    eo.pd_min_prompt_tokens = std::max<int64_t>(2, a.pd_min_prompt_tokens);
+    if (!a.prefill_plan.empty()) {
+        if (a.prefill_control.empty()) return invalid_argument("--prefill-plan needs --prefill-control");
+        std::string plan;
+        DS_RETURN_IF_ERROR(read_file(a.prefill_plan, &plan));
+        if (nlohmann::json::parse(plan, nullptr, false).is_discarded()) {
+            return invalid_argument("--prefill-plan " + a.prefill_plan + ": not valid JSON");
+        }
+        eo.prefill_plan_json = plan;
+    }
+    if (!a.prefill_control.empty() && draft_tokens > 0) {
+        return invalid_argument("--prefill-control (disaggregation) and --speculative mtp cannot be combined yet: the "
+                                "MTP module's cache is not exported; drop one of them");
+    }
     if (!a.plan.empty()) {
         std::string plan;
         DS_RETURN_IF_ERROR(read_file(a.plan, &plan));
@@ -233,6 +251,7 @@ Status run(const Args& a) {
         DS_ASSIGN_OR_RETURN(thrift, ThriftServer::start(to, engine.get()));
     }
     nlohmann::json ports = {{"control", engine->control_port()},
+                            {"prefill_control", engine->prefill_control_port()},
                             {"http", http ? http->port() : 0},
                             {"thrift", thrift ? thrift->port() : 0},
                             {"pid", static_cast<int64_t>(getpid())},
@@ -310,6 +329,13 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--drain-timeout-s", a.drain_timeout_s,
                    "On SIGTERM: how long accepted requests may still run before they end with an error")
+        ->capture_default_str();
+    app.add_option("--prefill-control", a.prefill_control,
+                   "Prefill/decode disaggregation: HOST:PORT where a prefill job registers (deepshard-shard "
+                   "--kv-listen); the job on --control is then the decode job");
+    app.add_option("--prefill-plan", a.prefill_plan, "The plan the prefill job must run (like --plan)");
+    app.add_option("--pd-min-prompt-tokens", a.pd_min_prompt_tokens,
+                   "With a prefill job: shorter prompts are prefilled by the decode job itself")
         ->capture_default_str();
     app.add_flag("--retry", a.retry, "On shard-job loss keep requests and rerun them when a job re-registers");
     app.add_flag("--no-prefix-cache", a.no_prefix_cache,

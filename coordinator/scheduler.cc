@@ -256,8 +256,13 @@ bool Scheduler::schedule_chunk(Seq& s, int64_t want, Building& b) {
     int64_t n = want;
     // Speculative decoding: drafts to verify after the last known token, and what the chunk asks
     // the MTP module for. Positions held = tokens + drafts + (propose - 1 when it samples).
-    const int64_t k = options_.draft_tokens;
+    const bool transfer = s.spec.kv_export.has_value() || s.spec.kv_import.has_value();
+    const int64_t k = transfer ? 0 : options_.draft_tokens;
     int64_t drafts = 0, propose = k;
+    // Disaggregation: positions the prefill job computed are fetched in one chunk (no compute, so
+    // neither the token budget nor the prefill chunk bounds it; only the KV blocks).
+    const bool importing = s.spec.kv_import && !s.import_failed && s.computed < s.spec.import_positions;
+    if (importing) n = s.spec.import_positions - s.computed;
     if (k > 0 && s.computed + n == s.known()) {
         const int64_t room_ctx = options_.max_context - s.known() - (k - 1);
         const int64_t room_gen = s.spec.max_tokens - static_cast<int64_t>(s.generated()) - 1;
@@ -320,7 +325,7 @@ bool Scheduler::schedule_chunk(Seq& s, int64_t want, Building& b) {
             return wait();
         }
     }
-    const bool sample = s.computed + n == s.known();
+    const bool sample = s.computed + n == s.known() && !s.spec.kv_export;
     if (!sample) drafts = 0;
     d.grow(s.id, s.computed + span());
     ctl::SeqWork w;
@@ -331,6 +336,14 @@ bool Scheduler::schedule_chunk(Seq& s, int64_t want, Building& b) {
     w.sample = sample ? 1 : 0;
     w.num_draft = static_cast<uint8_t>(drafts);
     w.propose = static_cast<uint8_t>(propose);
+    if (s.spec.kv_export && s.computed + n == s.known()) {
+        w.has_export = 1;
+        w.kv_export = *s.spec.kv_export;
+    }
+    if (importing) {
+        w.has_import = 1;
+        w.kv_import = *s.spec.kv_import;
+    }
     if (!s.started) {
         w.is_new = 1;
         w.sampling = s.spec.sampling;
@@ -338,8 +351,12 @@ bool Scheduler::schedule_chunk(Seq& s, int64_t want, Building& b) {
         s.started = true;
     }
     b.batch.seqs.push_back(std::move(w));
-    b.members.push_back({s.id, n, sample, s.epoch, drafts});
+    b.members.push_back({s.id, n, sample, s.epoch, drafts, importing});
     s.in_flight = true;
+    if (importing) {
+        b.left -= 1;  // a fetch, not a computation
+        return true;
+    }
     b.left -= n + drafts;
     if (n > 1 || s.computed < static_cast<int64_t>(s.plen())) counters_.prompt_tokens += static_cast<uint64_t>(n);
     return true;
@@ -463,9 +480,24 @@ Status Scheduler::on_result(const ctl::StepResult& result, Clock::time_point) {
         Seq& s = sit->second;
         s.in_flight = false;
         if (!m.sample) {
-            if (m.epoch == s.epoch) {
-                s.computed += m.num_tokens;
-                publish(s);
+            if (m.epoch != s.epoch) continue;
+            if (m.import && std::find(result.import_failed.begin(), result.import_failed.end(), s.id) !=
+                                result.import_failed.end()) {
+                // Its blocks are reserved on both sides but hold nothing valid: compute them.
+                s.import_failed = true;
+                ++counters_.kv_import_failures;
+                spdlog::warn("sequence {}: the decode job could not fetch its KV from the prefill job; computing "
+                             "its prompt instead",
+                             s.id);
+                continue;
+            }
+            s.computed += m.num_tokens;
+            if (m.import) counters_.kv_imported_tokens += static_cast<uint64_t>(m.num_tokens);
+            publish(s);
+            if (s.spec.kv_export && s.computed >= s.known()) {
+                ++counters_.kv_exports;
+                if (s.spec.sink) s.spec.sink->on_prefilled(s.domain);
+                finish(s.id, FinishReason::kStop, ok_status());
             }
             continue;
         }

@@ -82,6 +82,9 @@ public:
     virtual void on_finish(FinishReason reason, const Status& error) = 0;
     // The shard job was lost and the sequence restarts from its prompt (retry mode).
     virtual void on_restart() = 0;
+    // Disaggregation: a prefill leg's prompt is computed and staged for export (called just before
+    // on_finish(kStop)); `domain` is the KV domain that held it.
+    virtual void on_prefilled(int32_t domain) { (void)domain; }
 };
 
 struct SequenceSpec {
@@ -92,6 +95,14 @@ struct SequenceSpec {
     bool ignore_eos = false;
     std::optional<Clock::time_point> deadline;
     std::shared_ptr<SequenceSink> sink;
+    // Prefill/decode disaggregation (coordinator/engine.h). kv_export: a prefill leg: its known
+    // tokens are the prompt only; its chunks never sample, the last one carries the export, and it
+    // ends (on_prefilled, then on_finish(kStop)) once that chunk is computed. kv_import: the KV of
+    // positions [0, import_positions) is fetched from the prefill job (chunks with kv_import, no
+    // compute); if a fetch fails the job says so and those positions are computed instead.
+    std::optional<control::KvExport> kv_export;
+    std::optional<control::KvImport> kv_import;
+    int64_t import_positions = 0;
 };
 
 struct SchedulerOptions {
@@ -137,6 +148,9 @@ struct SchedulerStats {
     uint64_t spec_verify_steps = 0;    // speculative decoding: chunks that verified drafts
     uint64_t spec_draft_tokens = 0;    // drafts sent for verification
     uint64_t spec_accepted_tokens = 0; // of those, accepted
+    uint64_t kv_imported_tokens = 0;   // disaggregation: positions whose KV was fetched, not computed
+    uint64_t kv_import_failures = 0;   // imports the job could not complete (computed instead)
+    uint64_t kv_exports = 0;           // prefill legs finished and staged
 };
 
 class Scheduler {
@@ -180,6 +194,7 @@ private:
         bool resident = false;        // holds KV on the job (admitted and not preempted)
         uint64_t epoch = 0;           // bumps on preemption: older in-flight chunks left no KV
         std::vector<int32_t> drafts;  // speculative decoding: MTP drafts for the next decode chunk
+        bool import_failed = false;   // disaggregation: compute the rest instead of fetching it
         size_t plen() const { return spec.prompt.size(); }
         size_t generated() const { return tokens.size() - plen(); }
         int64_t known() const { return static_cast<int64_t>(tokens.size()); }
@@ -190,6 +205,7 @@ private:
         bool sample;
         uint64_t epoch;
         int64_t num_draft = 0;
+        bool import = false;  // a kv_import chunk
     };
     struct InFlightBatch {
         std::vector<InFlightSeq> members;

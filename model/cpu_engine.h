@@ -29,6 +29,9 @@ public:
     // model/cpu_engine_mtp.cc
     StatusOr<std::vector<std::vector<int32_t>>> mtp_draft(std::span<const MtpChunk> chunks) override;
 
+    Status read_kv_rows(uint64_t seq_id, int64_t pos_begin, int64_t pos_end, std::vector<uint8_t>* out) const override;
+    Status write_kv_rows(uint64_t seq_id, int64_t pos_begin, int64_t pos_end, std::span<const uint8_t> rows) override;
+
     // The cache itself (tests read slots to check kernels against the model's own state).
     const KvCache& kv_cache() const { return kv_; }
 

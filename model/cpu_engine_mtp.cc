@@ -6,6 +6,7 @@
 // Drafting more than one token feeds the block's output back as the next h (one MTP module reused
 // autoregressively, as vLLM and SGLang do for depth 1). Float32 like the rest of the engine.
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "kernels/kernels.h"
@@ -156,6 +157,55 @@ StatusOr<std::vector<std::vector<int32_t>>> CpuEngine::mtp_draft(std::span<const
         rows = std::move(next);
     }
     return drafts;
+}
+
+// KV rows for disaggregation (engine.h). Kept next to the MTP code: both reach into the cache
+// by (layer, sequence, position) outside a step.
+namespace {
+Status check_rows(const KvBlockManager& blocks, uint64_t seq_id, int64_t pos_begin, int64_t pos_end) {
+    if (pos_begin < 0 || pos_end < pos_begin) {
+        return invalid_argument("KV rows [" + std::to_string(pos_begin) + ", " + std::to_string(pos_end) +
+                                ") of sequence " + std::to_string(seq_id) + ": not a range");
+    }
+    if (blocks.capacity(seq_id) < pos_end) {
+        return invalid_argument("KV rows [" + std::to_string(pos_begin) + ", " + std::to_string(pos_end) +
+                                ") of sequence " + std::to_string(seq_id) + ": only " +
+                                std::to_string(blocks.capacity(seq_id)) + " positions are reserved");
+    }
+    return ok_status();
+}
+}  // namespace
+
+Status CpuEngine::read_kv_rows(uint64_t seq_id, int64_t pos_begin, int64_t pos_end, std::vector<uint8_t>* out) const {
+    DS_RETURN_IF_ERROR(check_rows(kv_.blocks(), seq_id, pos_begin, pos_end));
+    const int64_t layers = weights_->num_layers();
+    const size_t row = static_cast<size_t>(kv_row_bytes());
+    out->resize(static_cast<size_t>(layers * (pos_end - pos_begin)) * row);
+    uint8_t* dst = out->data();
+    for (int64_t l = 0; l < layers; ++l) {
+        for (int64_t p = pos_begin; p < pos_end; ++p, dst += row) std::memcpy(dst, kv_.slot(l, seq_id, p), row);
+    }
+    return ok_status();
+}
+
+Status CpuEngine::write_kv_rows(uint64_t seq_id, int64_t pos_begin, int64_t pos_end, std::span<const uint8_t> rows) {
+    DS_RETURN_IF_ERROR(check_rows(kv_.blocks(), seq_id, pos_begin, pos_end));
+    const int64_t layers = weights_->num_layers();
+    const size_t row = static_cast<size_t>(kv_row_bytes());
+    if (rows.size() != static_cast<size_t>(layers * (pos_end - pos_begin)) * row) {
+        return invalid_argument("KV rows of sequence " + std::to_string(seq_id) + ": " + std::to_string(rows.size()) +
+                                " bytes for " + std::to_string(layers) + " layers x " +
+                                std::to_string(pos_end - pos_begin) + " positions of " + std::to_string(row));
+    }
+    if (!kv_.blocks().writable(seq_id, pos_begin)) {
+        return invalid_argument("KV rows of sequence " + std::to_string(seq_id) + " from position " +
+                                std::to_string(pos_begin) + " are shared (prefix cache) and cannot be written");
+    }
+    const uint8_t* src = rows.data();
+    for (int64_t l = 0; l < layers; ++l) {
+        for (int64_t p = pos_begin; p < pos_end; ++p, src += row) std::memcpy(kv_.slot(l, seq_id, p), src, row);
+    }
+    return ok_status();
 }
 
 }  // namespace deepshard::model

@@ -224,6 +224,25 @@ public:
                       std::string("the ") + device_name(device()) + " engine does not run the MTP module");
     }
 
+    // Prefill/decode disaggregation (comm/ucx/kv_transfer.h): the latent KV rows of positions
+    // [pos_begin, pos_end) of a sequence for this shard's decoder layers (not the MTP slot), laid out
+    // [layer][pos][row], a row being kv_lora_rank + qk_rope_head_dim float32 values whatever the
+    // engine stores. write_kv_rows needs the positions reserved (kv_blocks().reserve) and writable.
+    // Every message names the sequence and range; kUnimplemented where an engine cannot.
+    int64_t kv_row_bytes() const {
+        return (config().kv_lora_rank + config().qk_rope_head_dim) * static_cast<int64_t>(sizeof(float));
+    }
+    virtual Status read_kv_rows(uint64_t seq_id, int64_t pos_begin, int64_t pos_end, std::vector<uint8_t>* out) const {
+        (void)seq_id, (void)pos_begin, (void)pos_end, (void)out;
+        return Status(StatusCode::kUnimplemented,
+                      std::string("the ") + device_name(device()) + " engine cannot export its KV cache yet");
+    }
+    virtual Status write_kv_rows(uint64_t seq_id, int64_t pos_begin, int64_t pos_end, std::span<const uint8_t> rows) {
+        (void)seq_id, (void)pos_begin, (void)pos_end, (void)rows;
+        return Status(StatusCode::kUnimplemented,
+                      std::string("the ") + device_name(device()) + " engine cannot import a KV cache yet");
+    }
+
     // The engine's block bookkeeping. The shard node applies the coordinator's prefix-cache
     // operations (fork / publish / evict, model/kv_blocks.h) here between steps; an engine must
     // therefore take its block tables from this manager at every step, never cache them.

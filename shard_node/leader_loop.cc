@@ -28,6 +28,7 @@ Status run_leader(const LeaderConfig& config, const model::Checkpoint& checkpoin
     hello.max_sequences = 256;
     hello.vocab_size = static_cast<uint32_t>(cfg.vocab_size);
     hello.kv_domains = static_cast<uint32_t>(pipeline->kv_domains());
+    hello.kv_exports = pipeline->kv_exports();
     char host[256] = {0};
     gethostname(host, sizeof(host) - 1);
     hello.job_id = std::string(host) + ":" + std::to_string(getpid());

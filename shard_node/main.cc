@@ -111,6 +111,9 @@ struct ShardArgs {
     int64_t kv_budget_mb = 0;  // 0: the plan's kv_budget_bytes, else kDefaultKvBudgetMb
     int64_t kv_block_size = 16;
     int64_t kv_blocks = 0;
+    std::string kv_listen;            // disaggregation: serve KV exports on this IP (a prefill job)
+    int64_t kv_export_mb = 1024;      // staged exports per rank at most
+    int64_t kv_fetch_timeout_ms = 10000;
     int64_t timeout_ms = 0;
     int64_t connect_timeout_ms = 0;  // 0: DS_COMM_TIMEOUT_MS
     std::string device;    // empty: the plan's device for this rank
@@ -193,6 +196,15 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
                  static_cast<double>(opt.kv_budget_bytes) / 1e6, kv_from);
     // Loading takes as long as it takes on big models: wait for everyone as long as it plausibly can.
     DS_RETURN_IF_ERROR(wait_for_every_rank_loaded(world, *ckpt, ls));
+    KvHandoffOptions ko;
+    ko.listen_ip = args.kv_listen;
+    ko.max_staged_bytes = static_cast<size_t>(std::max<int64_t>(0, args.kv_export_mb)) << 20;
+    ko.fetch_timeout = std::chrono::milliseconds(std::max<int64_t>(1, args.kv_fetch_timeout_ms));
+    if (!args.kv_listen.empty()) {
+        DS_RETURN_IF_ERROR(pipeline->start_kv_export(ko).with_context("--kv-listen " + args.kv_listen));
+    } else {
+        DS_RETURN_IF_ERROR(pipeline->set_kv_fetch_options(ko));
+    }
 
     if (!pipeline->is_leader()) {
         return pipeline->serve();
@@ -241,6 +253,14 @@ int main(int argc, char** argv) {
                    "KV cache pool per rank in MiB (default: the plan's kv_budget_bytes, else 512)")
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
     app.add_option("--kv-block-size", args.kv_block_size, "tokens per KV block");
+    app.add_option("--kv-listen", args.kv_listen,
+                   "prefill/decode disaggregation: run as a prefill job and serve KV exports on this IP (each rank "
+                   "listens on a free port); register with the coordinator's --prefill-control port");
+    app.add_option("--kv-export-mb", args.kv_export_mb, "staged KV exports per rank at most, oldest dropped beyond (0: none, every prompt is computed by the decode job)")
+        ->capture_default_str();
+    app.add_option("--kv-fetch-timeout-ms", args.kv_fetch_timeout_ms,
+                   "decode job: deadline to fetch one prompt's KV from the prefill job (then it is computed)")
+        ->capture_default_str();
     app.add_option("--kv-blocks", args.kv_blocks, "cap the KV pool per rank at this many blocks (0: what the budget holds)")
         ->check(CLI::NonNegativeNumber);
     app.add_option("--device", args.device, "compute device of every rank, overriding the plan (cpu | cuda)")

@@ -97,6 +97,8 @@ std::string encode_step(const PipelineStep& step) {
     out.append(step.error);
     put_u64(&out, step.logits_mode.size());
     for (auto m : step.logits_mode) out.push_back(static_cast<char>(m));
+    put_u64(&out, step.import_failed.size());
+    for (uint64_t id : step.import_failed) put_u64(&out, id);
     ctl::encode(step.batch, &out);
     return out;
 }
@@ -129,6 +131,17 @@ StatusOr<PipelineStep> decode_step(const std::string& bytes) {
         const uint8_t m = static_cast<uint8_t>(bytes[off]);
         if (m > 2) return protocol_error("pipeline step header: bad logits mode " + std::to_string(m));
         step.logits_mode.push_back(static_cast<model::LogitsMode>(m));
+    }
+    if (bytes.size() - off < 8) return protocol_error("pipeline step header: no import failure count");
+    std::memcpy(&n, bytes.data() + off, 8);
+    off += 8;
+    if (n > (bytes.size() - off) / 8) {
+        return protocol_error("pipeline step header: " + std::to_string(n) + " import failures exceed the message");
+    }
+    for (uint64_t i = 0; i < n; ++i, off += 8) {
+        uint64_t id = 0;
+        std::memcpy(&id, bytes.data() + off, 8);
+        step.import_failed.push_back(id);
     }
     DS_ASSIGN_OR_RETURN(ctl::FrameHeader fh,
                         ctl::decode_header(reinterpret_cast<const uint8_t*>(bytes.data()) + off, bytes.size() - off));
@@ -277,7 +290,10 @@ Status Pipeline::receive_step(PipelineStep* step, std::vector<float>* hidden) {
     hidden->clear();
     if (stage_ > 0 && step->kind == StepKind::kStep && step->error.empty()) {
         int64_t tokens = 0;
-        for (size_t i : my_sequences(*step)) tokens += chunk_tokens(step->batch.seqs[i]);
+        for (size_t i : my_sequences(*step)) {
+            // Imported chunks are fetched, not computed: no rows of theirs travel (pipeline_kv.cc).
+            if (!step->batch.seqs[i].has_import) tokens += chunk_tokens(step->batch.seqs[i]);
+        }
         if (tokens > 0) {
             hidden->resize(static_cast<size_t>(tokens * checkpoint_->config().hidden_size));
             DS_RETURN_IF_ERROR(world_->recv(std::span<float>(*hidden), layout_.rank_of(stage_ - 1, local_), kTagHidden));
@@ -301,6 +317,11 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
         return forward_failure(failed);
     }
     const std::vector<size_t> mine = my_sequences(step);
+    const bool transfers = std::any_of(step.batch.seqs.begin(), step.batch.seqs.end(), [](const ctl::SeqWork& w) {
+        return w.has_import || w.has_export;
+    });
+    std::vector<uint64_t> import_failed = step.import_failed;
+    if (transfers) DS_RETURN_IF_ERROR(import_chunks(step, mine, &import_failed));
     // The rank that answers for the last stage samples: its engine does it (on the device for CUDA),
     // with this rank's per-sequence samplers; the stage's other ranks only compute the rows.
     const bool samples_here =
@@ -308,6 +329,13 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
     std::vector<model::SeqChunk> chunks;
     for (size_t i : mine) {
         const ctl::SeqWork& w = step.batch.seqs[i];
+        if (w.has_import) {
+            // Fetched, not computed (import_chunks). Its sampler still starts here.
+            if (samples_here && (w.is_new || samplers_.count(w.seq_id) == 0)) {
+                samplers_[w.seq_id] = std::make_unique<model::Sampler>(to_params(w.sampling), w.prompt);
+            }
+            continue;
+        }
         model::SeqChunk c;
         c.seq_id = w.seq_id;
         c.tokens = w.tokens;
@@ -350,6 +378,14 @@ Status Pipeline::process(const PipelineStep& step, std::span<const float> hidden
         return forward_failure(failed);
     }
     model::StepOutput out = std::move(stepped).value();
+    if (transfers) export_chunks(step, mine);
+    if (import_failed.size() != step.import_failed.size()) {
+        // This stage's failures travel on with the step (a copy only in this rare case).
+        PipelineStep with = step;
+        with.import_failed = std::move(import_failed);
+        if (!last) return send_step(with, out.hidden, layout_.rank_of(stage_ + 1, local_));
+        return finish_last_stage(with, mine, out);
+    }
     if (!last) {
         return send_step(step, out.hidden, layout_.rank_of(stage_ + 1, local_));
     }
@@ -409,6 +445,7 @@ Status Pipeline::finish_last_stage(const PipelineStep& step, const std::vector<s
         k.total_blocks = static_cast<uint64_t>(u.total_blocks);
         reply.result.kv.push_back(k);
     }
+    reply.result.import_failed = step.import_failed;
     if (!step.error.empty()) {
         reply.result.ok = 0;
         reply.result.error = step.error;
@@ -546,6 +583,8 @@ Status Pipeline::collect(bool block, bool* ready, StepReply* reply) {
     for (auto& [sender, part] : parts) {
         // Every answering rank reports its own KV domain.
         merged.result.kv.insert(merged.result.kv.end(), part.result.kv.begin(), part.result.kv.end());
+        // The stage agreed on its import failures (import_chunks): every part has the same list.
+        if (merged.result.import_failed.empty()) merged.result.import_failed = part.result.import_failed;
     }
     for (auto& [sender, part] : parts) {
         if (!part.result.ok) {

@@ -23,6 +23,7 @@
 #include "model/checkpoint.h"
 #include "model/sampling.h"
 #include "model/engine.h"
+#include "shard_node/kv_handoff.h"
 #include "shard_node/layout.h"
 #include "shard_node/speculative.h"
 
@@ -42,6 +43,9 @@ struct PipelineStep {
     // when it applies the step's KV operations (a sequence may be released before the leader
     // collects the step's results, so the leader keeps the owners with the pending step).
     std::vector<int> owners;
+    // Disaggregation: sequences whose kv_import failed at this or an earlier stage (forwarded with
+    // the header; the last stage reports them in StepResult.import_failed).
+    std::vector<uint64_t> import_failed;
 };
 
 // What rank 0 gets back for one step.
@@ -83,6 +87,17 @@ public:
     // Leader: a whole step through the pipeline, synchronously (driver mode).
     StatusOr<StepReply> run(const PipelineStep& step);
 
+    // Disaggregation, collective: every rank starts its KV export listener on `options.listen_ip`
+    // (a prefill job; kv_handoff.h) and the leader learns where each KV domain's layers are served
+    // (Hello.kv_exports). A decode job needs nothing: its ranks start fetching on the first import.
+    Status start_kv_export(const KvHandoffOptions& options);
+    // A decode job: the options its ranks fetch with (on the first import).
+    Status set_kv_fetch_options(const KvHandoffOptions& options) {
+        kv_options_ = options;
+        return ok_status();
+    }
+    const std::vector<control::KvSource>& kv_exports() const { return kv_exports_; }
+
     // Every rank but the leader: serve steps until a shutdown step or an error.
     Status serve();
     // Called by serve() after each step this rank finished (benchmarks: per-step accounting).
@@ -115,6 +130,10 @@ private:
     // Why this rank cannot run a step's speculative work (empty: it can); same on every rank.
     std::string speculative_refusal(const PipelineStep& step) const;
     std::vector<int> result_senders() const;
+    // Disaggregation inside process(): fetches this rank's part of the step's kv_import chunks, then
+    // agrees with the stage on which failed (added to *failed); stages the kv_export chunks' rows.
+    Status import_chunks(const PipelineStep& step, const std::vector<size_t>& mine, std::vector<uint64_t>* failed);
+    void export_chunks(const PipelineStep& step, const std::vector<size_t>& mine);
 
     comm::Communicator* world_ = nullptr;
     std::unique_ptr<comm::Communicator> stage_comm_;
@@ -134,6 +153,9 @@ private:
     int len_sender_ = -1;
     int64_t min_kv_blocks_ = 0;
     std::function<void(const PipelineStep&)> observer_;
+    KvHandoffOptions kv_options_;
+    std::unique_ptr<KvHandoff> kv_handoff_;
+    std::vector<control::KvSource> kv_exports_;  // leader: Hello.kv_exports
 };
 
 // Step header wire format (bytes): kind, flags, modes, then a control-protocol StepBatch frame.

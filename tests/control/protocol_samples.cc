@@ -33,6 +33,11 @@ Hello hello() {
     h.kv_domains = 2;
     h.resume_session = 9;
     h.received = 123;
+    // A prefill job's exports: per KV domain, its two stages' layers and where they are served.
+    h.kv_exports = {{.layer_begin = 0, .layer_end = 2, .endpoint = "10.0.0.1:4000"},
+                    {.layer_begin = 2, .layer_end = 4, .endpoint = "10.0.0.3:4000"},
+                    {.layer_begin = 0, .layer_end = 2, .endpoint = "10.0.0.2:4000"},
+                    {.layer_begin = 2, .layer_end = 4, .endpoint = "10.0.0.4:4000"}};
     return h;
 }
 
@@ -80,7 +85,24 @@ StepBatch step_batch() {
     f.tokens = {4, 4};
     f.is_new = 1;
     f.prompt = {1, 2, 3, 4, 5, 6, 7, 8, 4, 4};
-    b.seqs = {a, d, f};
+    SeqWork e;  // a prefill leg's last chunk: stage the KV of positions [0, 6) for export
+    e.seq_id = 15;
+    e.start_pos = 4;
+    e.tokens = {9, 9};
+    e.has_export = 1;
+    e.kv_export.transfer_id = 3;
+    e.kv_export.key = counting_bytes<16>(7);
+    SeqWork m;  // a decode job's import of positions [0, 8) from two exporters
+    m.seq_id = 16;
+    m.tokens = {1, 2, 3, 4, 5, 6, 7, 8};
+    m.is_new = 1;
+    m.prompt = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    m.has_import = 1;
+    m.kv_import.transfer_id = 4;
+    m.kv_import.key = counting_bytes<16>(9);
+    m.kv_import.sources = {{.layer_begin = 0, .layer_end = 3, .endpoint = "10.0.0.1:4000"},
+                           {.layer_begin = 3, .layer_end = 4, .endpoint = "[fe80::1]:4001"}};
+    b.seqs = {a, d, f, e, m};
     b.kv.publish = {{.entry = 500, .seq_id = 12, .block_index = 3, .domain = 1}};
     b.kv.preempt = {14};
     b.kv.evict = {{.entry = 400, .domain = 0}, {.entry = 401, .domain = 1}};
@@ -108,6 +130,7 @@ StepResult step_result() {
     r.outputs = {o, accepted, next};
     r.kv = {{.domain = 0, .used_blocks = 10, .cached_blocks = 4, .total_blocks = 64},
             {.domain = 1, .used_blocks = 3, .cached_blocks = 0, .total_blocks = 64}};
+    r.import_failed = {16};
     return r;
 }
 

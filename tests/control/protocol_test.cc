@@ -41,6 +41,9 @@ TEST(ProtocolTest, RoundTripsEveryMessage) {
     EXPECT_EQ(h2->pipeline_stages, 2u);
     EXPECT_EQ(h2->job_id, "host:1");
     EXPECT_EQ(h2->kv_domains, 2u);
+    ASSERT_EQ(h2->kv_exports.size(), 4u);
+    EXPECT_EQ(h2->kv_exports[2].endpoint, "10.0.0.2:4000");
+    EXPECT_EQ(h2->kv_exports[3].layer_end, 4u);
 
     f.clear();
     StepBatch b = sample_batch();
@@ -49,7 +52,18 @@ TEST(ProtocolTest, RoundTripsEveryMessage) {
     ASSERT_TRUE(b2.ok()) << b2.status().to_string();
     EXPECT_EQ(b2->step_id, 42u);
     EXPECT_EQ(b2->release, b.release);
-    ASSERT_EQ(b2->seqs.size(), 3u);
+    ASSERT_EQ(b2->seqs.size(), 5u);
+    // Disaggregation: the export and the import with its sources.
+    EXPECT_EQ(b2->seqs[3].has_export, 1);
+    EXPECT_EQ(b2->seqs[3].kv_export.transfer_id, 3u);
+    EXPECT_EQ(b2->seqs[3].kv_export.key, b.seqs[3].kv_export.key);
+    EXPECT_EQ(b2->seqs[3].has_import, 0);
+    EXPECT_EQ(b2->seqs[4].has_import, 1);
+    EXPECT_EQ(b2->seqs[4].kv_import.key, b.seqs[4].kv_import.key);
+    ASSERT_EQ(b2->seqs[4].kv_import.sources.size(), 2u);
+    EXPECT_EQ(b2->seqs[4].kv_import.sources[1].layer_begin, 3u);
+    EXPECT_EQ(b2->seqs[4].kv_import.sources[1].endpoint, "[fe80::1]:4001");
+    EXPECT_EQ(b2->seqs[0].has_export + b2->seqs[0].has_import, 0);
     EXPECT_EQ(b2->seqs[0].tokens, b.seqs[0].tokens);
     EXPECT_EQ(b2->seqs[0].prompt, b.seqs[0].prompt);
     EXPECT_EQ(b2->seqs[0].sampling.seed, 1234u);
@@ -84,6 +98,7 @@ TEST(ProtocolTest, RoundTripsEveryMessage) {
     ASSERT_EQ(r2->kv.size(), 2u);
     EXPECT_EQ(r2->kv[0].cached_blocks, 4u);
     EXPECT_EQ(r2->kv[1].domain, 1u);
+    EXPECT_EQ(r2->import_failed, (std::vector<uint64_t>{16}));
 
     f.clear();
     encode(Refuse{"nope"}, &f);
@@ -261,6 +276,26 @@ TEST(ProtocolTest, OutOfRangeValuesNameTheField) {
     b = sample_batch();
     b.kv.start[1].domain = 1u << 20;
     check(b, "kv.start.domain");
+    // Disaggregation: sources must cover the layers from 0 in order; transfers never sample.
+    b = sample_batch();
+    b.seqs[4].kv_import.sources[1].layer_begin = 2;  // overlaps [0, 3)
+    check(b, "without gaps or overlaps");
+    b = sample_batch();
+    b.seqs[4].kv_import.sources.clear();
+    check(b, "seq.kv_import.sources is empty");
+    b = sample_batch();
+    b.seqs[4].kv_import.sources[0].endpoint.clear();
+    check(b, "empty endpoint");
+    b = sample_batch();
+    b.seqs[4].kv_import.sources[0].endpoint.assign(300, 'x');
+    check(b, "kv_import.sources");
+    b = sample_batch();
+    b.seqs[3].sample = 1;
+    check(b, "neither samples nor drafts");
+    b = sample_batch();
+    b.seqs[3].has_import = 1;
+    b.seqs[3].kv_import = b.seqs[4].kv_import;
+    check(b, "neither samples nor drafts");
 
     Hello h;
     h.pipeline_stages = 3;

@@ -312,17 +312,22 @@ std::string LiveCluster::start_coordinator(const std::string& model, const std::
 
 void LiveCluster::start_shard_job(const std::string& log_name) {
     shard_.reset();
-    std::vector<std::string> cmd = mpirun_prefix(ranks_);
+    shard_ = start_job(plan_, job_control_port_ ? job_control_port_ : port("control"), ranks_, shard_args_, log_name);
+}
+
+std::unique_ptr<BackgroundProcess> LiveCluster::start_job(const std::string& plan, int control_port, int ranks,
+                                                          const std::vector<std::string>& args,
+                                                          const std::string& log_name) const {
+    std::vector<std::string> cmd = mpirun_prefix(ranks);
     for (const std::string& a : {binary_path("deepshard-shard"), std::string("--model"), model_, std::string("--plan"),
-                                 plan_, std::string("--coordinator"),
-                                 "127.0.0.1:" + std::to_string(job_control_port_ ? job_control_port_ : port("control"))}) {
+                                 plan, std::string("--coordinator"), "127.0.0.1:" + std::to_string(control_port)}) {
         cmd.push_back(a);
     }
-    cmd.insert(cmd.end(), shard_args_.begin(), shard_args_.end());
+    cmd.insert(cmd.end(), args.begin(), args.end());
     // The job proves it belongs to this coordinator with the control secret it wrote (its path is in
     // the ports file); the path goes in the environment, mpirun hands it to rank 0.
     cmd.insert(cmd.begin() + 1, {"-x", "DS_CONTROL_SECRET_FILE"});
-    shard_ = std::make_unique<BackgroundProcess>(
+    return std::make_unique<BackgroundProcess>(
         cmd, dir_ + "/" + log_name,
         std::vector<std::string>{"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
                                  "DS_CONTROL_SECRET_FILE=" + ports_.value("control_secret_file", std::string())});

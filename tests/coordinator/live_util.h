@@ -101,6 +101,10 @@ public:
     // proxy in between, e.g. DelayProxy); 0: the coordinator's.
     void set_job_control_port(uint16_t port) { job_control_port_ = port; }
     void stop_shard_job() { shard_.reset(); }
+    // Another shard job of `ranks` ranks running `plan` that dials `control_port` (e.g. a prefill job
+    // on the coordinator's prefill_control port), with `args` appended; output to dir/log_name.
+    std::unique_ptr<BackgroundProcess> start_job(const std::string& plan, int control_port, int ranks,
+                                                 const std::vector<std::string>& args, const std::string& log_name) const;
     // Polls /health (bounded) until it answers `status`; waiting for 200 ends early when the shard
     // job has exited.
     bool wait_health(int status, std::chrono::milliseconds timeout);

@@ -7,6 +7,11 @@
 #                                         it is killed by SIGTERM mid-run
 #   netns_cluster_test.sh shard ob1|ucx   deepshard-shard pp=2,tp=2 (4 ranks over 2 namespaces)
 #                                         reproduces the golden greedy tokens of tiny-bf16
+#   netns_cluster_test.sh pd              prefill/decode disaggregation over 3 namespaces: the
+#                                         coordinator on node 0, a decode job (tp=2) on node 1, a
+#                                         prefill job (pp=2, --kv-listen) on node 2; the prompts' KV
+#                                         crosses the veth links over UCX (tcp) and the greedy
+#                                         outputs equal `deepshard generate`
 # Env (set by ctest): DS_SOURCE_DIR, DS_BINARY_DIR, NETNS_HOSTCHECK, COMM_MPI_TEST.
 set -euo pipefail
 
@@ -201,10 +206,85 @@ EOF
     cluster_down_checked
 }
 
+# Prefill/decode disaggregation across namespaces (issue 13, part 4).
+mode_pd() {
+    local shard="$bin/bin/deepshard-shard" cli="$bin/bin/deepshard" coord="$bin/bin/deepshard-coordinator"
+    local model="$src/testdata/golden/tiny-bf16"
+    for b in "$shard" "$cli" "$coord"; do [[ -x $b ]] || skip "$b not built"; done
+    command -v curl >/dev/null || skip "curl is unavailable"
+    command -v python3 >/dev/null || skip "python3 is unavailable"
+    pd_tmp="$(mktemp -d /tmp/netns_pd.XXXXXX)"
+    trap 'rm -rf "$pd_tmp"; cleanup' EXIT
+    local tmp="$pd_tmp"
+    # Different layouts on purpose: the decode job's two ranks each fetch all 4 layers (tensor
+    # parallel), from the prefill job's two stages (layers split between its ranks).
+    "$cli" plan --model "$model" --layout tp=2 --numerics exact --kv-budget-mb 64 --out "$tmp/decode.json" >"$tmp/plan.log" 2>&1 \
+        || { cat "$tmp/plan.log"; fail "deepshard plan tp=2"; }
+    "$cli" plan --model "$model" --layout pp=2 --numerics exact --kv-budget-mb 64 --out "$tmp/prefill.json" >>"$tmp/plan.log" 2>&1 \
+        || { cat "$tmp/plan.log"; fail "deepshard plan pp=2"; }
+    cluster_up 3
+    local n0=10.77.0.1 n2=10.77.0.3
+    "$cluster" exec "$cluster_id" 0 -- "$coord" --model "$model" --name m --plan "$tmp/decode.json" \
+        --control "$n0:0" --prefill-control "$n0:0" --prefill-plan "$tmp/prefill.json" --pd-min-prompt-tokens 2 \
+        --no-prefix-cache --http 127.0.0.1:0 --thrift "" --control-secret-file "$tmp/secret" \
+        --ports-file "$tmp/ports.json" >"$tmp/coordinator.log" 2>&1 &
+    local i
+    for ((i = 0; i < 300 && ! -s $tmp/ports.json; ++i)); do sleep 0.2; done
+    [[ -s $tmp/ports.json ]] || { cat "$tmp/coordinator.log"; fail "the coordinator did not start"; }
+    local port_of='import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])'
+    local http control prefill
+    http="$(python3 -c "$port_of" "$tmp/ports.json" http)"
+    control="$(python3 -c "$port_of" "$tmp/ports.json" control)"
+    prefill="$(python3 -c "$port_of" "$tmp/ports.json" prefill_control)"
+    # Each job runs on its own "host"; UCX_TLS=tcp keeps the KV on the network path (the hosts share
+    # memory, and UCX would otherwise use it).
+    local job_env=(env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 UCX_TLS=tcp
+                   DS_CONTROL_SECRET_FILE="$tmp/secret")
+    "$cluster" exec "$cluster_id" 1 -- "${job_env[@]}" mpirun -np 2 --oversubscribe -x UCX_TLS -x DS_CONTROL_SECRET_FILE \
+        "$shard" --model "$model" --plan "$tmp/decode.json" --coordinator "$n0:$control" >"$tmp/decode.log" 2>&1 &
+    "$cluster" exec "$cluster_id" 2 -- "${job_env[@]}" mpirun -np 2 --oversubscribe -x UCX_TLS -x DS_CONTROL_SECRET_FILE \
+        "$shard" --model "$model" --plan "$tmp/prefill.json" --coordinator "$n0:$prefill" --kv-listen "$n2" \
+        >"$tmp/prefill.log" 2>&1 &
+    on0() { "$cluster" exec "$cluster_id" 0 -- "$@"; }
+    metric() { on0 curl -s --max-time 10 "http://127.0.0.1:$http/metrics" | awk -v n="$1" '$1 == n {print $2}'; }
+    for ((i = 0; i < 600; ++i)); do
+        [[ $(metric deepshard_shard_job_up) == 1 && $(metric deepshard_prefill_job_up) == 1 ]] && break
+        sleep 0.5
+    done
+    [[ $(metric deepshard_prefill_job_up) == 1 && $(metric deepshard_shard_job_up) == 1 ]] \
+        || { tail -20 "$tmp/coordinator.log" "$tmp/decode.log" "$tmp/prefill.log"; fail "the two jobs did not register"; }
+    local rx0 imported=0 p
+    rx0="$(rx_bytes 1)"
+    for p in "5,17,300,41,7,8,9,10,11" "100,200,300,400,500,600,700,800,900,1000,1100,1200,1300,1400,1500,1600,1700,1800,1900,2000,2100,2200,2300,2400,2500,2600,2700,2800,2900,3000,3100,3200,3300" "42,43"; do
+        local body got want
+        body="{\"model\":\"m\",\"prompt\":[$p],\"max_tokens\":12,\"ignore_eos\":true,\"temperature\":0,\"return_token_ids\":true}"
+        got="$(on0 curl -s --max-time 300 -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$http/v1/completions" \
+               | python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["token_ids"])')" \
+            || { tail -20 "$tmp/coordinator.log" "$tmp/decode.log" "$tmp/prefill.log"; fail "request failed"; }
+        want="$("$cli" generate --model "$model" --tokens "$p" --max-tokens 12 --ignore-eos --json --numerics exact 2>/dev/null \
+                | python3 -c 'import json,sys; print([json.loads(l)["generated_tokens"] for l in sys.stdin if l.startswith("{")][-1])')"
+        echo "prompt of $(($(tr -cd , <<<"$p" | wc -c) + 1)) tokens: disaggregated $got, one process $want"
+        [[ $got == "$want" ]] || { tail -30 "$tmp/coordinator.log" "$tmp/decode.log" "$tmp/prefill.log"; fail "outputs differ"; }
+        imported=$((imported + $(tr -cd , <<<"$p" | wc -c)))
+    done
+    local handoffs fetched failures
+    handoffs="$(metric deepshard_pd_handoffs_total)"
+    fetched="$(metric deepshard_kv_imported_tokens_total)"
+    failures="$(metric deepshard_kv_import_failures_total)"
+    echo "hand-offs $handoffs, imported positions $fetched (want $imported), failed imports $failures"
+    [[ $handoffs == 3 && $fetched == "$imported" && $failures == 0 ]] || fail "the requests did not go through both jobs"
+    # Each of the decode job's two ranks fetched 4 layers x 80 float32 values per imported position.
+    local rx=$(($(rx_bytes 1) - rx0)) want_rx=$((imported * 2 * 4 * 80 * 4))
+    echo "node 1 (decode) received $rx bytes on dseth0; the KV alone is $want_rx"
+    ((rx >= want_rx)) || fail "the KV did not cross the namespaces"
+    cluster_down_checked
+}
+
 case "${1:-}" in
     mpi) mode_mpi "${2:?net}" "${3:?node count}" ;;
+    pd) mode_pd ;;
     cleanup) mode_cleanup ;;
     shard) mode_shard "${2:?net}" ;;
-    *) echo "usage: $0 mpi ob1|ucx N | cleanup | shard ob1|ucx" >&2; exit 2 ;;
+    *) echo "usage: $0 mpi ob1|ucx N | cleanup | shard ob1|ucx | pd" >&2; exit 2 ;;
 esac
 echo "PASSED"
