@@ -229,7 +229,10 @@ mode_pd() {
         --no-prefix-cache --http 127.0.0.1:0 --thrift "" --control-secret-file "$tmp/secret" \
         --ports-file "$tmp/ports.json" >"$tmp/coordinator.log" 2>&1 &
     local i
-    for ((i = 0; i < 300 && ! -s $tmp/ports.json; ++i)); do sleep 0.2; done
+    for ((i = 0; i < 300; ++i)); do
+        [[ -s $tmp/ports.json ]] && break
+        sleep 0.2
+    done
     [[ -s $tmp/ports.json ]] || { cat "$tmp/coordinator.log"; fail "the coordinator did not start"; }
     local port_of='import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])'
     local http control prefill
