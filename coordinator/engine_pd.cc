@@ -75,6 +75,12 @@ void Engine::finish_legs() {
             h.request->on_finish(FinishReason::kError, error);
             continue;
         }
+        if (!main_.scheduler.attached() && !options_.scheduler.retry) {
+            // No decode job (and no retry): like a request submitted now, it cannot be served.
+            h.request->on_finish(FinishReason::kError,
+                                 unavailable("no shard job is serving the model (" + main_.unavailable_reason + ")"));
+            continue;
+        }
         SequenceSpec spec = std::move(h.spec);
         spec.sink = h.request;
         const std::vector<ctl::KvSource>* sources = nullptr;

@@ -142,14 +142,15 @@ std::vector<std::vector<int>> serve_all(const LiveCluster& c) {
     return got;
 }
 
-TEST(DisaggregationTest, PrefillAndDecodeJobsServeWhatOneJobServes) {
+// Phases 1-2 always, 3-4 (failures) when `failures`. Each job has two ranks.
+void run_disaggregation(const std::string& decode_layout, const std::string& prefill_layout, bool failures) {
     ensure_test_env();
     const std::string model = source_path("testdata/golden/tiny-bf16");
     const std::string dir = make_temp_dir("ds_pd_");
-    // The prefill job's own plan: one stage of two tensor-parallel ranks.
+    // The prefill job's own plan.
     const std::string prefill_plan = dir + "/prefill_plan.json";
-    auto planned = run_command({binary_path("deepshard"), "plan", "--model", model, "--layout", "tp=2", "--numerics",
-                                "exact", "--kv-budget-mb", "64", "--out", prefill_plan},
+    auto planned = run_command({binary_path("deepshard"), "plan", "--model", model, "--layout", prefill_layout,
+                                "--numerics", "exact", "--kv-budget-mb", "64", "--out", prefill_plan},
                                seconds(60));
     ASSERT_EQ(planned.exit_code, 0) << planned.out << planned.err;
 
@@ -159,7 +160,7 @@ TEST(DisaggregationTest, PrefillAndDecodeJobsServeWhatOneJobServes) {
                                          "--prefill-plan", prefill_plan, "--pd-min-prompt-tokens", "2",
                                          // Exact accounting of imported positions: no phase reuses an earlier one's KV.
                                          "--no-prefix-cache"},
-                                        "pp=2", 2),
+                                        decode_layout, 2),
               "");
     cluster.start_shard_job("decode.log");
     ASSERT_TRUE(cluster.wait_health(200, seconds(240))) << cluster.logs();
@@ -203,6 +204,11 @@ TEST(DisaggregationTest, PrefillAndDecodeJobsServeWhatOneJobServes) {
         EXPECT_FALSE(h.value("prefill_job", std::string()).empty()) << h.dump();
     }  // the prefill job is killed here
     ASSERT_TRUE(wait_metric(http, "deepshard_prefill_job_up", 0, seconds(60))) << cluster.logs();
+    std::error_code ec;
+    if (!failures) {
+        if (!::testing::Test::HasFailure()) std::filesystem::remove_all(dir, ec);
+        return;
+    }
 
     // 3. A prefill job whose exports cannot be staged: every fetch fails and is computed instead.
     {
@@ -223,8 +229,20 @@ TEST(DisaggregationTest, PrefillAndDecodeJobsServeWhatOneJobServes) {
     const auto after = serve_all(cluster);
     for (size_t i = 0; i < after.size(); ++i) EXPECT_EQ(after[i], alone[i]) << "case " << i;
     EXPECT_EQ(scrape(http, "deepshard_pd_handoffs_total"), handoffs);
-    std::error_code ec;
-    if (!HasFailure()) std::filesystem::remove_all(dir, ec);  // kept with the logs otherwise
+    if (!::testing::Test::HasFailure()) std::filesystem::remove_all(dir, ec);  // kept with the logs otherwise
+}
+
+// Pipeline stages on the decode side (each stage fetches its own layers) from a tensor-parallel
+// prefill job (local 0 of its one stage serves every layer); then the failure paths.
+TEST(DisaggregationTest, PrefillAndDecodeJobsServeWhatOneJobServes) {
+    run_disaggregation("pp=2", "tp=2", true);
+}
+
+// Data-parallel attention on both sides: each prefill rank exports its own sequences (the
+// coordinator picks the exporter of the leg's KV domain) and each decode rank fetches for the
+// sequences it owns.
+TEST(DisaggregationTest, DataParallelAttentionOnBothSides) {
+    run_disaggregation("pp=1,tp=2,attn=dp", "pp=1,tp=2,attn=dp", false);
 }
 
 }  // namespace

@@ -36,6 +36,9 @@ using std::chrono::seconds;
 // MTP speculative decoding's counters: exported only when --speculative is on.
 const std::set<std::string> kSpeculativeMetrics = {"deepshard_spec_accepted_tokens_total",
                                                    "deepshard_spec_draft_tokens_total"};
+// Exported only with --prefill-control (disaggregation); the dashboard must still read them.
+const std::set<std::string> kDisaggregationMetrics = {"deepshard_pd_handoffs_total", "deepshard_pd_fallbacks_total",
+                                                      "deepshard_kv_import_failures_total"};
 
 bool have(const std::string& tool) {
     return run_command({"/bin/sh", "-c", "command -v " + tool}, seconds(10)).exit_code == 0;
@@ -178,7 +181,7 @@ TEST_F(PrometheusTest, LiveScrapeDashboardQueriesAndShardJobLossAlert) {
         EXPECT_EQ(r.json()["status"], "success") << e << "\n" << r.body;
     }
     for (const std::string& n : referenced) {
-        if (kSpeculativeMetrics.count(n) != 0) continue;
+        if (kSpeculativeMetrics.count(n) != 0 || kDisaggregationMetrics.count(n) != 0) continue;
         const bool exported = text.body.find("\n" + n + " ") != std::string::npos ||
                               text.body.find("\n" + n + "{") != std::string::npos ||
                               text.body.find("# TYPE " + n + " ") != std::string::npos;
@@ -186,6 +189,9 @@ TEST_F(PrometheusTest, LiveScrapeDashboardQueriesAndShardJobLossAlert) {
     }
     for (const std::string& n : kSpeculativeMetrics) {
         EXPECT_EQ(referenced.count(n), 1u) << "the dashboard has no MTP panel reading " << n;
+    }
+    for (const std::string& n : kDisaggregationMetrics) {
+        EXPECT_EQ(referenced.count(n), 1u) << "the dashboard has no disaggregation panel reading " << n;
     }
 
     // Killing the shard job fires the job-loss alert (and starts the sustained-outage one).
