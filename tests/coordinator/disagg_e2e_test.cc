@@ -168,6 +168,14 @@ void run_disaggregation(const std::string& decode_layout, const std::string& pre
     const int prefill_port = cluster.port("prefill_control");
     ASSERT_GT(prefill_port, 0);
     EXPECT_EQ(scrape(http, "deepshard_prefill_job_up"), 0);
+    if (failures) {
+        // A job on the prefill port that exports nothing is refused with the reason, and leaves.
+        auto wrong = cluster.start_job(prefill_plan, prefill_port, 2, {}, "prefill-nolisten.log");
+        EXPECT_TRUE(wrong->wait_exit(seconds(120)).has_value()) << wrong->log();
+        EXPECT_NE(cluster.coordinator().log().find("a prefill job must export its KV"), std::string::npos)
+            << cluster.logs();
+        EXPECT_EQ(scrape(http, "deepshard_prefill_job_up"), 0);
+    }
 
     // 1. The decode job alone.
     const auto alone = serve_all(cluster);
