@@ -36,6 +36,9 @@ inline constexpr Range kFrequencyPenalty{-2, 2, false};
 inline constexpr Range kPresencePenalty{-2, 2, false};
 inline constexpr int64_t kMaxTopK = INT32_MAX;  // 0 = off (HTTP also takes vLLM's -1)
 inline constexpr int kMaxTopLogprobs = 20;      // top-n alternatives per token
+// Speculative decoding: most draft tokens verified or asked for per step (--draft-tokens on the
+// coordinator and on `deepshard generate`; the control protocol's bound on SeqWork / SeqOutput).
+inline constexpr int kMaxDraftTokens = 16;
 
 // Lists a client sends.
 inline constexpr size_t kMaxStopStrings = 16;

@@ -41,7 +41,7 @@ inline constexpr uint32_t kMagic = 0x50435344;  // "DSCP"
 //    StepResult.import_failed).
 inline constexpr uint16_t kVersion = 4;
 // Most draft tokens a sequence may verify or ask for in one step (--draft-tokens).
-inline constexpr uint32_t kMaxDraftTokens = 16;
+inline constexpr uint32_t kMaxDraftTokens = static_cast<uint32_t>(limits::kMaxDraftTokens);
 // Payload limits per connection state (a peer's budget grows only as it proves who it is).
 inline constexpr uint32_t kMaxHandshakePayload = 96;   // AuthHello / AuthChallenge / AuthProof
 inline constexpr uint32_t kMaxRefusePayload = 64u << 10;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "common/request_limits.h"
+
 namespace deepshard::model {
 
 namespace {
@@ -58,8 +60,8 @@ bool record_token(const GenerateRequest& req, const OnToken& on_token, const Sam
 }
 }  // namespace
 
-// Most drafts per step (the coordinator's --draft-tokens bound, control/protocol.h kMaxDraftTokens).
-inline constexpr int kMaxGenerateDrafts = 16;
+// Most drafts per step: the coordinator's --draft-tokens bound (common/request_limits.h).
+inline constexpr int kMaxGenerateDrafts = limits::kMaxDraftTokens;
 StatusOr<GenerateResult> generate_speculative(const StepFn& step, const DraftFn& draft, const GenerateRequest& req,
                                               const OnToken& on_token);
 

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/npy.h"
+#include "common/request_limits.h"
 #include "model/tokenizer/chat_template.h"
 #include "model/tokenizer/tokenizer.h"
 
@@ -213,8 +214,9 @@ Status run_generate_session(const GenerateOptions& options, const Checkpoint& ch
         return invalid_argument("--draft-tokens needs --speculative mtp");
     }
     if (!options.speculative.empty()) {
-        if (options.draft_tokens < 0 || options.draft_tokens > 16) {
-            return invalid_argument("--draft-tokens " + std::to_string(options.draft_tokens) + ": must be 1..16");
+        if (options.draft_tokens < 0 || options.draft_tokens > limits::kMaxDraftTokens) {
+            return invalid_argument("--draft-tokens " + std::to_string(options.draft_tokens) + ": must be 1.." +
+                                    std::to_string(limits::kMaxDraftTokens));
         }
         if (checkpoint.config().num_nextn_predict_layers <= 0) {
             return invalid_argument("--speculative mtp: the model has no MTP module (config.json "
