@@ -83,6 +83,7 @@ void Engine::finish_legs() {
         }
         SequenceSpec spec = std::move(h.spec);
         spec.sink = h.request;
+        spec.accepted = true;
         const std::vector<ctl::KvSource>* sources = nullptr;
         if (reason == FinishReason::kStop && error.ok() && prefill_->leader) {
             // The exporting ranks of the leg's KV domain (Hello.kv_exports, grouped by domain).

@@ -40,7 +40,7 @@ StatusOr<uint64_t> Scheduler::submit(SequenceSpec spec, Clock::time_point) {
                                 " (prompt + at least one generated token)");
     }
     if (spec.max_tokens < 1) return invalid_argument("max_tokens must be at least 1");
-    if (queue_.size() >= options_.max_queue) {
+    if (queue_.size() >= options_.max_queue && !spec.accepted) {
         return resource_exhausted("the request queue is full (" + std::to_string(options_.max_queue) + " waiting)");
     }
     if (capacity_ && prompt_blocks(spec.prompt.size()) > capacity_->kv_blocks) {

@@ -103,6 +103,10 @@ struct SequenceSpec {
     std::optional<control::KvExport> kv_export;
     std::optional<control::KvImport> kv_import;
     int64_t import_positions = 0;
+    // Already accepted elsewhere (a prefill leg's hand-off): the queue bound does not apply, since
+    // refusing it now would throw away a computed prompt. The prefill scheduler's own bound still
+    // limits how many such requests exist.
+    bool accepted = false;
 };
 
 struct SchedulerOptions {

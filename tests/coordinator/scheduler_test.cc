@@ -777,3 +777,27 @@ TEST(SchedulerPdTest, AFailedImportIsComputedInOrdinaryChunks) {
 
 }  // namespace
 }  // namespace deepshard::coordinator
+
+namespace deepshard::coordinator {
+namespace {
+
+// A hand-off from the prefill job was accepted when the request arrived: a full decode queue must
+// not throw its computed prompt away.
+TEST(SchedulerPdTest, AHandOffIsQueuedBeyondTheQueueBound) {
+    SchedulerOptions o = pd_opts();
+    o.max_queue = 1;
+    Scheduler s(o);
+    SequenceSpec a;
+    a.prompt = iota_prompt(5);
+    ASSERT_TRUE(s.submit(a, Clock::now()).ok());
+    SequenceSpec b = a;
+    EXPECT_EQ(s.submit(b, Clock::now()).status().code(), StatusCode::kResourceExhausted);
+    b.accepted = true;
+    b.kv_import = an_import();
+    b.import_positions = 4;
+    EXPECT_TRUE(s.submit(b, Clock::now()).ok());
+    EXPECT_EQ(s.stats().queued, 2u);
+}
+
+}  // namespace
+}  // namespace deepshard::coordinator
