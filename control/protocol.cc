@@ -255,33 +255,19 @@ bool get_sources(Reader& r, const char* field, uint32_t groups, bool may_be_empt
         return false;
     }
     out->resize(n);
-    uint32_t next = 0;
-    for (KvSource& src : *out) {
+    const uint32_t per = n / groups;  // sources per group (n % groups == 0 above)
+    for (uint32_t i = 0; i < n; ++i) {
+        KvSource& src = (*out)[i];
+        // A group starts at layer 0 and continues where its previous source ended; every group
+        // ends where the first one does (one model).
+        const bool first = i % per == 0, last = i % per == per - 1;
+        const uint32_t begin = first ? 0 : (*out)[i - 1].layer_end;
         if (!(r.get(&src.layer_begin, field) && r.get(&src.layer_end, field) &&
-              r.check((src.layer_begin == next || src.layer_begin == 0) && src.layer_end > src.layer_begin &&
-                          src.layer_end <= 65536,
-                      f + " must cover the layers in order, without gaps or overlaps") &&
+              r.check(src.layer_begin == begin && src.layer_end > src.layer_begin && src.layer_end <= 65536 &&
+                          (!last || i < per || src.layer_end == (*out)[per - 1].layer_end),
+                      f + " must cover the layers from 0 in order, without gaps or overlaps") &&
               r.str(&src.endpoint, kMaxEndpointBytes, field) && r.check(!src.endpoint.empty(), f + ": empty endpoint"))) {
             return false;
-        }
-        next = src.layer_end;
-    }
-    // Each group starts at layer 0 and ends where the first one does (the same model).
-    if (n > 0) {
-        const uint32_t per = n / groups;
-        for (uint32_t g = 0; g < groups; ++g) {
-            const KvSource& first = (*out)[g * per];
-            const KvSource& last = (*out)[g * per + per - 1];
-            if (!r.check(first.layer_begin == 0 && last.layer_end == (*out)[per - 1].layer_end,
-                         f + ": domain " + std::to_string(g) + " does not cover the same layers from 0")) {
-                return false;
-            }
-            for (uint32_t i = 1; i < per; ++i) {
-                if (!r.check((*out)[g * per + i].layer_begin == (*out)[g * per + i - 1].layer_end,
-                             f + " must cover the layers in order, without gaps or overlaps")) {
-                    return false;
-                }
-            }
         }
     }
     return true;

@@ -125,7 +125,6 @@ bool Engine::validate_prefill_job(const ctl::LeaderInfo& leader, std::string* wh
         *why = "a prefill job must export its KV (start deepshard-shard with --kv-listen IP)";
         return false;
     }
-    (void)why;
     return true;
 }
 

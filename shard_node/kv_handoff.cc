@@ -47,7 +47,6 @@ Status KvHandoff::export_rows(const model::Engine& engine, const ctl::SeqWork& w
 Status KvHandoff::import_rows(model::Engine& engine, const ctl::SeqWork& w, int64_t first_layer, int64_t last_layer) {
     const int64_t begin = w.start_pos;
     const int64_t end = begin + static_cast<int64_t>(w.tokens.size());
-    DS_RETURN_IF_ERROR(engine.kv_blocks().reserve(w.seq_id, end));
     const int64_t row = engine.kv_row_bytes();
     const int64_t layers = last_layer - first_layer;
     const size_t per_layer = static_cast<size_t>((end - begin) * row);
@@ -95,8 +94,7 @@ std::string KvHandoff::endpoint() const { return ""; }
 Status KvHandoff::export_rows(const model::Engine&, const ctl::SeqWork&, int64_t, int64_t) {
     return unavailable("no UCX");
 }
-Status KvHandoff::import_rows(model::Engine& engine, const ctl::SeqWork& w, int64_t, int64_t) {
-    DS_RETURN_IF_ERROR(engine.kv_blocks().reserve(w.seq_id, static_cast<int64_t>(w.start_pos + w.tokens.size())));
+Status KvHandoff::import_rows(model::Engine&, const ctl::SeqWork&, int64_t, int64_t) {
     return unavailable("no UCX");
 }
 

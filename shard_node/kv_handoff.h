@@ -44,9 +44,8 @@ public:
     // Stages rows [0, start_pos + tokens) of this rank's layers [first_layer, last_layer) of the
     // chunk's sequence under its kv_export. Logs and returns the error (the step goes on).
     Status export_rows(const model::Engine& engine, const control::SeqWork& w, int64_t first_layer, int64_t last_layer);
-    // Reserves the chunk's positions in the engine's pool (always, so both views of the pool stay
-    // equal), then fetches and writes this rank's layers. An error means the positions hold nothing
-    // valid and must be computed.
+    // Fetches this rank's layers of the chunk's positions (already reserved in the engine's pool)
+    // and writes them. An error (logged) means the positions hold nothing valid and must be computed.
     Status import_rows(model::Engine& engine, const control::SeqWork& w, int64_t first_layer, int64_t last_layer);
 
 private:

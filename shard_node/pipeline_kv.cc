@@ -53,11 +53,12 @@ Status Pipeline::import_chunks(const PipelineStep& step, const std::vector<size_
     for (size_t i : mine) {
         const ctl::SeqWork& w = step.batch.seqs[i];
         if (!w.has_import) continue;
-        if (std::find(failed->begin(), failed->end(), w.seq_id) != failed->end()) {
-            // An earlier stage failed already: only keep the pool in step with the coordinator.
-            DS_RETURN_IF_ERROR(model_->kv_blocks().reserve(w.seq_id, static_cast<int64_t>(w.start_pos + w.tokens.size())));
-            continue;
-        }
+        // The pool holds the positions whatever the fetch does: the coordinator's mirror reserved
+        // them, and a failed import is computed into them later.
+        DS_RETURN_IF_ERROR(model_->kv_blocks()
+                               .reserve(w.seq_id, static_cast<int64_t>(w.start_pos + w.tokens.size()))
+                               .with_context("reserving the KV of an import"));
+        if (std::find(failed->begin(), failed->end(), w.seq_id) != failed->end()) continue;  // an earlier stage failed
         if (!kv_handoff_) {
             auto started = KvHandoff::start(kv_options_);  // fetch-only unless this job also exports
             if (!started.ok()) {
@@ -66,16 +67,8 @@ Status Pipeline::import_chunks(const PipelineStep& step, const std::vector<size_
                 kv_handoff_ = std::move(started).value();
             }
         }
-        Status s = kv_handoff_ ? kv_handoff_->import_rows(*model_, w, range.first_layer, range.last_layer)
-                               : model_->kv_blocks().reserve(w.seq_id, static_cast<int64_t>(w.start_pos + w.tokens.size()));
-        if (s.ok() && !kv_handoff_) s = unavailable("no KV transfer");
-        if (!s.ok()) {
-            // The pool must still hold the positions (the coordinator's mirror reserved them).
-            if (!model_->kv_blocks().has(w.seq_id) ||
-                model_->kv_blocks().capacity(w.seq_id) < static_cast<int64_t>(w.start_pos + w.tokens.size())) {
-                return s.with_context("reserving the KV of an import");
-            }
-            bad[i] = 1.0f;
+        if (!kv_handoff_ || !kv_handoff_->import_rows(*model_, w, range.first_layer, range.last_layer).ok()) {
+            bad[i] = 1.0f;  // logged by import_rows or above
         }
     }
     if (layout_.ranks_per_stage > 1) {

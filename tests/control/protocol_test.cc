@@ -312,6 +312,20 @@ TEST(ProtocolTest, OutOfRangeValuesNameTheField) {
     encode(h, &f);
     hr = decode_hello(f.substr(kFrameHeaderSize));
     EXPECT_NE(hr.status().message().find("hello.kv_domains"), std::string::npos) << hr.status().message();
+    // A prefill job's exports: the second KV domain must cover the same layers as the first.
+    Hello pf = samples::hello();
+    pf.kv_exports[3].layer_end = 5;
+    f.clear();
+    encode(pf, &f);
+    hr = decode_hello(f.substr(kFrameHeaderSize));
+    EXPECT_NE(hr.status().message().find("hello.kv_exports must cover the layers"), std::string::npos)
+        << hr.status().message();
+    pf = samples::hello();
+    pf.kv_exports.pop_back();  // 3 sources for 2 domains
+    f.clear();
+    encode(pf, &f);
+    hr = decode_hello(f.substr(kFrameHeaderSize));
+    EXPECT_NE(hr.status().message().find("3 sources for 2 KV domains"), std::string::npos) << hr.status().message();
     StepResult res = sample_result();
     res.kv[0].used_blocks = 65;  // more than the pool
     f.clear();
