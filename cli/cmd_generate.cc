@@ -23,6 +23,7 @@ struct GenerateArgs {
     // fast by default: BF16 dot products on CPUs with AVX512-BF16 (kernels/kernels.h); exact is the
     // float32 reference the golden sets are held to.
     std::string numerics = "fast";
+    bool head_fp8 = false;
 };
 
 Status run_generate(const GenerateArgs& args) {
@@ -40,6 +41,7 @@ Status run_generate(const GenerateArgs& args) {
     }
     spdlog::info("engine: {}, numerics {}", model::device_name(device), kernels::numerics_name(opt.numerics));
     opt.precision = model::precision_for(opt.numerics);  // the same choice on a CUDA device
+    opt.head_fp8 = args.head_fp8;
     model::ShardSpec spec;
     // The MTP module only when asked for (it costs its weights and a KV layer slot); only the CPU
     // engine runs it, and the session refuses --speculative on an engine without it.
@@ -69,6 +71,7 @@ void register_generate(CLI::App& app, int* exit_code) {
                     "fast (default: BF16 dot products on the CPU; BF16 KV and FP8/BF16 GEMMs on CUDA) or exact (float32 "
                     "activations, the reference)")
         ->check(CLI::IsMember({"exact", "fast"}));
+    cmd->add_flag("--head-fp8", args->head_fp8, model::kHeadFp8Help);
     cmd->callback([args, exit_code] {
         Status s = run_generate(*args);
         if (!s.ok()) {

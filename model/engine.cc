@@ -63,7 +63,14 @@ StatusOr<std::unique_ptr<Engine>> create_engine(Device device, std::shared_ptr<c
 
 StatusOr<std::unique_ptr<Engine>> create_engine(Device device, std::shared_ptr<const Checkpoint> checkpoint,
                                                 const ShardSpec& spec, const EngineOptions& options) {
-    DS_ASSIGN_OR_RETURN(auto weights, ShardWeights::load(std::move(checkpoint), spec));
+    if (options.head_fp8 && device != Device::kCpu) {
+        // The CUDA engine uploads the checkpoint's own bytes of every tensor (ShardWeights::tensors).
+        return invalid_argument("--head-fp8 (an FP8 requantized output head) is a CPU engine option; device " +
+                                std::string(device_name(device)) + " keeps the checkpoint's head");
+    }
+    ShardSpec s = spec;
+    s.head_fp8 = s.head_fp8 || options.head_fp8;
+    DS_ASSIGN_OR_RETURN(auto weights, ShardWeights::load(std::move(checkpoint), s));
     return create_engine(device, std::move(weights), options);
 }
 

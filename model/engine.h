@@ -158,6 +158,12 @@ inline Precision precision_for(kernels::Numerics n) {
     return n == kernels::Numerics::kExact ? Precision::kExact : Precision::kFast;
 }
 
+// The help text of `--head-fp8` (generate, deepshard-shard, engine_bench).
+inline constexpr const char* kHeadFp8Help =
+    "hold the output head requantized to FP8 e4m3 with 128x128 block scales (made at load; the checkpoint's "
+    "BF16 pages are released): a decode token reads half the head's bytes, logits change by the head's FP8 "
+    "rounding, routing never. CPU engine only";
+
 struct EngineOptions {
     int64_t kv_budget_bytes = int64_t{1} << 30;
     int64_t kv_block_size = 16;
@@ -172,6 +178,8 @@ struct EngineOptions {
     // the golden tests hold to the official float32 model; fast = BF16 dot products where the CPU
     // has them. Router, norms, attention and the residual stream are float32 in both.
     kernels::Numerics numerics = kernels::Numerics::kExact;
+    // Hold the output head requantized to FP8 (ShardSpec::head_fp8; `--head-fp8`). CPU engine only.
+    bool head_fp8 = false;
 };
 
 // KV cache use, in the engine's own storage units.

@@ -1,8 +1,12 @@
 // Builds a rank's ShardWeights from the checkpoint: which rows/columns of which tensors it holds.
 #include "model/shard_weights.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <functional>
 
 #include "common/thread_pool.h"
@@ -44,7 +48,7 @@ void for_each_weight(const ShardWeights& w, const std::function<void(const std::
             visit_mlp(m + "shared_experts.", L.shared);
         }
     }
-    visit("lm_head.weight", w.head());
+    if (!w.head_requantized()) visit("lm_head.weight", w.head());
 }
 
 // Touches one byte per page of the view's storage span.
@@ -121,6 +125,7 @@ Status ShardWeights::build(const ShardSpec& spec) {
     if (spec.has_head) {
         DS_ASSIGN_OR_RETURN(head_, ck.weight_rows("lm_head.weight", c.vocab_size, H, vb_, ve_ - vb_));
         DS_ASSIGN_OR_RETURN(final_norm_, ck.vector_f32("model.norm.weight", H));
+        if (spec.head_fp8 && head_.dtype != DType::kF8E4M3) requantize_head();
     }
     for (int64_t l = first_; l < last_; ++l) {
         LayerWeights L;
@@ -243,8 +248,55 @@ kernels::RouteParams ShardWeights::route_params() const {
     return p;
 }
 
+// Block by block as DeepSeek's FP8 weights are made: scale = amax / 448 (the largest e4m3 value), code =
+// e4m3(w / scale) rounded to nearest even. Blocks are aligned to this shard's first vocabulary row.
+// Afterwards the mapped pages of the original are given back (MADV_DONTNEED on a read-only private
+// file mapping: they would be read from the file again if touched), so one copy stays resident.
+void ShardWeights::requantize_head() {
+    const WeightView src = head_;
+    constexpr int64_t kB = 128;
+    const int64_t R = src.rows, C = src.cols, gr = (R + kB - 1) / kB, gc = (C + kB - 1) / kB;
+    head_q_.assign(static_cast<size_t>(R * C), 0);
+    head_s_.assign(static_cast<size_t>(gr * gc), 1.0f);
+    ThreadPool::global().parallel_for(gr, [&](int64_t b, int64_t e) {
+        for (int64_t br = b; br < e; ++br) {
+            const int64_t r0 = br * kB, r1 = std::min(R, r0 + kB);
+            for (int64_t bc = 0; bc < gc; ++bc) {
+                const int64_t c0 = bc * kB, c1 = std::min(C, c0 + kB);
+                float amax = 0.0f;
+                for (int64_t r = r0; r < r1; ++r) {
+                    for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(src.at(r, c)));
+                }
+                const float s = amax > 0.0f && std::isfinite(amax) ? amax / 448.0f : 1.0f;
+                head_s_[static_cast<size_t>(br * gc + bc)] = s;
+                for (int64_t r = r0; r < r1; ++r) {
+                    for (int64_t c = c0; c < c1; ++c) head_q_[static_cast<size_t>(r * C + c)] = f32_to_e4m3(src.at(r, c) / s);
+                }
+            }
+        }
+    });
+    const auto begin = reinterpret_cast<uintptr_t>(src.data);
+    const auto end = begin + static_cast<uintptr_t>(((R - 1) * src.ld + C) * static_cast<int64_t>(dtype_size(src.dtype)));
+    const uintptr_t page = 4096, b = (begin + page - 1) / page * page, e = end / page * page;
+    const TensorInfo* info = checkpoint_->find("lm_head.weight");
+    const auto& file = checkpoint_->file(info->file_index);
+    const auto fb = reinterpret_cast<uintptr_t>(file.data());
+    if (e > b && b >= fb && e <= fb + file.size()) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+    WeightView q;
+    q.dtype = DType::kF8E4M3;
+    q.data = head_q_.data();
+    q.rows = R;
+    q.cols = C;
+    q.ld = C;
+    q.scale = head_s_.data();
+    q.scale_ld = gc;
+    q.block_rows = kB;
+    q.block_cols = kB;
+    head_ = q;
+}
+
 int64_t ShardWeights::held_bytes() const {
-    int64_t bytes = 0;
+    int64_t bytes = head_requantized() ? head_.bytes() : 0;
     for (const HeldTensor& t : tensors_) bytes += t.view->bytes();
     return bytes;
 }

@@ -36,6 +36,11 @@ struct ShardSpec {
     // Also hold the MTP module (layer num_hidden_layers) when the checkpoint has one
     // (num_nextn_predict_layers > 0); only with has_head.
     bool has_mtp = false;
+    // Requantize the output head (lm_head, BF16/F16/F32 in DeepSeek's checkpoints) to FP8 e4m3 with
+    // 128 x 128 block scales at load, in memory (the mapped original pages are released), so a
+    // decode token reads half the head's bytes. Opt-in (`--head-fp8`): it changes the logits by
+    // the head's FP8 rounding, and never routing. CPU engine only.
+    bool head_fp8 = false;
 };
 
 // A SwiGLU MLP (dense layer, routed expert or shared expert), possibly a TP column slice.
@@ -119,8 +124,11 @@ public:
 
     // Every held weight (matrices only; the small fp32 vectors are copied at load) with its bytes.
     const std::vector<HeldTensor>& tensors() const { return tensors_; }
-    // Bytes of weight data (with FP8 scales) held.
+    // Bytes of weight data (with FP8 scales) held, including a head requantized in memory.
     int64_t held_bytes() const;
+    // Whether head() is an in-memory FP8 requantization (ShardSpec::head_fp8); then tensors() does
+    // not list lm_head, whose file bytes are no longer what the view holds.
+    bool head_requantized() const { return !head_q_.empty(); }
 
     // Faults in exactly the byte ranges of the held weights (one read per page, all cores), so a
     // rank's resident memory is its share of the checkpoint. Returns bytes and time.
@@ -137,6 +145,7 @@ private:
     Status load_mtp(const ShardSpec& spec);
     Status load_mlp(const std::string& prefix, int64_t inter, int64_t tp_rank, int64_t tp_size, MlpWeights* mlp);
     void list_tensors();
+    void requantize_head();
 
     std::shared_ptr<const Checkpoint> checkpoint_;
     ShardSpec spec_;
@@ -150,6 +159,8 @@ private:
     std::vector<float> inv_freq_;
     float softmax_scale_ = 1.0f;
     std::vector<HeldTensor> tensors_;
+    std::vector<uint8_t> head_q_;  // requantized head (e4m3 codes) and its scale grid
+    std::vector<float> head_s_;
 };
 
 }  // namespace deepshard::model

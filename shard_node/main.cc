@@ -118,6 +118,7 @@ struct ShardArgs {
     int64_t connect_timeout_ms = 0;  // 0: DS_COMM_TIMEOUT_MS
     std::string device;    // empty: the plan's device for this rank
     std::string numerics;  // empty: the plan's numerics (fast when the plan names none)
+    bool head_fp8 = false;
     std::string control_secret_file;
     control::TlsFiles tls;
 };
@@ -183,6 +184,7 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
         return invalid_argument("--numerics must be exact or fast, got \"" + args.numerics + "\"");
     }
     opt.precision = model::precision_for(opt.numerics);  // the same choice for CUDA ranks
+    opt.head_fp8 = args.head_fp8;
     DS_ASSIGN_OR_RETURN(auto pipeline, Pipeline::create(world, layout, ckpt, rd.device, opt));
     DS_ASSIGN_OR_RETURN(model::LoadStats ls, pipeline->engine().prepare());
     spdlog::info("rank {}: stage {} local {} on {} (numerics {}) loaded {:.1f} MB of weights in {:.2f} s ({:.2f} GB/s)",
@@ -265,6 +267,7 @@ int main(int argc, char** argv) {
         ->check(CLI::NonNegativeNumber);
     app.add_option("--device", args.device, "compute device of every rank, overriding the plan (cpu | cuda)")
         ->check(CLI::IsMember({"cpu", "cuda"}));
+    app.add_flag("--head-fp8", args.head_fp8, model::kHeadFp8Help);
     app.add_option("--numerics", args.numerics,
                    "numerics of every rank (CPU and CUDA), overriding the plan: fast (BF16 dot products; the default) or exact "
                    "(float32, the reference)")

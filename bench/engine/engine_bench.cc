@@ -4,7 +4,7 @@
 // Also the peak resident memory against mapped weights + KV pool (nothing else should be there).
 //
 // Usage: engine_bench --model DIR [--batches 1,8] [--prefill 64,512] [--decode 16] [--reps 3] [--kv-mb 256]
-//                     [--stream-mb 256] [--device cpu|cuda] [--numerics exact|fast]
+//                     [--stream-mb 256] [--device cpu|cuda] [--numerics exact|fast] [--head-fp8]
 // With --device cuda the decode steps sample greedily on the device (LogitsMode::kSample), as the
 // shard job does, so no vocabulary of logits crosses PCIe per token.
 // Besides wall-clock tokens/s every phase reports tokens per second of process CPU time divided by
@@ -42,6 +42,7 @@ struct Args {
     int64_t stream_mb = 256;
     dm::Device device = dm::Device::kCpu;
     deepshard::kernels::Numerics numerics = deepshard::kernels::Numerics::kFast;
+    bool head_fp8 = false;
 };
 
 [[noreturn]] void die(const std::string& msg) {
@@ -85,6 +86,8 @@ Args parse(int argc, char** argv) {
             auto d = dm::parse_device(next());
             if (!d.ok()) die(d.status().to_string());
             a.device = *d;
+        } else if (k == "--head-fp8") {
+            a.head_fp8 = true;
         } else if (k == "--numerics") {
             const std::string v = next();
             if (!deepshard::kernels::parse_numerics(v, &a.numerics)) {
@@ -121,6 +124,7 @@ std::unique_ptr<dm::Engine> make_model(const std::shared_ptr<const dm::Checkpoin
     opt.kv_budget_bytes = a.kv_mb << 20;
     opt.numerics = a.numerics;
     opt.precision = dm::precision_for(a.numerics);
+    opt.head_fp8 = a.head_fp8;
     auto t = dm::create_engine(a.device, ck, dm::ShardSpec{}, opt);
     if (!t.ok()) {
         die(t.status().to_string());
@@ -156,13 +160,13 @@ int main(int argc, char** argv) {
     }
     const dm::LoadStats load = *prepared;
     const int64_t bytes_per_token = model->weights().weight_bytes_per_token();
-    std::printf("engine_bench: model=%s device=%s isa=%s numerics=%s%s threads=%d\n", a.model.c_str(), dm::device_name(a.device),
+    std::printf("engine_bench: model=%s device=%s isa=%s numerics=%s%s%s threads=%d\n", a.model.c_str(), dm::device_name(a.device),
                 deepshard::kernels::isa_name(deepshard::kernels::active_isa()),
                 deepshard::kernels::numerics_name(a.numerics),
                 a.numerics == deepshard::kernels::Numerics::kFast && deepshard::kernels::fast_is_exact()
                     ? " (= exact on this ISA)"
                     : "",
-                threads);
+                a.head_fp8 ? " head=fp8 (requantized at load)" : "", threads);
     std::printf("STREAM triad: %.2f GB/s   weights faulted in: %.2f GB at %.2f GB/s\n", triad, load.bytes / 1e9,
                 load.gb_per_s());
     std::printf("weight bytes read per decode token (batch 1): %.1f MB\n", bytes_per_token / 1e6);
@@ -200,7 +204,7 @@ int main(int argc, char** argv) {
                     med, gflops, cpu_med);
         nlohmann::json j{{"bench", "engine"}, {"phase", "prefill"}, {"model", a.model}, {"tokens", prefill},
                          {"tokens_per_s", med}, {"cpu_tokens_per_s", cpu_med}, {"gflops", gflops},
-                         {"threads", threads}, {"numerics", deepshard::kernels::numerics_name(a.numerics)}};
+                         {"threads", threads}, {"numerics", deepshard::kernels::numerics_name(a.numerics)}, {"head_fp8", a.head_fp8}};
         std::printf("JSON %s\n", j.dump().c_str());
     }
 
@@ -281,7 +285,7 @@ int main(int argc, char** argv) {
         }
         nlohmann::json j{{"bench", "engine"}, {"phase", "decode"}, {"model", a.model}, {"batch", B},
                          {"tokens_per_s", med}, {"cpu_tokens_per_s", cpu_med}, {"weight_gbs", gbs}, {"triad_gbs", triad},
-                         {"numerics", deepshard::kernels::numerics_name(a.numerics)},
+                         {"numerics", deepshard::kernels::numerics_name(a.numerics)}, {"head_fp8", a.head_fp8},
                          {"bytes_per_token", bytes_per_token}, {"threads", threads}};
         std::printf("JSON %s\n", j.dump().c_str());
     }

@@ -5,6 +5,9 @@
 //  * GEMM GFLOP/s for prefill-sized m, FP8/BF16 vs an F32-weight baseline (the dequantize cost)
 // Every timed configuration is checked once against a double reference built on WeightView::at.
 // Usage: matmul_bench [--reps N] [--stream-mb MB] [--rotate-mb MB] [--quick] [--numerics exact|fast]
+//                     [--gemv NxK,...] [--m 1,8,...] [--no-gemm]
+//   --gemv / --m replace the GEMV shapes (W rows x columns) and batch sizes, e.g. the output head of
+//   a model: --gemv 129280x1024 --m 1,4,8; --no-gemm skips the prefill GEMM rows.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -96,6 +99,17 @@ void verify(const dk::WeightView& w, const std::vector<float>& x, int64_t m, con
     }
 }
 
+std::vector<std::string> split_list(const std::string& s) {
+    std::vector<std::string> out;
+    size_t b = 0;
+    while (b <= s.size()) {
+        const size_t e = std::min(s.find(',', b), s.size());
+        if (e > b) out.push_back(s.substr(b, e - b));
+        b = e + 1;
+    }
+    return out;
+}
+
 struct Row {
     std::string kind, dtype;
     int64_t n, k, m;
@@ -107,7 +121,10 @@ struct Row {
 int main(int argc, char** argv) {
     int reps = 7;
     int64_t stream_mb = 256, rotate_mb = 1024;
-    bool quick = false;
+    bool quick = false, gemm = true;
+    struct Shape { int64_t n, k; };
+    std::vector<Shape> shapes_arg;
+    std::vector<int64_t> ms_arg;
     dk::Numerics numerics = dk::Numerics::kExact;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -115,6 +132,27 @@ int main(int argc, char** argv) {
         else if (a == "--stream-mb" && i + 1 < argc) stream_mb = std::atoll(argv[++i]);
         else if (a == "--rotate-mb" && i + 1 < argc) rotate_mb = std::atoll(argv[++i]);
         else if (a == "--quick") quick = true;
+        else if (a == "--no-gemm") gemm = false;
+        else if (a == "--gemv" && i + 1 < argc) {
+            for (const std::string& t : split_list(argv[++i])) {
+                Shape sh{0, 0};
+                if (std::sscanf(t.c_str(), "%ldx%ld", &sh.n, &sh.k) != 2 || sh.n <= 0 || sh.k <= 0 ||
+                    sh.n > (1 << 24) || sh.k > (1 << 20)) {
+                    std::fprintf(stderr, "matmul_bench: --gemv wants NxK shapes, got '%s'\n", t.c_str());
+                    return 1;
+                }
+                shapes_arg.push_back(sh);
+            }
+        } else if (a == "--m" && i + 1 < argc) {
+            for (const std::string& t : split_list(argv[++i])) {
+                const long v = std::atol(t.c_str());
+                if (v < 1 || v > 4096) {
+                    std::fprintf(stderr, "matmul_bench: --m wants batch sizes in [1, 4096], got '%s'\n", t.c_str());
+                    return 1;
+                }
+                ms_arg.push_back(v);
+            }
+        }
         else if (a == "--numerics" && i + 1 < argc) {
             if (!dk::parse_numerics(argv[++i], &numerics)) {
                 std::fprintf(stderr, "matmul_bench: --numerics must be exact or fast\n");
@@ -131,15 +169,16 @@ int main(int argc, char** argv) {
     std::printf("STREAM triad (3 x %ld MB): %.2f GB/s\n", long(stream_mb), triad);
 
     std::vector<Row> rows;
-    struct Shape { int64_t n, k; };
-    const std::vector<Shape> gemv_shapes = quick ? std::vector<Shape>{{2048, 7168}}
-                                                 : std::vector<Shape>{{7168, 2048}, {2048, 7168}, {4096, 4096}};
+    const std::vector<Shape> gemv_shapes = !shapes_arg.empty() ? shapes_arg
+                                           : quick ? std::vector<Shape>{{2048, 7168}}
+                                                   : std::vector<Shape>{{7168, 2048}, {2048, 7168}, {4096, 4096}};
+    const std::vector<int64_t> gemv_ms = !ms_arg.empty() ? ms_arg : std::vector<int64_t>{1, 8};
     for (ds::DType t : {ds::DType::kF8E4M3, ds::DType::kBF16}) {
         for (const Shape& s : gemv_shapes) {
             const int64_t bytes = s.n * s.k * ds::dtype_size(t);
             const int copies = static_cast<int>(std::max<int64_t>(2, rotate_mb * (1 << 20) / bytes));
             BenchWeight bw(t, s.n, s.k, copies);
-            for (int64_t m : {1, 8}) {
+            for (int64_t m : gemv_ms) {
                 std::vector<float> x(m * s.k), y(m * s.n);
                 uint64_t seed = 1;
                 for (float& v : x) v = (static_cast<float>(lcg(seed) % 2001) - 1000.0f) / 1000.0f;
@@ -161,7 +200,7 @@ int main(int argc, char** argv) {
     }
     // GEMM (prefill): compute-bound; the F32-weight run is the no-dequantize baseline.
     const Shape gs{2048, 7168};
-    for (int64_t m : quick ? std::vector<int64_t>{128} : std::vector<int64_t>{128, 512}) {
+    for (int64_t m : !gemm ? std::vector<int64_t>{} : quick ? std::vector<int64_t>{128} : std::vector<int64_t>{128, 512}) {
         for (ds::DType t : {ds::DType::kF8E4M3, ds::DType::kBF16, ds::DType::kF32}) {
             BenchWeight bw(t, gs.n, gs.k, 1);
             std::vector<float> x(m * gs.k), y(m * gs.n);
