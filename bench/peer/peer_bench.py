@@ -12,6 +12,9 @@ that load changes on a shared machine hit all engines alike; every figure is the
                          llama-bench -p 64,512 -n 0)
   STREAM triad         : measured by engine_bench in the same process, right before its runs
 
+A third pair per preset (unless --no-head-fp8) runs the FP8 model with --head-fp8: the output head
+requantized to FP8 at load, as the Q8_0 file quantizes its head too.
+
 Writes a markdown table (stdout and --out-md) and all raw runs as JSON (--out-json). Standard
 library only; the GGUF conversion and builds are done by run_peer_bench.sh.
 """
@@ -41,11 +44,11 @@ def run_rss(cmd, env=None):
     return out, err, ru.ru_maxrss * 1024
 
 
-def deepshard(args, model, numerics):
+def deepshard(args, model, numerics, extra):
     env = dict(os.environ, DS_NUM_THREADS=str(args.threads))
     cmd = [os.path.join(args.build, "bin", "engine_bench"), "--model", model, "--batches", "1,8",
            "--prefill", args.prefill, "--decode", str(args.decode), "--reps", "1",
-           "--stream-mb", str(args.stream_mb), "--numerics", numerics]
+           "--stream-mb", str(args.stream_mb), "--numerics", numerics] + extra
     out, _, rss = run_rss(cmd, env)
     r = {"rss": rss, "prefill": {}, "decode": {}}
     for line in out.splitlines():
@@ -108,6 +111,8 @@ def main():
     ap.add_argument("--stream-mb", type=int, default=256)
     ap.add_argument("--llama-omp-wait", choices=["passive", "active"], default="passive",
                     help="OMP_WAIT_POLICY of the llama.cpp runs (see llama())")
+    ap.add_argument("--no-head-fp8", action="store_true",
+                    help="skip the third pair (deepshard's FP8 model with --head-fp8 against Q8_0)")
     ap.add_argument("--out-md", default=None)
     ap.add_argument("--out-json", default=None)
     args = ap.parse_args()
@@ -115,16 +120,21 @@ def main():
     prefills = [int(p) for p in args.prefill.split(",")]
     raw = {}
     for preset in args.presets.split(","):
-        pairs = [("BF16", f"{preset}-bf16", f"{preset}-bf16.gguf"), ("FP8 vs Q8_0", f"{preset}-fp8", f"{preset}-q8_0.gguf")]
+        pairs = [("BF16", f"{preset}-bf16", f"{preset}-bf16.gguf", []),
+                 ("FP8 vs Q8_0", f"{preset}-fp8", f"{preset}-q8_0.gguf", [])]
+        if not args.no_head_fp8:
+            # DeepSeek's FP8 checkpoints keep the output head in BF16; the Q8_0 GGUF quantizes it. This
+            # pair reads the same kind of bytes as the peer: the head requantized to FP8 at load.
+            pairs.append(("FP8 + FP8 head vs Q8_0", f"{preset}-fp8", f"{preset}-q8_0.gguf", ["--head-fp8"]))
         for rnd in range(args.rounds):
-            for name, model, gguf in pairs:
+            for name, model, gguf, extra in pairs:
                 key = f"{preset} {name}"
                 slot = raw.setdefault(key, {"fast": [], "exact": [], "llama": []})
                 print(f"[{time.strftime('%H:%M:%S')}] {preset} {name} round {rnd + 1}/{args.rounds}", file=sys.stderr,
                       flush=True)
-                slot["fast"].append(deepshard(args, os.path.join(args.models, model), "fast"))
+                slot["fast"].append(deepshard(args, os.path.join(args.models, model), "fast", extra))
                 slot["llama"].append(llama(args, os.path.join(args.gguf, gguf)))
-                slot["exact"].append(deepshard(args, os.path.join(args.models, model), "exact"))
+                slot["exact"].append(deepshard(args, os.path.join(args.models, model), "exact", extra))
 
     lines = []
     header = next((r["header"] for v in raw.values() for r in v["fast"] if "header" in r), "")
