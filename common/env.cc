@@ -14,7 +14,7 @@ const std::vector<EnvKnob>& env_knobs() {
         {"DS_SPIN_US", "2000", "CPU thread pool: workers spin this long between parallel regions, then sleep"},
         {"DS_SPIN_CONTENDED_US", "0",
          "CPU thread pool: spin budget while this thread is being preempted (an oversubscribed machine)"},
-        {"DS_ISA", "auto", "force the CPU kernel ISA: auto, avx512bf16, avx512, avx2, scalar"},
+        {"DS_ISA", "auto", "force the CPU kernel ISA: auto, amx, avx512bf16, avx512, avx2, scalar"},
         {"DS_LOG_LEVEL", "info", "log level: trace, debug, info, warn, error, off"},
         {"DS_COMM_TIMEOUT_MS", "30000", "deadline of every communicator operation"},
         {"DS_COMM_SPIN_US", "1000", "comm: busy-poll this long before yielding/sleeping while waiting"},

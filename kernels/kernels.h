@@ -2,7 +2,7 @@
 // Weights stay in their stored dtype (FP8 e4m3 with block scales, BF16, F16, F32) and are
 // dequantized inside the inner loops, never into a second copy of the model. Calls split work over
 // ThreadPool::global() and block until done. The ISA (AVX-512 [+BF16], AVX2, scalar) is chosen
-// once at run time (DS_ISA overrides).
+// once at run time (DS_ISA overrides; AMX is used where the CPU and the kernel allow it).
 //
 // Two numerics modes for the matrix products (everything else is float32 in both):
 //  - exact: float32 activations, float32 accumulation; the dequantized weight is exactly
@@ -12,7 +12,8 @@
 //    into float32 accumulators: twice the multiply throughput and half the bytes for activations.
 //    On every other ISA (AVX-512 without BF16, AVX2, scalar) there is no faster reduced-precision
 //    instruction, so fast computes exactly what exact does (fast_is_exact() says which applies).
-//    F32 weights are always multiplied exactly.
+//    F32 weights are always multiplied exactly. Where the CPU also has AMX (Isa::kAmx), fast's
+//    prefill-sized products run on AMX tiles (TDPBF16PS: the same BF16 products, float32 sums).
 #pragma once
 
 #include <cstdint>
@@ -23,7 +24,7 @@
 
 namespace deepshard::kernels {
 
-enum class Isa { kScalar, kAvx2, kAvx512, kAvx512Bf16 };
+enum class Isa { kScalar, kAvx2, kAvx512, kAvx512Bf16, kAmx };
 const char* isa_name(Isa isa);
 Isa detected_isa();   // what this CPU supports
 Isa active_isa();     // what the kernels use (detected, or DS_ISA)

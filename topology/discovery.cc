@@ -361,20 +361,25 @@ void discover_rdma(HostTopology* h) {
 }
 #endif
 
-// MemAvailable of /proc/meminfo (the kernel's estimate of what new allocations can get without
-// swapping, page cache included), in bytes; 0 when unknown. Values beyond the host's RAM are refused.
-int64_t available_memory(int64_t total_bytes) {
+// One "Key:  N kB" line of /proc/meminfo, in bytes; 0 when absent or out of range.
+int64_t meminfo_bytes(const char* want) {
     std::ifstream in("/proc/meminfo");
     std::string key, unit;
     int64_t kib = 0;
     while (in >> key >> kib) {
         std::getline(in, unit);
-        if (key == "MemAvailable:") {
-            const int64_t bytes = kib > 0 && kib < (int64_t{1} << 50) ? kib * 1024 : 0;
-            return total_bytes > 0 && bytes > total_bytes ? 0 : bytes;
+        if (key == want) {
+            return kib > 0 && kib < (int64_t{1} << 50) ? kib * 1024 : 0;
         }
     }
     return 0;
+}
+
+// MemAvailable of /proc/meminfo (the kernel's estimate of what new allocations can get without
+// swapping, page cache included), in bytes; 0 when unknown. Values beyond the host's RAM are refused.
+int64_t available_memory(int64_t total_bytes) {
+    const int64_t bytes = meminfo_bytes("MemAvailable:");
+    return total_bytes > 0 && bytes > total_bytes ? 0 : bytes;
 }
 
 }  // namespace
@@ -388,6 +393,9 @@ StatusOr<HostTopology> discover_host(const DiscoveryOptions& options) {
     HwlocTopo ht;
     std::map<std::string, hwloc_obj_t> pci_objs;
     DS_RETURN_IF_ERROR(discover_hwloc(&h, &pci_objs, &ht));
+    // hwloc adds up the NUMA nodes' memory, which in some VMs misses memory the kernel has
+    // (e.g. hot-plugged: node0 11 GB of a 24 GB MemTotal); the RAM is what the kernel says.
+    h.memory_bytes = std::max(h.memory_bytes, meminfo_bytes("MemTotal:"));
     h.available_memory_bytes = available_memory(h.memory_bytes);
 
     h.rdma_source = "none: built without libibverbs";

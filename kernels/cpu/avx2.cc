@@ -96,6 +96,7 @@ struct Simd {
 };
 
 #define DS_SIMD_BF16 0
+#define DS_SIMD_AMX 0
 #include "kernels/cpu/simd_kernels.inc"
 
 }  // namespace

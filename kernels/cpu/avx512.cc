@@ -7,6 +7,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 
 #define DS_SIMD_BF16 0
+#define DS_SIMD_AMX 0
 
 namespace deepshard::kernels::cpu {
 namespace {

@@ -78,6 +78,7 @@ const KernelTable& scalar_table();
 const KernelTable& avx2_table();
 const KernelTable& avx512_table();
 const KernelTable& avx512bf16_table();
+const KernelTable& amx_table();
 // The table of the active ISA (set_isa / DS_ISA).
 const KernelTable& active_table();
 

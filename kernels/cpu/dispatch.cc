@@ -6,6 +6,12 @@
 #include <cstdlib>
 #include <string>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "common/env.h"
 #include "common/status.h"
 #include "common/thread_pool.h"
@@ -15,6 +21,25 @@
 namespace deepshard::kernels {
 namespace {
 
+// AMX-TILE and AMX-BF16 per cpuid, and the kernel's permission for this process to use the tile
+// data state (Linux >= 5.16 hands it out only on request; using a tile without it is SIGILL).
+// The permission covers every thread of the process, present and future.
+bool amx_usable() {
+#if defined(__x86_64__)
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool tile = (d >> 24) & 1u, bf16 = (d >> 22) & 1u;
+    if (!tile || !bf16) return false;
+    constexpr long kArchGetXcompPerm = 0x1022, kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return false;
+    unsigned long long perm = 0;
+    if (syscall(SYS_arch_prctl, kArchGetXcompPerm, &perm) != 0) return false;
+    return (perm >> kXfeatureXtiledata) & 1u;
+#else
+    return false;
+#endif
+}
+
 Isa detect() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
@@ -23,7 +48,8 @@ Isa detect() {
     // F16C is implied by every AVX2 CPU shipped; the AVX2 kernels use vcvtph2ps for the FP8 decode.
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (avx512) {
-        return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
+        if (!__builtin_cpu_supports("avx512bf16")) return Isa::kAvx512;
+        return amx_usable() ? Isa::kAmx : Isa::kAvx512Bf16;
     }
     if (avx2) {
         return Isa::kAvx2;
@@ -36,7 +62,8 @@ Isa parse_isa(const std::string& s, Isa fallback) {
     if (s == "scalar") return Isa::kScalar;
     if (s == "avx2") return Isa::kAvx2;
     if (s == "avx512") return Isa::kAvx512;
-    if (s == "avx512bf16" || s == "amx") return Isa::kAvx512Bf16;
+    if (s == "avx512bf16") return Isa::kAvx512Bf16;
+    if (s == "amx") return Isa::kAmx;
     return fallback;
 }
 
@@ -54,6 +81,8 @@ std::atomic<int>& isa_slot() {
 
 const cpu::KernelTable& table() {
     switch (static_cast<Isa>(isa_slot().load(std::memory_order_relaxed))) {
+        case Isa::kAmx:
+            return cpu::amx_table();
         case Isa::kAvx512Bf16:
             return cpu::avx512bf16_table();
         case Isa::kAvx512:
@@ -78,6 +107,8 @@ const char* isa_name(Isa isa) {
             return "avx512";
         case Isa::kAvx512Bf16:
             return "avx512bf16";
+        case Isa::kAmx:
+            return "amx";
     }
     return "?";
 }

@@ -73,7 +73,7 @@ struct TestWeight {
 
 inline std::vector<Isa> runnable_isas() {
     std::vector<Isa> out;
-    for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16}) {
+    for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16, Isa::kAmx}) {
         if (static_cast<int>(i) <= static_cast<int>(detected_isa())) out.push_back(i);
     }
     return out;

@@ -1,11 +1,14 @@
 // The fast numerics mode of the matmul kernels and the batched entry points:
 //  - on AVX512-BF16, fast equals a double reference over BF16(x) * BF16(W) (RNE of the exact
 //    dequantized weight) up to float32 summation order, for every dtype, shape, slice and batch size,
-//    on both the direct (decode) and the blocked GEMM (prefill) path;
+//    on both the direct (decode) and the blocked GEMM (prefill) path, and the same again on AMX
+//    (whose GEMM runs on tiles) where the CPU has it;
 //  - on every other ISA fast is bit-identical to exact (there is no reduced-precision path there);
 //  - FP8 scales >= 2^8 (where scale * 2^120 would overflow) still decode exactly;
 //  - matmul_batch equals one matmul per job bit for bit, swiglu equals silu(x W1^T) * (x W3^T).
 #include <gtest/gtest.h>
+
+#include <cpuid.h>
 
 #include <cmath>
 #include <cstring>
@@ -56,36 +59,51 @@ void check_fast(const WeightView& w, int64_t m, bool accumulate, const std::stri
 class MatmulFastTest : public ::testing::TestWithParam<DType> {};
 
 TEST_P(MatmulFastTest, Bf16PathMatchesRoundedReference) {
-    if (detected_isa() != Isa::kAvx512Bf16) {
+    if (static_cast<int>(detected_isa()) < static_cast<int>(Isa::kAvx512Bf16)) {
         GTEST_SKIP() << "this CPU has no AVX512-BF16 (detected " << isa_name(detected_isa())
                      << "): fast == exact, covered by FastIsExactElsewhere";
     }
     IsaGuard guard;
-    set_isa(Isa::kAvx512Bf16);
-    ASSERT_FALSE(fast_is_exact());
-    TestWeight tw(GetParam(), 448, 704, 21);
-    const WeightView full = tw.view();
-    struct Slice {
-        int64_t r0, nr, c0, nc;
-    };
-    const Slice slices[] = {{0, 448, 0, 704}, {0, 200, 128, 256}, {131, 200, 65, 511}, {5, 70, 17, 600}, {300, 33, 703, 1}};
-    for (const Slice& s : slices) {
-        const WeightView v = full.slice_rows(s.r0, s.nr).slice_cols(s.c0, s.nc);
-        for (int64_t m : {1, 2, 3, 8, 16, 17, 40}) {
-            check_fast(v, m, m % 2 == 1, std::string(dtype_name(GetParam())) + " slice r0=" + std::to_string(s.r0) +
-                                             " c0=" + std::to_string(s.c0));
+    for (Isa isa : runnable_isas()) {
+        if (static_cast<int>(isa) < static_cast<int>(Isa::kAvx512Bf16)) continue;
+        set_isa(isa);  // vdpbf16ps, then (where the CPU has it) AMX for the GEMM-sized m
+        ASSERT_FALSE(fast_is_exact()) << isa_name(isa);
+        TestWeight tw(GetParam(), 448, 704, 21);
+        const WeightView full = tw.view();
+        struct Slice {
+            int64_t r0, nr, c0, nc;
+        };
+        const Slice slices[] = {{0, 448, 0, 704}, {0, 200, 128, 256}, {131, 200, 65, 511}, {5, 70, 17, 600}, {300, 33, 703, 1}};
+        for (const Slice& s : slices) {
+            const WeightView v = full.slice_rows(s.r0, s.nr).slice_cols(s.c0, s.nc);
+            for (int64_t m : {1, 2, 3, 8, 16, 17, 32, 40, 67}) {
+                check_fast(v, m, m % 2 == 1, std::string(isa_name(isa)) + " " + dtype_name(GetParam()) +
+                                                 " slice r0=" + std::to_string(s.r0) + " c0=" + std::to_string(s.c0));
+            }
         }
+        // k > 512: the GEMM blocks over k and accumulates partial sums across blocks.
+        TestWeight lw(GetParam(), 70, 1300, 22);
+        for (int64_t m : {1, 20, 48}) check_fast(lw.view().slice_cols(3, 1290), m, false, std::string(isa_name(isa)) + " long rows");
     }
-    // k > 512: the GEMM blocks over k and accumulates partial sums across blocks.
-    TestWeight lw(GetParam(), 70, 1300, 22);
-    for (int64_t m : {1, 20}) check_fast(lw.view().slice_cols(3, 1290), m, false, "long rows");
+}
+
+TEST(MatmulAmx, UsedWhereTheCpuHasIt) {
+    // Names the ISA the dispatcher chose, and fails where the CPU advertises AMX but the kernel
+    // refused this process the tile state (the engine would silently run without it).
+    if (static_cast<int>(detected_isa()) < static_cast<int>(Isa::kAvx512Bf16)) {
+        GTEST_SKIP() << "no AVX512-BF16 here (detected " << isa_name(detected_isa()) << ")";
+    }
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    const bool cpu_has_amx = __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 24) & 1u) && ((d >> 22) & 1u);
+    if (!cpu_has_amx) GTEST_SKIP() << "this CPU has no AMX (detected " << isa_name(detected_isa()) << ")";
+    EXPECT_EQ(detected_isa(), Isa::kAmx);
 }
 
 TEST_P(MatmulFastTest, FastIsExactElsewhere) {
     IsaGuard guard;
     TestWeight tw(GetParam(), 160, 300, 23);
     for (Isa isa : runnable_isas()) {
-        if (isa == Isa::kAvx512Bf16) continue;
+        if (static_cast<int>(isa) >= static_cast<int>(Isa::kAvx512Bf16)) continue;
         set_isa(isa);
         EXPECT_TRUE(fast_is_exact()) << isa_name(isa);
         for (int64_t m : {1, 5, 40}) {

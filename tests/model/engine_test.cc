@@ -206,5 +206,32 @@ TEST(EngineTest, GenerateNumericsFlag) {
     EXPECT_NE(bad.err.find("bf16"), std::string::npos) << bad.err;
 }
 
+// --head-fp8 reaches the engine from the command line (the prompt logits move off the golden ones; by
+// how much is bounded per vocabulary row in head_fp8_test.cc), and a CUDA device refuses it by name.
+TEST(EngineTest, GenerateHeadFp8Flag) {
+    const std::string model = source_path("testdata/golden/tiny-bf16");
+    const std::string dir = testing_util::make_temp_dir("ds_head_fp8_cli_");
+    auto q = run_command({binary_path("deepshard"), "generate", "--model", model, "--tokens", "0,5,9", "--max-tokens",
+                          "1", "--numerics", "exact", "--head-fp8", "--dump-logits", dir + "/q.npy"},
+                         std::chrono::seconds(120));
+    ASSERT_EQ(q.exit_code, 0) << q.err;
+    auto e = run_command({binary_path("deepshard"), "generate", "--model", model, "--tokens", "0,5,9", "--max-tokens",
+                          "1", "--numerics", "exact", "--dump-logits", dir + "/e.npy"},
+                         std::chrono::seconds(120));
+    ASSERT_EQ(e.exit_code, 0) << e.err;
+    auto lq = read_npy_f32(dir + "/q.npy");
+    auto le = read_npy_f32(dir + "/e.npy");
+    ASSERT_TRUE(lq.ok() && le.ok());
+    ASSERT_EQ(lq->shape, le->shape);
+    float diff = 0;
+    for (size_t i = 0; i < le->data.size(); ++i) diff = std::max(diff, std::fabs(lq->data[i] - le->data[i]));
+    EXPECT_GT(diff, 1e-4f) << "--head-fp8 did not change the logits";
+    auto cuda = run_command({binary_path("deepshard"), "generate", "--model", model, "--tokens", "0,5,9",
+                             "--max-tokens", "1", "--device", "cuda", "--head-fp8"},
+                            std::chrono::seconds(120));
+    EXPECT_EQ(cuda.exit_code, 1);
+    EXPECT_NE(cuda.err.find("--head-fp8"), std::string::npos) << cuda.err;
+}
+
 }  // namespace
 }  // namespace deepshard::model
