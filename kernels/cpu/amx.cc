@@ -1,6 +1,6 @@
 // AVX-512 + AVX512-BF16 + AMX kernels (Isa::kAmx): the kernels of avx512bf16.cc, except that the
-// fast path's prefill-sized matmuls (m > Simd::kDirectMaxM) run on AMX tiles (TDPBF16PS, see
-// simd_gemm.inc). Compiled with -mamx-tile -mamx-bf16 and only reached when cpuid reports AMX and
+// fast path's matmuls of more than 8 rows run on AMX tiles (TDPBF16PS, see simd_gemm.inc and
+// rows_dtype). Compiled with -mamx-tile -mamx-bf16 and only reached when cpuid reports AMX and
 // the kernel granted this process the tile data state (dispatch.cc).
 #include <immintrin.h>
 
