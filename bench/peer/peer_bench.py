@@ -71,8 +71,10 @@ def llama(args, gguf):
     r = {"prefill": {}, "decode": {}, "rss": 0}
     # llama.cpp's OpenMP threads spin at every barrier by default; on a machine shared with other jobs
     # (more runnable threads than cores) that collapses its decode 5-20x (measured: 1.2-4.2 tok/s
-    # spinning against 22-34 passive on the small preset). Passive waiting is the fair setting there;
-    # --llama-omp-wait active measures the default.
+    # spinning against 22-34 passive on the small preset), so passive waiting is the fair setting
+    # there. On a quiet machine passive costs llama.cpp itself 2-3x of decode (Q8_0 batch 1: 39 tok/s
+    # passive against 132 active, session 8), so there its default (active) is the fair one. `auto`
+    # (the default) picks by the load average at start (see resolve_omp_wait).
     env = dict(os.environ, OMP_WAIT_POLICY=args.llama_omp_wait.upper())
     out, _, rss = run_rss([os.path.join(bindir, "llama-bench"), "-m", gguf, "-p", args.prefill, "-n", "0",
                            "-t", str(args.threads), "-r", "1", "-o", "json"], env)
@@ -97,6 +99,35 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def others_running():
+    """Mean number of runnable threads besides this one over about a second (/proc/stat's
+    procs_running, sampled; the load average lags by minutes and would count our own build)."""
+    samples = []
+    for _ in range(10):
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    if line.startswith("procs_running"):
+                        samples.append(int(line.split()[1]) - 1)
+        except OSError:
+            return 0.0
+        time.sleep(0.1)
+    return statistics.mean(samples) if samples else 0.0
+
+
+def resolve_omp_wait(choice, threads):
+    """`auto`: passive when other runnable threads leave fewer idle cores than the runs' threads
+    (spinning threads and the other jobs would preempt each other), else llama.cpp's active default."""
+    if choice != "auto":
+        return choice
+    busy = others_running()
+    idle = (os.cpu_count() or 1) - busy
+    mode = "active" if idle >= threads - 0.5 else "passive"
+    print(f"peer_bench: {busy:.1f} other runnable threads on {os.cpu_count()} CPUs: llama.cpp runs with "
+          f"OMP_WAIT_POLICY={mode}", file=sys.stderr)
+    return mode
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default="build")
@@ -109,13 +140,15 @@ def main():
     ap.add_argument("--prefill", default="64,512")
     ap.add_argument("--decode", type=int, default=16)
     ap.add_argument("--stream-mb", type=int, default=256)
-    ap.add_argument("--llama-omp-wait", choices=["passive", "active"], default="passive",
-                    help="OMP_WAIT_POLICY of the llama.cpp runs (see llama())")
+    ap.add_argument("--llama-omp-wait", choices=["auto", "passive", "active"], default="auto",
+                    help="OMP_WAIT_POLICY of the llama.cpp runs (see llama()); auto: active (llama.cpp's "
+                         "default) on a quiet machine, passive when the load average says it is shared")
     ap.add_argument("--no-head-fp8", action="store_true",
                     help="skip the third pair (deepshard's FP8 model with --head-fp8 against Q8_0)")
     ap.add_argument("--out-md", default=None)
     ap.add_argument("--out-json", default=None)
     args = ap.parse_args()
+    args.llama_omp_wait = resolve_omp_wait(args.llama_omp_wait, args.threads)
 
     prefills = [int(p) for p in args.prefill.split(",")]
     raw = {}
