@@ -39,7 +39,11 @@ Status run_generate(const GenerateArgs& args) {
     if (!kernels::parse_numerics(args.numerics, &opt.numerics)) {
         return invalid_argument("--numerics must be exact or fast, got \"" + args.numerics + "\"");
     }
-    spdlog::info("engine: {}, numerics {}", model::device_name(device), kernels::numerics_name(opt.numerics));
+    // The CPU kernels' ISA (amx, avx512bf16, avx512, avx2, scalar; DS_ISA forces a lower one): what
+    // `fast` can run on this host.
+    spdlog::info("engine: {}{}{}, numerics {}", model::device_name(device), device == model::Device::kCpu ? ", isa " : "",
+                 device == model::Device::kCpu ? kernels::isa_name(kernels::active_isa()) : "",
+                 kernels::numerics_name(opt.numerics));
     opt.precision = model::precision_for(opt.numerics);  // the same choice on a CUDA device
     opt.head_fp8 = args.head_fp8;
     model::ShardSpec spec;

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "kernels/kernels.h"
 #include "topology/discovery.h"
 
 namespace deepshard::cli {
@@ -22,10 +23,18 @@ Status run_topo(const TopoArgs& a) {
     o.cuda = !a.no_cuda;
     o.rdma = !a.no_rdma;
     DS_ASSIGN_OR_RETURN(topology::HostTopology host, topology::discover_host(o));
+    // The ISA the CPU kernels run here (amx > avx512bf16 > avx512 > avx2 > scalar), and what the CPU
+    // offers; they differ where DS_ISA forces a lower one.
+    const char* isa = kernels::isa_name(kernels::active_isa());
+    const char* detected = kernels::isa_name(kernels::detected_isa());
     if (a.json) {
-        std::cout << topology::to_json(host).dump(2) << "\n";
+        nlohmann::json j = topology::to_json(host);
+        j["cpu_kernels"] = {{"isa", isa}, {"detected_isa", detected}, {"fast_is_exact", kernels::fast_is_exact()}};
+        std::cout << j.dump(2) << "\n";
     } else {
         std::cout << topology::to_text(host);
+        std::cout << "CPU kernels: isa " << isa << " (CPU offers " << detected << ")"
+                  << (kernels::fast_is_exact() ? "; numerics fast = exact here (no BF16 dot products)" : "") << "\n";
     }
     return ok_status();
 }

@@ -187,10 +187,12 @@ Status run_rank(const ShardArgs& args, comm::Communicator* world) {
     opt.head_fp8 = args.head_fp8;
     DS_ASSIGN_OR_RETURN(auto pipeline, Pipeline::create(world, layout, ckpt, rd.device, opt));
     DS_ASSIGN_OR_RETURN(model::LoadStats ls, pipeline->engine().prepare());
-    spdlog::info("rank {}: stage {} local {} on {} (numerics {}) loaded {:.1f} MB of weights in {:.2f} s ({:.2f} GB/s)",
+    spdlog::info("rank {}: stage {} local {} on {} (numerics {}{}{}) loaded {:.1f} MB of weights in {:.2f} s ({:.2f} GB/s)",
                  world->rank(), layout.stage_of(world->rank()), layout.local_of(world->rank()),
-                 model::device_name(rd.device), kernels::numerics_name(opt.numerics), ls.bytes / 1e6, ls.seconds,
-                 ls.gb_per_s());
+                 model::device_name(rd.device), kernels::numerics_name(opt.numerics),
+                 rd.device == model::Device::kCpu ? ", isa " : "",
+                 rd.device == model::Device::kCpu ? kernels::isa_name(kernels::active_isa()) : "", ls.bytes / 1e6,
+                 ls.seconds, ls.gb_per_s());
     const model::KvUsage kv = pipeline->engine().kv_usage();
     spdlog::info("rank {}: KV cache {} blocks x {} tokens = {} tokens ({:.1f} MB of a {:.1f} MB budget from {})",
                  world->rank(), kv.total_blocks, kv.block_size, kv.total_blocks * kv.block_size,

@@ -134,7 +134,9 @@ TEST(ShardNumericsTest, FastIsThePlanDefaultAndTheShardFlagOverridesIt) {
     auto fast = shard(2, dir + "/fast.npy", {});
     ASSERT_EQ(fast.exit_code, 0) << fast.out << fast.err;
     size_t ranks_fast = 0;
-    for (size_t p = fast.err.find("(numerics fast)"); p != std::string::npos; p = fast.err.find("(numerics fast)", p + 1)) {
+    // "(numerics fast, isa amx)": each CPU rank names its numerics and the ISA its kernels run.
+    for (size_t p = fast.err.find("(numerics fast, isa "); p != std::string::npos;
+         p = fast.err.find("(numerics fast, isa ", p + 1)) {
         ++ranks_fast;
     }
     EXPECT_EQ(ranks_fast, 2u) << fast.err;
@@ -145,7 +147,7 @@ TEST(ShardNumericsTest, FastIsThePlanDefaultAndTheShardFlagOverridesIt) {
     EXPECT_NE(single.err.find("numerics fast"), std::string::npos) << single.err;
     auto exact = shard(2, dir + "/exact.npy", {"--numerics", "exact"});
     ASSERT_EQ(exact.exit_code, 0) << exact.out << exact.err;
-    EXPECT_NE(exact.err.find("(numerics exact)"), std::string::npos) << exact.err;
+    EXPECT_NE(exact.err.find("(numerics exact, isa "), std::string::npos) << exact.err;
 
     auto got_fast = read_npy_f32(dir + "/fast.npy");
     auto got_single = read_npy_f32(dir + "/single.npy");

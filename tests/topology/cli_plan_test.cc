@@ -177,9 +177,23 @@ TEST(TopoCli, JsonDescribesThisHost) {
     const auto j = nlohmann::json::parse(r.out);
     EXPECT_GE(j["cores"].get<int>(), 1);
     EXPECT_GE(j["numa_nodes"].size(), 1u);
+    // The CPU kernels' ISA: what the dispatcher took (all the CPU offers, unless DS_ISA says less).
+    const std::string detected = j.at("cpu_kernels").at("detected_isa").get<std::string>();
+    if (std::getenv("DS_ISA") == nullptr) {
+        EXPECT_EQ(j.at("cpu_kernels").at("isa"), detected);
+    }
     auto t = run_command({binary_path("deepshard"), "topo"}, std::chrono::seconds(60));
     ASSERT_EQ(t.exit_code, 0);
     EXPECT_NE(t.out.find("NUMA node(s)"), std::string::npos) << t.out;
+    EXPECT_NE(t.out.find("CPU kernels: isa "), std::string::npos) << t.out;
+    // Forced down to scalar, it says so, and that fast computes what exact does there.
+    auto s = run_command({"/usr/bin/env", "DS_ISA=scalar", binary_path("deepshard"), "topo", "--json"},
+                         std::chrono::seconds(60));
+    ASSERT_EQ(s.exit_code, 0) << s.err;
+    const auto js = nlohmann::json::parse(s.out);
+    EXPECT_EQ(js.at("cpu_kernels").at("isa"), "scalar");
+    EXPECT_EQ(js.at("cpu_kernels").at("detected_isa"), detected);
+    EXPECT_TRUE(js.at("cpu_kernels").at("fast_is_exact").get<bool>());
 }
 
 }  // namespace
