@@ -6,10 +6,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cmath>
 #include <functional>
 
 #include "common/thread_pool.h"
+#include "model/make_model.h"
 
 namespace deepshard::model {
 
@@ -248,31 +248,25 @@ kernels::RouteParams ShardWeights::route_params() const {
     return p;
 }
 
-// Block by block as DeepSeek's FP8 weights are made: scale = amax / 448 (the largest e4m3 value), code =
-// e4m3(w / scale) rounded to nearest even. Blocks are aligned to this shard's first vocabulary row.
-// Afterwards the mapped pages of the original are given back (MADV_DONTNEED on a read-only private
-// file mapping: they would be read from the file again if touched), so one copy stays resident.
+// Block by block as DeepSeek's FP8 weights are made, by make-model's quantize_fp8_blocks (scale =
+// amax / 448, code = e4m3(w / scale) rounded to nearest even), one 128-row band at a time from a
+// float32 copy of the band. Blocks are aligned to this shard's first vocabulary row. Afterwards the
+// mapped pages of the original are given back (MADV_DONTNEED on a read-only private file mapping:
+// they would be read from the file again if touched), so one copy stays resident.
 void ShardWeights::requantize_head() {
     const WeightView src = head_;
     constexpr int64_t kB = 128;
     const int64_t R = src.rows, C = src.cols, gr = (R + kB - 1) / kB, gc = (C + kB - 1) / kB;
     head_q_.assign(static_cast<size_t>(R * C), 0);
-    head_s_.assign(static_cast<size_t>(gr * gc), 1.0f);
+    head_s_.assign(static_cast<size_t>(gr * gc), 0.0f);
     ThreadPool::global().parallel_for(gr, [&](int64_t b, int64_t e) {
+        std::vector<float> band(static_cast<size_t>(kB * C));
         for (int64_t br = b; br < e; ++br) {
-            const int64_t r0 = br * kB, r1 = std::min(R, r0 + kB);
-            for (int64_t bc = 0; bc < gc; ++bc) {
-                const int64_t c0 = bc * kB, c1 = std::min(C, c0 + kB);
-                float amax = 0.0f;
-                for (int64_t r = r0; r < r1; ++r) {
-                    for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(src.at(r, c)));
-                }
-                const float s = amax > 0.0f && std::isfinite(amax) ? amax / 448.0f : 1.0f;
-                head_s_[static_cast<size_t>(br * gc + bc)] = s;
-                for (int64_t r = r0; r < r1; ++r) {
-                    for (int64_t c = c0; c < c1; ++c) head_q_[static_cast<size_t>(r * C + c)] = f32_to_e4m3(src.at(r, c) / s);
-                }
+            const int64_t r0 = br * kB, n = std::min(kB, R - r0);
+            for (int64_t r = 0; r < n; ++r) {
+                for (int64_t c = 0; c < C; ++c) band[static_cast<size_t>(r * C + c)] = src.at(r0 + r, c);
             }
+            quantize_fp8_blocks(band.data(), n, C, kB, kB, head_q_.data() + r0 * C, head_s_.data() + br * gc);
         }
     });
     const auto begin = reinterpret_cast<uintptr_t>(src.data);
