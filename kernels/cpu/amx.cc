@@ -1,13 +1,17 @@
 // AVX-512 + AVX512-BF16 + AMX kernels (Isa::kAmx): the kernels of avx512bf16.cc, except that the
 // fast path's matmuls of more than 8 rows run on AMX tiles (TDPBF16PS, see simd_gemm.inc and
-// rows_dtype). Compiled with -mamx-tile -mamx-bf16 and only reached when cpuid reports AMX and
+// rows_dtype). Compiled with -mamx-tile -mamx-bf16 -mavx512vbmi and only reached when cpuid reports AMX and
 // the kernel granted this process the tile data state (dispatch.cc).
 #include <immintrin.h>
+#include <stdlib.h>
 
 #include "kernels/cpu/cpu_kernels.h"
 
 #define DS_SIMD_BF16 1
 #define DS_SIMD_AMX 1
+// Prefetching the next strip to L2 rather than L1 leaves the L1 fill buffers to the demand loads:
+// BF16 batch-8 GEMV 0.59 -> 0.73 of the triad, FP8 batch 1 0.65 -> 0.69 (bench/RESULTS.md).
+#define DS_SIMD_PREFETCH "prefetcht2"
 
 namespace deepshard::kernels::cpu {
 namespace {

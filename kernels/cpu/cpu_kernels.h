@@ -88,7 +88,8 @@ const KernelTable& active_table();
 //   0, 1: inside matmul_rows (GEMM panel, staging rows); 2: the driver's BF16 copy of x;
 //   3: fused ops around matmul_rows (SwiGLU gate/up, MoE down-projection tiles); 4, 5: attention;
 //   6, 7: moe_ffn's gathered inputs and activations (calling thread).
-constexpr int kScratchSlots = 8;
+//   8: the FP8 lookup tables of the fast path (simd_fp8_lut.inc), inside matmul_rows.
+constexpr int kScratchSlots = 9;
 void* thread_scratch(int slot, size_t bytes);
 
 // Row stride of a BF16 copy of x with k columns (a multiple of 32: whole vectors, zero padded).

@@ -48,7 +48,9 @@ Isa detect() {
     // F16C is implied by every AVX2 CPU shipped; the AVX2 kernels use vcvtph2ps for the FP8 decode.
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (avx512) {
-        if (!__builtin_cpu_supports("avx512bf16")) return Isa::kAvx512;
+        // The BF16 tables also use AVX512-VBMI (the FP8 lookups, simd_fp8_lut.inc). Every CPU with
+        // AVX512-BF16 has it except Cooper Lake, which runs the avx512 table (fast == exact there).
+        if (!__builtin_cpu_supports("avx512bf16") || !__builtin_cpu_supports("avx512vbmi")) return Isa::kAvx512;
         return amx_usable() ? Isa::kAmx : Isa::kAvx512Bf16;
     }
     if (avx2) {

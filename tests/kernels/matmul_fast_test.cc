@@ -5,6 +5,8 @@
 //    (whose GEMM runs on tiles) where the CPU has it;
 //  - on every other ISA fast is bit-identical to exact (there is no reduced-precision path there);
 //  - FP8 scales >= 2^8 (where scale * 2^120 would overflow) still decode exactly;
+//  - fast FP8's lookup tables give exactly BF16 of the dequantized weights (bit-equal to a BF16
+//    matrix of those values);
 //  - matmul_batch equals one matmul per job bit for bit, swiglu equals silu(x W1^T) * (x W3^T).
 #include <gtest/gtest.h>
 
@@ -155,6 +157,49 @@ TEST(MatmulFp8, LargeScalesDecodeExactly) {
         matmul(x.data(), m, v.cols, v, y.data(), v.rows);
         for (int64_t i = 0; i < m; ++i) {
             for (int64_t j = 0; j < v.rows; ++j) ASSERT_EQ(y[i * v.rows + j], v.at(j, (i * 13) % v.cols)) << isa_name(isa);
+        }
+    }
+}
+
+// Fast FP8 decodes through per-block lookup tables (simd_fp8_lut.inc); they must give exactly the
+// BF16 weights BF16(e4m3(q) * scale) of the arithmetic decode. A BF16 matrix holding those values
+// runs the same dot products in the same order wherever the FP8 scale blocks start on a 32-column
+// boundary, so the two results must be equal bit for bit: on the decode tiles (table and, for
+// tiles across two row bands, arithmetic), on the GEMM panels, with scales below and above 2^8.
+TEST(MatmulFp8, FastTablesGiveTheBf16OfTheDequantizedWeights) {
+    if (static_cast<int>(detected_isa()) < static_cast<int>(Isa::kAvx512Bf16)) {
+        GTEST_SKIP() << "this CPU has no AVX512-BF16 (detected " << isa_name(detected_isa()) << "): no FP8 tables";
+    }
+    IsaGuard guard;
+    for (bool big : {false, true}) {
+        TestWeight f8(DType::kF8E4M3, 448, 704, big ? 52 : 51);
+        if (big) {
+            for (size_t i = 0; i < f8.scale.size(); ++i) f8.scale[i] = i % 3 ? 3000.0f : 2e-3f;
+        }
+        TestWeight b16(DType::kBF16, 448, 704, 1);
+        for (int64_t r = 0; r < 448; ++r) {
+            for (int64_t c = 0; c < 704; ++c) {
+                reinterpret_cast<uint16_t*>(b16.bytes.data())[r * 704 + c] = f32_to_bf16(f8.view().at(r, c));
+            }
+        }
+        for (Isa isa : runnable_isas()) {
+            if (static_cast<int>(isa) < static_cast<int>(Isa::kAvx512Bf16)) continue;
+            set_isa(isa);
+            struct Slice {
+                int64_t r0, nr, c0, nc;
+            };
+            for (const Slice& sl : {Slice{0, 448, 0, 704}, Slice{120, 200, 128, 512}, Slice{5, 77, 256, 448}}) {
+                const WeightView vf = f8.view().slice_rows(sl.r0, sl.nr).slice_cols(sl.c0, sl.nc);
+                const WeightView vb = b16.view().slice_rows(sl.r0, sl.nr).slice_cols(sl.c0, sl.nc);
+                for (int64_t m : {1, 2, 3, 5, 8, 9, 16, 17, 40}) {
+                    const std::vector<float> x = random_vec(m * sl.nc, static_cast<uint32_t>(m + sl.r0));
+                    std::vector<float> yf(m * sl.nr), yb(m * sl.nr);
+                    matmul(x.data(), m, sl.nc, vf, yf.data(), sl.nr, false, Numerics::kFast);
+                    matmul(x.data(), m, sl.nc, vb, yb.data(), sl.nr, false, Numerics::kFast);
+                    ASSERT_EQ(0, std::memcmp(yf.data(), yb.data(), yf.size() * sizeof(float)))
+                        << isa_name(isa) << (big ? " big scales" : "") << " m=" << m << " r0=" << sl.r0 << " c0=" << sl.c0;
+                }
+            }
         }
     }
 }
