@@ -1,9 +1,9 @@
 // AVX-512 + AVX512-BF16 + AMX kernels (Isa::kAmx): the kernels of avx512bf16.cc, except that the
-// fast path's matmuls of more than 8 rows run on AMX tiles (TDPBF16PS, see simd_gemm.inc and
-// rows_dtype). Compiled with -mamx-tile -mamx-bf16 -mavx512vbmi and only reached when cpuid reports AMX and
+// fast path's matmuls of 6 (BF16 weights) or 8 (FP8) to 16 rows run on AMX tiles with W as the A
+// operand (simd_amx_gemv.inc) and those of more than 16 rows on AMX tiles over packed panels
+// (simd_gemm.inc); see rows_dtype. Compiled with -mamx-tile -mamx-bf16 -mavx512vbmi and only reached when cpuid reports AMX and
 // the kernel granted this process the tile data state (dispatch.cc).
 #include <immintrin.h>
-#include <stdlib.h>
 
 #include "kernels/cpu/cpu_kernels.h"
 
