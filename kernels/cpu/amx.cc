@@ -1,6 +1,6 @@
 // AVX-512 + AVX512-BF16 + AMX kernels (Isa::kAmx): the kernels of avx512bf16.cc, except that the
-// fast path's matmuls of 6 (BF16 weights) or 8 (FP8) to 16 rows run on AMX tiles with W as the A
-// operand (simd_amx_gemv.inc) and those of more than 16 rows on AMX tiles over packed panels
+// fast path's matmuls of 9 to 16 rows run on AMX tiles with W as the A operand
+// (simd_amx_gemv.inc) and those of more than 16 rows on AMX tiles over packed panels
 // (simd_gemm.inc); see rows_dtype. Compiled with -mamx-tile -mamx-bf16 -mavx512vbmi and only reached when cpuid reports AMX and
 // the kernel granted this process the tile data state (dispatch.cc).
 #include <immintrin.h>
@@ -9,9 +9,6 @@
 
 #define DS_SIMD_BF16 1
 #define DS_SIMD_AMX 1
-// Prefetching the next strip to L2 rather than L1 leaves the L1 fill buffers to the demand loads:
-// BF16 batch-8 GEMV 0.59 -> 0.73 of the triad, FP8 batch 1 0.65 -> 0.69 (bench/RESULTS.md).
-#define DS_SIMD_PREFETCH "prefetcht2"
 
 namespace deepshard::kernels::cpu {
 namespace {

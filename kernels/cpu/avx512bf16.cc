@@ -7,9 +7,6 @@
 
 #define DS_SIMD_BF16 1
 #define DS_SIMD_AMX 0
-// Prefetching the next strip to L2 rather than L1 leaves the L1 fill buffers to the demand loads:
-// BF16 batch-8 GEMV 0.59 -> 0.73 of the triad, FP8 batch 1 0.65 -> 0.69 (bench/RESULTS.md).
-#define DS_SIMD_PREFETCH "prefetcht2"
 
 namespace deepshard::kernels::cpu {
 namespace {
