@@ -2,7 +2,7 @@
 //  - on AVX512-BF16, fast equals a double reference over BF16(x) * BF16(W) (RNE of the exact
 //    dequantized weight) up to float32 summation order, for every dtype, shape, slice and batch size,
 //    on both the direct (decode) and the blocked GEMM (prefill) path, and the same again on AMX
-//    (whose GEMM runs on tiles) where the CPU has it;
+//    (whose GEMM runs on tiles, and 9-16 rows on tiles with W as the A operand) where the CPU has it;
 //  - on every other ISA fast is bit-identical to exact (there is no reduced-precision path there);
 //  - FP8 scales >= 2^8 (where scale * 2^120 would overflow) still decode exactly;
 //  - fast FP8's lookup tables give exactly BF16 of the dequantized weights (bit-equal to a BF16
@@ -85,9 +85,10 @@ TEST_P(MatmulFastTest, Bf16PathMatchesRoundedReference) {
                                                  " slice r0=" + std::to_string(s.r0) + " c0=" + std::to_string(s.c0));
             }
         }
-        // k > 512: the GEMM blocks over k and accumulates partial sums across blocks.
+        // k > 512: the GEMM blocks over k and accumulates partial sums across blocks; so does the AMX
+        // path of 9-16 rows past 1024 columns (m = 12).
         TestWeight lw(GetParam(), 70, 1300, 22);
-        for (int64_t m : {1, 20, 48}) check_fast(lw.view().slice_cols(3, 1290), m, false, std::string(isa_name(isa)) + " long rows");
+        for (int64_t m : {1, 12, 20, 48}) check_fast(lw.view().slice_cols(3, 1290), m, false, std::string(isa_name(isa)) + " long rows");
     }
 }
 
